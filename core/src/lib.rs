@@ -1,0 +1,16 @@
+//! idunno-core: the pure, deterministic state machines of the idunno cluster.
+//!
+//! Owns: the wire codec ([`wire`]), virtual time ([`time`]) and SWIM group membership
+//! ([`membership`]). Later: the consensus log, the file-system namespace and the scheduler.
+//!
+//! Every machine here has one shape (see `docs/architecture.md`):
+//! `handle(now, Input)` feeds an event in, `poll_output()` drains what it wants done
+//! (send bytes, arm a timer, report an event) until `None`. Time arrives only as an argument
+//! and randomness only from a seeded RNG the machine was given.
+//!
+//! Must never: perform I/O, read a clock, spawn threads, use global randomness, or let
+//! hash-map iteration order reach a decision. `core/clippy.toml` enforces the first four.
+
+pub mod membership;
+pub mod time;
+pub mod wire;

@@ -1,0 +1,190 @@
+//! The wire codec: every byte that crosses a socket is encoded and decoded here.
+//!
+//! Owns: the top-level message types ([`Datagram`] for UDP, [`ControlRequest`] /
+//! [`ControlResponse`] for the client's TCP frames), the frame layout (a version byte, then the
+//! bincode 2 serde encoding) and the hard size limits.
+//! Must never: panic on any input, allocate more than the size cap for one message, or let a
+//! second encoding appear elsewhere (bincode is used through this module only, so it can be
+//! swapped in one place).
+//!
+//! Datagram layout: `[WIRE_VERSION][bincode(Datagram)]`, at most [`DATAGRAM_BYTES_MAX`] bytes.
+//! TCP frame layout: `[u32 big-endian body length][WIRE_VERSION][bincode(T)]`, the body at most
+//! [`FRAME_BYTES_MAX`] bytes.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize as SerializeDerive};
+
+use crate::membership::{Member, NodeId, Packet};
+
+/// Version of the wire format; the first byte of every datagram and frame body.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest datagram we send or accept, in bytes (fits an Ethernet MTU with IP/UDP headers).
+pub const DATAGRAM_BYTES_MAX: usize = 1400;
+/// Largest TCP frame body we send or accept, in bytes.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Length of the big-endian length prefix in front of every TCP frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// bincode's own allocation limit per decode, so a hostile length field cannot make it
+/// reserve more than a frame could hold.
+const DECODE_LIMIT_BYTES: usize = FRAME_BYTES_MAX;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>()
+}
+
+/// Why bytes could not be encoded or decoded. Decoding errors never change any state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input was empty.
+    #[error("empty message")]
+    Empty,
+    /// The message is larger than the cap for its channel.
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    Oversized {
+        /// Length seen or produced.
+        len: usize,
+        /// The cap that applies.
+        max: usize,
+    },
+    /// The version byte is not one we speak.
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    UnknownVersion(u8),
+    /// The body is not a valid encoding of the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A valid message followed by extra bytes.
+    #[error("{0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+    /// The value could not be encoded (a bug: our own types always encode).
+    #[error("could not encode: {0}")]
+    Encode(String),
+}
+
+/// Everything sent over UDP.
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDerive, Deserialize)]
+pub enum Datagram {
+    /// SWIM membership traffic.
+    Membership(Packet),
+}
+
+/// A client's request to a node's control port (TCP, same address as the node's UDP port).
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDerive, Deserialize)]
+pub enum ControlRequest {
+    /// The node's membership view: every member it knows, live or recently dead.
+    ListMembers,
+    /// The node's own identity.
+    ListSelf,
+    /// Leave the cluster gracefully, then exit.
+    Leave,
+}
+
+/// A node's answer to a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDerive, Deserialize)]
+pub enum ControlResponse {
+    /// Answer to [`ControlRequest::ListMembers`], sorted by node id.
+    Members(Vec<Member>),
+    /// Answer to [`ControlRequest::ListSelf`].
+    SelfInfo {
+        /// This node's identity.
+        id: NodeId,
+        /// Its current incarnation.
+        incarnation: u64,
+    },
+    /// Answer to [`ControlRequest::Leave`]: the node is announcing its departure and will exit.
+    Leaving,
+    /// The request was refused or failed.
+    Error(String),
+}
+
+/// Number of bytes `value` takes in the bincode encoding (without the version byte).
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, WireError> {
+    let mut counter = SizeCounter(0);
+    bincode::serde::encode_into_writer(value, &mut counter, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(counter.0)
+}
+
+struct SizeCounter(usize);
+
+impl bincode::enc::write::Writer for SizeCounter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0 += bytes.len();
+        Ok(())
+    }
+}
+
+fn encode_body<T: Serialize>(value: &T, prefix: &[u8], max: usize) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(prefix);
+    out.push(WIRE_VERSION);
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let body_len = out.len() - prefix.len();
+    if body_len > max {
+        return Err(WireError::Oversized { len: body_len, max });
+    }
+    Ok(out)
+}
+
+fn decode_body<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireError> {
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    if bytes.len() > max {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max,
+        });
+    }
+    if version != WIRE_VERSION {
+        return Err(WireError::UnknownVersion(version));
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::TrailingBytes(body.len() - used));
+    }
+    Ok(value)
+}
+
+/// Encodes one datagram; fails with [`WireError::Oversized`] above [`DATAGRAM_BYTES_MAX`].
+pub fn encode_datagram(datagram: &Datagram) -> Result<Vec<u8>, WireError> {
+    encode_body(datagram, &[], DATAGRAM_BYTES_MAX)
+}
+
+/// Decodes one datagram. Any byte string is a valid input: garbage returns an error.
+pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram, WireError> {
+    decode_body(bytes, DATAGRAM_BYTES_MAX)
+}
+
+/// Encodes `value` as one TCP frame: length prefix, version byte, body.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut out = encode_body(value, &[0; FRAME_HEADER_BYTES], FRAME_BYTES_MAX)?;
+    let body_len = out.len() - FRAME_HEADER_BYTES;
+    let len = u32::try_from(body_len).map_err(|_| WireError::Oversized {
+        len: body_len,
+        max: FRAME_BYTES_MAX,
+    })?;
+    out[..FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a frame header: the body length that follows, checked against [`FRAME_BYTES_MAX`].
+pub fn decode_frame_header(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 {
+        return Err(WireError::Empty);
+    }
+    if len > FRAME_BYTES_MAX {
+        return Err(WireError::Oversized {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (the bytes after the header).
+pub fn decode_frame_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    decode_body(body, FRAME_BYTES_MAX)
+}

@@ -1,0 +1,1 @@
+//! idunno-runtime (placeholder until written).

@@ -1,0 +1,2 @@
+//! The idunno-node binary (placeholder until written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! idunno-sim: the deterministic cluster simulator (placeholder until written).

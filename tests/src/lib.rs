@@ -1,0 +1,1 @@
+//! idunno-tests (placeholder until written).
