@@ -188,3 +188,116 @@ pub fn decode_frame_header(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, Wi
 pub fn decode_frame_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     decode_body(body, FRAME_BYTES_MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{Message, Update};
+    use std::net::SocketAddr;
+
+    fn node(port: u16, generation: u64) -> NodeId {
+        NodeId::new(SocketAddr::from(([127, 0, 0, 1], port)), generation)
+    }
+
+    fn sample() -> Datagram {
+        Datagram::Membership(Packet {
+            from: node(7000, 5),
+            to: Some(node(7001, 9)),
+            message: Message::Ping { seq: 77 },
+            gossip: vec![Update::Suspect {
+                node: node(7002, 1),
+                incarnation: 3,
+                by: node(7000, 5),
+            }],
+        })
+    }
+
+    #[test]
+    fn datagram_round_trips() {
+        let bytes = encode_datagram(&sample()).expect("encodes");
+        assert_eq!(bytes[0], WIRE_VERSION);
+        assert_eq!(decode_datagram(&bytes), Ok(sample()));
+    }
+
+    #[test]
+    fn bad_datagrams_are_errors() {
+        let good = encode_datagram(&sample()).expect("encodes");
+        assert_eq!(decode_datagram(&[]), Err(WireError::Empty));
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 99;
+        assert_eq!(
+            decode_datagram(&wrong_version),
+            Err(WireError::UnknownVersion(99))
+        );
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(decode_datagram(&trailing), Err(WireError::TrailingBytes(1)));
+        for cut in 1..good.len() {
+            assert!(decode_datagram(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let big = vec![WIRE_VERSION; DATAGRAM_BYTES_MAX + 1];
+        assert!(matches!(
+            decode_datagram(&big),
+            Err(WireError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_datagram_is_not_encoded() {
+        let gossip = (0..200)
+            .map(|i| Update::Alive {
+                node: node(i, u64::MAX),
+                incarnation: u64::MAX,
+            })
+            .collect();
+        let datagram = Datagram::Membership(Packet {
+            from: node(1, 1),
+            to: None,
+            message: Message::Gossip,
+            gossip,
+        });
+        assert!(matches!(
+            encode_datagram(&datagram),
+            Err(WireError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn frames_round_trip_and_caps_hold() {
+        let frame = encode_frame(&ControlRequest::ListMembers).expect("encodes");
+        let header: [u8; FRAME_HEADER_BYTES] =
+            frame[..FRAME_HEADER_BYTES].try_into().expect("four bytes");
+        let len = decode_frame_header(header).expect("valid header");
+        assert_eq!(len, frame.len() - FRAME_HEADER_BYTES);
+        assert_eq!(
+            decode_frame_body::<ControlRequest>(&frame[FRAME_HEADER_BYTES..]),
+            Ok(ControlRequest::ListMembers)
+        );
+        assert_eq!(decode_frame_header([0; 4]), Err(WireError::Empty));
+        assert!(matches!(
+            decode_frame_header([0xff; 4]),
+            Err(WireError::Oversized { .. })
+        ));
+        assert!(decode_frame_body::<ControlResponse>(&[WIRE_VERSION, 250, 250]).is_err());
+    }
+
+    #[test]
+    fn encoded_len_matches_encoding() {
+        let len = encoded_len(&sample()).expect("encodes");
+        assert_eq!(len + 1, encode_datagram(&sample()).expect("encodes").len());
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+                let _ = decode_datagram(&bytes);
+                let _ = decode_frame_body::<ControlRequest>(&bytes);
+                let _ = decode_frame_body::<ControlResponse>(&bytes);
+            }
+        }
+    }
+}

@@ -105,7 +105,8 @@ impl Config {
         if self.sync_entries_max == 0 {
             return fail("sync_entries_max must be >= 1");
         }
-        if self.datagram_bytes_max < 256 || self.datagram_bytes_max > crate::wire::DATAGRAM_BYTES_MAX
+        if self.datagram_bytes_max < 256
+            || self.datagram_bytes_max > crate::wire::DATAGRAM_BYTES_MAX
         {
             return fail("datagram_bytes_max must be within 256..=wire::DATAGRAM_BYTES_MAX");
         }

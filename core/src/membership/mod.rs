@@ -265,7 +265,12 @@ pub struct Membership {
 impl Membership {
     /// A node that knows only itself. Arms its periodic timers at random phases; call
     /// [`Membership::handle`] with [`Input::Join`] to contact seeds.
-    pub fn new(config: Config, me: NodeId, rng_seed: u64, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: Config,
+        me: NodeId,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut machine = Membership {
             config,
@@ -420,7 +425,12 @@ impl Membership {
         self.outputs.pop_front()
     }
 
-    fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, bytes: &[u8]) -> Result<(), Error> {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        _from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         self.metrics.datagrams_received += 1;
         self.metrics.bytes_received += bytes.len() as u64;
         let packet = match wire::decode_datagram(bytes) {
@@ -443,7 +453,9 @@ impl Membership {
         if packet.gossip.len() > self.config.datagram_bytes_max {
             // Cannot happen for a datagram that decoded within the size cap; kept as a guard.
             self.metrics.decode_errors += 1;
-            return Err(Error::Decode(WireError::Malformed("too many updates".into())));
+            return Err(Error::Decode(WireError::Malformed(
+                "too many updates".into(),
+            )));
         }
         // Updates first: a refutation must count before the message is judged.
         for update in &packet.gossip {
@@ -467,8 +479,7 @@ impl Membership {
                     self.apply(now, update);
                 }
                 if !reply && !self.leaving {
-                    let entries = self.sync_chunk(now);
-                    self.send_plain(from.addr, Some(from), Message::Sync { entries, reply: true });
+                    self.send_sync(now, from, true);
                 }
             }
             Message::Gossip => {}
@@ -499,7 +510,12 @@ impl Membership {
     fn handle_ping_req(&mut self, now: Instant, origin: NodeId, origin_seq: u64, target: NodeId) {
         if target == self.me {
             // Someone asks us to probe ourselves: answer directly.
-            self.send(origin.addr, Some(origin), Message::Ack { seq: origin_seq }, &[]);
+            self.send(
+                origin.addr,
+                Some(origin),
+                Message::Ack { seq: origin_seq },
+                &[],
+            );
             return;
         }
         if self.relays.len() >= RELAYS_MAX {
@@ -547,7 +563,14 @@ impl Membership {
             let len = wire::encoded_len(&record).unwrap_or(usize::MAX);
             if chunk_bytes + len > budget && !chunk.is_empty() {
                 let entries = std::mem::take(&mut chunk);
-                self.send_plain(joiner.addr, Some(joiner), Message::Sync { entries, reply: true });
+                self.send_plain(
+                    joiner.addr,
+                    Some(joiner),
+                    Message::Sync {
+                        entries,
+                        reply: true,
+                    },
+                );
                 chunk_bytes = 0;
                 sent += 1;
                 if sent >= JOIN_REPLY_DATAGRAMS_MAX {
@@ -701,7 +724,9 @@ impl Membership {
     }
 
     fn suspect_after_failed_probe(&mut self, now: Instant, target: NodeId) {
-        let Some(entry) = self.members.get(&target) else { return };
+        let Some(entry) = self.members.get(&target) else {
+            return;
+        };
         if !entry.state.is_live() {
             return;
         }
@@ -740,7 +765,9 @@ impl Membership {
     }
 
     fn on_suspicion_timeout(&mut self, now: Instant, node: NodeId) {
-        let Some(entry) = self.members.get(&node) else { return };
+        let Some(entry) = self.members.get(&node) else {
+            return;
+        };
         if entry.state != MemberState::Suspect {
             return;
         }
@@ -776,19 +803,44 @@ impl Membership {
             return;
         }
         if let Some(&peer) = self.random_live(1, None).first() {
-            let entries = self.sync_chunk(now);
-            self.send_plain(peer.addr, Some(peer), Message::Sync { entries, reply: false });
+            self.send_sync(now, peer, false);
         } else if !self.seeds.is_empty() {
             // Lost everyone (a partition, or all peers died): try the seeds again.
             self.send_join_requests(now);
         }
+        // Reconnect: a member declared dead may only have been cut off by a partition. One sync
+        // per interval to a random tombstoned member tells it it was declared dead (so it
+        // refutes and both sides merge again once the partition heals); a member that really
+        // crashed never answers. Bounded by `tombstone_retention`.
+        let dead: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, e)| e.state == MemberState::Dead)
+            .map(|(&id, _)| id)
+            .collect();
+        if let Some(&peer) = dead.choose(&mut self.rng) {
+            self.send_sync(now, peer, false);
+        }
+    }
+
+    /// Sends a push-pull chunk to `peer`, with what we believe about `peer` itself first so a
+    /// wrongly suspected or buried member learns it and refutes.
+    fn send_sync(&mut self, now: Instant, peer: NodeId, reply: bool) {
+        let entries = self.sync_chunk(now);
+        let about = self.about_peer(peer);
+        self.send(
+            peer.addr,
+            Some(peer),
+            Message::Sync { entries, reply },
+            &about,
+        );
     }
 
     /// A bounded chunk of the member table for anti-entropy: this node, then the members
     /// whose state changed most recently (news travels first), then a rotating slice of the rest.
     fn sync_chunk(&mut self, _now: Instant) -> Vec<Update> {
         let max = self.config.sync_entries_max;
-        let budget = self.config.datagram_bytes_max - PACKET_OVERHEAD_BYTES;
+        let budget = self.config.datagram_bytes_max - PACKET_OVERHEAD_BYTES - RECORD_BYTES_MAX;
         let mut out = vec![Update::Alive {
             node: self.me,
             incarnation: self.incarnation,
@@ -823,7 +875,9 @@ impl Membership {
             if chosen.contains(&id) {
                 continue;
             }
-            let Some(e) = self.members.get(&id) else { continue };
+            let Some(e) = self.members.get(&id) else {
+                continue;
+            };
             let record = self.record_of(id, e);
             let len = wire::encoded_len(&record).unwrap_or(usize::MAX);
             if used + len > budget {
@@ -1003,7 +1057,9 @@ impl Membership {
                     self.start_suspicion(now, node, incarnation, by);
                     true
                 }
-                MemberState::Suspect if incarnation == known => self.confirm_suspicion(now, node, by),
+                MemberState::Suspect if incarnation == known => {
+                    self.confirm_suspicion(now, node, by)
+                }
                 _ => false,
             },
             Update::Dead {
@@ -1058,8 +1114,12 @@ impl Membership {
     /// Lifeguard: an independent suspicion of the same incarnation shortens the timeout.
     fn confirm_suspicion(&mut self, now: Instant, node: NodeId, by: NodeId) -> bool {
         let n = self.cluster_size();
-        let Some(entry) = self.members.get_mut(&node) else { return false };
-        let Some(suspicion) = entry.suspicion.as_mut() else { return false };
+        let Some(entry) = self.members.get_mut(&node) else {
+            return false;
+        };
+        let Some(suspicion) = entry.suspicion.as_mut() else {
+            return false;
+        };
         if !suspicion.confirmers.insert(by) {
             return false;
         }
@@ -1120,7 +1180,10 @@ impl Membership {
             debug_assert!(false, "set_state on unknown member {node}");
             return;
         };
-        debug_assert!(incarnation >= entry.incarnation, "incarnations never go back");
+        debug_assert!(
+            incarnation >= entry.incarnation,
+            "incarnations never go back"
+        );
         let was_live = entry.state.is_live();
         entry.incarnation = incarnation;
         entry.state = state;
@@ -1183,15 +1246,25 @@ impl Membership {
     // ----- sending -----
 
     /// Sends `message` with `extra` updates first and pending broadcasts in the spare bytes.
-    fn send(&mut self, to_addr: SocketAddr, to: Option<NodeId>, message: Message, extra: &[Update]) {
+    fn send(
+        &mut self,
+        to_addr: SocketAddr,
+        to: Option<NodeId>,
+        message: Message,
+        extra: &[Update],
+    ) {
         let mut packet = Packet {
             from: self.me,
             to,
             message,
             gossip: extra.to_vec(),
         };
-        let used = 1 + wire::encoded_len(&Datagram::Membership(packet.clone())).unwrap_or(usize::MAX);
-        let budget = self.config.datagram_bytes_max.saturating_sub(used + GOSSIP_LEN_SLACK_BYTES);
+        let used =
+            1 + wire::encoded_len(&Datagram::Membership(packet.clone())).unwrap_or(usize::MAX);
+        let budget = self
+            .config
+            .datagram_bytes_max
+            .saturating_sub(used + GOSSIP_LEN_SLACK_BYTES);
         let limit = self.config.retransmit_limit(self.cluster_size());
         self.broadcasts.take(budget, limit, &mut packet.gossip);
         self.emit(to_addr, &packet);
@@ -1216,7 +1289,10 @@ impl Membership {
                 self.outputs.push_back(Output::Send { to, bytes });
             }
             Ok(_) | Err(_) => {
-                debug_assert!(false, "built an unencodable or oversized packet: {packet:?}");
+                debug_assert!(
+                    false,
+                    "built an unencodable or oversized packet: {packet:?}"
+                );
                 self.metrics.encode_errors += 1;
             }
         }
@@ -1261,12 +1337,20 @@ impl Membership {
             Some(x) => self.live.iter().copied().filter(|&n| n != x).collect(),
             None => self.live.clone(),
         };
-        pool.choose_multiple(&mut self.rng, count).copied().collect()
+        pool.choose_multiple(&mut self.rng, count)
+            .copied()
+            .collect()
     }
 
     fn check_invariants(&self) {
-        debug_assert!(self.live.windows(2).all(|w| w[0] < w[1]), "live list sorted");
-        debug_assert!(!self.members.contains_key(&self.me), "never a member of itself");
+        debug_assert!(
+            self.live.windows(2).all(|w| w[0] < w[1]),
+            "live list sorted"
+        );
+        debug_assert!(
+            !self.members.contains_key(&self.me),
+            "never a member of itself"
+        );
         debug_assert!(self.relays.len() <= RELAYS_MAX);
         debug_assert!(self.broadcasts.len() <= QUEUE_ITEMS_MAX);
         debug_assert!(self.seeds.len() <= SEEDS_MAX);
@@ -1287,6 +1371,9 @@ impl Membership {
 /// Bytes of a packet that are not updates (version byte, ids, message) plus the length prefix,
 /// an upper bound for sync and join chunks.
 const PACKET_OVERHEAD_BYTES: usize = 96;
+/// Upper bound on one encoded [`Update`] (two IPv6 node ids and two varints), reserved in a
+/// sync chunk for the record about the receiving peer.
+const RECORD_BYTES_MAX: usize = 80;
 /// Room for the gossip vector's length prefix growing as updates are added.
 const GOSSIP_LEN_SLACK_BYTES: usize = 4;
 

@@ -1,1 +1,411 @@
-//! Unit tests for the membership machine.
+//! Unit tests for the membership machine, over a tiny lossless in-memory network.
+//!
+//! The fault simulations (loss, partitions, 30% crashes, many seeds) live in idunno-sim; these
+//! tests pin single behaviours of the machine.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use super::*;
+
+const LATENCY: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Pending {
+    Deliver {
+        to: SocketAddr,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    Fire {
+        node: usize,
+        instance: u64,
+        timer: Timer,
+    },
+}
+
+/// A lossless network with fixed latency; every node's outputs are executed in order.
+struct Net {
+    now: Instant,
+    nodes: Vec<Option<Membership>>,
+    instance: Vec<u64>,
+    queue: BinaryHeap<Reverse<(Instant, u64, Pending)>>,
+    seq: u64,
+    events: Vec<(usize, Event)>,
+    /// When false, datagrams to these nodes are dropped (a crashed process).
+    down: Vec<bool>,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000 + u16::try_from(i).unwrap_or(0)))
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let mut net = Net {
+            now: Instant::from_micros(1_000_000),
+            nodes: Vec::new(),
+            instance: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            events: Vec::new(),
+            down: Vec::new(),
+        };
+        for i in 0..n {
+            net.nodes.push(None);
+            net.instance.push(0);
+            net.down.push(true);
+            net.start(i, 1);
+        }
+        net
+    }
+
+    fn start(&mut self, i: usize, generation: u64) {
+        let me = NodeId::new(addr(i), generation);
+        let machine = Membership::new(Config::lan(), me, 42 + i as u64 * 7 + generation, self.now)
+            .expect("valid config");
+        self.nodes[i] = Some(machine);
+        self.instance[i] += 1;
+        self.down[i] = false;
+        self.drain(i);
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes[i] = None;
+        self.down[i] = true;
+    }
+
+    fn input(&mut self, i: usize, input: Input<'_>) -> Result<(), Error> {
+        let now = self.now;
+        let result = self.nodes[i]
+            .as_mut()
+            .expect("node is up")
+            .handle(now, input);
+        self.drain(i);
+        result
+    }
+
+    fn drain(&mut self, i: usize) {
+        let Some(machine) = self.nodes[i].as_mut() else {
+            return;
+        };
+        let mut outs = Vec::new();
+        while let Some(out) = machine.poll_output() {
+            outs.push(out);
+        }
+        for out in outs {
+            self.seq += 1;
+            match out {
+                Output::Send { to, bytes } => {
+                    assert!(bytes.len() <= wire::DATAGRAM_BYTES_MAX);
+                    let at = self.now + LATENCY;
+                    let from = addr(i);
+                    self.queue.push(Reverse((
+                        at,
+                        self.seq,
+                        Pending::Deliver { to, from, bytes },
+                    )));
+                }
+                Output::SetTimer { timer, at } => {
+                    assert!(at >= self.now, "timers are never in the past");
+                    let instance = self.instance[i];
+                    self.queue.push(Reverse((
+                        at,
+                        self.seq,
+                        Pending::Fire {
+                            node: i,
+                            instance,
+                            timer,
+                        },
+                    )));
+                }
+                Output::Event(event) => self.events.push((i, event)),
+            }
+        }
+    }
+
+    fn run_for(&mut self, span: Duration) {
+        let end = self.now + span;
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > end {
+                break;
+            }
+            let Some(Reverse((at, _, pending))) = self.queue.pop() else {
+                break;
+            };
+            self.now = at;
+            match pending {
+                Pending::Deliver { to, from, bytes } => {
+                    let Some(i) = (0..self.nodes.len()).find(|&i| addr(i) == to) else {
+                        continue;
+                    };
+                    if self.down[i] {
+                        continue;
+                    }
+                    let _ = self.input(
+                        i,
+                        Input::Datagram {
+                            from,
+                            bytes: &bytes,
+                        },
+                    );
+                }
+                Pending::Fire {
+                    node,
+                    instance,
+                    timer,
+                } => {
+                    if self.down[node] || self.instance[node] != instance {
+                        continue;
+                    }
+                    let _ = self.input(node, Input::Timer(timer));
+                }
+            }
+        }
+        self.now = end;
+    }
+
+    fn join_all(&mut self) {
+        for i in 1..self.nodes.len() {
+            self.input(
+                i,
+                Input::Join {
+                    seeds: vec![addr(0)],
+                },
+            )
+            .expect("join");
+        }
+    }
+
+    fn node(&self, i: usize) -> &Membership {
+        self.nodes[i].as_ref().expect("node is up")
+    }
+
+    fn live_ids(&self) -> BTreeSet<NodeId> {
+        (0..self.nodes.len())
+            .filter_map(|i| self.nodes[i].as_ref().map(|m| m.me()))
+            .filter(|id| {
+                let i = self
+                    .nodes
+                    .iter()
+                    .position(|m| m.as_ref().is_some_and(|m| m.me() == *id));
+                i.is_some_and(|i| !self.node(i).is_leaving())
+            })
+            .collect()
+    }
+
+    fn assert_converged(&self) {
+        let expected = self.live_ids();
+        for (i, m) in self.nodes.iter().enumerate() {
+            if let Some(m) = m
+                && !m.is_leaving()
+            {
+                assert_eq!(m.live_view(), expected, "node {i}'s view");
+            }
+        }
+    }
+}
+
+#[test]
+fn nodes_join_through_one_seed_and_converge() {
+    let mut net = Net::new(8);
+    net.join_all();
+    net.run_for(Duration::from_secs(5));
+    net.assert_converged();
+    let joined = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Joined(_)))
+        .count();
+    assert_eq!(joined, 8 * 7, "every node reports every other node once");
+}
+
+#[test]
+fn crashed_node_is_declared_failed_by_everyone() {
+    let mut net = Net::new(6);
+    net.join_all();
+    net.run_for(Duration::from_secs(5));
+    let victim = net.node(3).me();
+    net.crash(3);
+    net.run_for(Duration::from_secs(10));
+    net.assert_converged();
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(net.node(i).state_of(victim), Some(MemberState::Dead));
+        assert!(net.events.contains(&(i, Event::Failed(victim))));
+    }
+    // No one else was ever declared dead on a lossless network.
+    assert!(
+        net.events
+            .iter()
+            .all(|(_, e)| !matches!(e, Event::Failed(id) if *id != victim))
+    );
+}
+
+#[test]
+fn a_suspected_node_refutes_and_stays_alive() {
+    let mut net = Net::new(4);
+    net.join_all();
+    net.run_for(Duration::from_secs(3));
+    let target = net.node(2).me();
+    let accuser = net.node(1).me();
+    // Node 1 wrongly suspects node 2 (as after a lost ack) and tells node 0.
+    let packet = Packet {
+        from: accuser,
+        to: Some(net.node(0).me()),
+        message: Message::Gossip,
+        gossip: vec![Update::Suspect {
+            node: target,
+            incarnation: 0,
+            by: accuser,
+        }],
+    };
+    let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
+    net.input(
+        0,
+        Input::Datagram {
+            from: addr(1),
+            bytes: &bytes,
+        },
+    )
+    .expect("accepted");
+    assert_eq!(net.node(0).state_of(target), Some(MemberState::Suspect));
+    net.run_for(Duration::from_secs(10));
+    net.assert_converged();
+    assert!(
+        net.node(2).incarnation() >= 1,
+        "node 2 refuted by bumping its incarnation"
+    );
+    assert!(net.node(2).metrics().refutations >= 1);
+    for i in [0, 1, 3] {
+        assert_eq!(net.node(i).state_of(target), Some(MemberState::Alive));
+    }
+    assert!(net.events.iter().all(|(_, e)| *e != Event::Failed(target)));
+}
+
+#[test]
+fn graceful_leave_is_reported_as_left_and_finishes() {
+    let mut net = Net::new(5);
+    net.join_all();
+    net.run_for(Duration::from_secs(3));
+    let leaver = net.node(4).me();
+    net.input(4, Input::Leave).expect("leave");
+    net.run_for(Duration::from_secs(3));
+    assert!(net.events.contains(&(4, Event::SelfLeft)));
+    assert_eq!(
+        net.nodes[4]
+            .as_mut()
+            .map(|m| m.handle(Instant::MAX, Input::Leave)),
+        Some(Err(Error::Left))
+    );
+    for i in 0..4 {
+        assert_eq!(net.node(i).state_of(leaver), Some(MemberState::Left));
+        assert!(net.events.contains(&(i, Event::Left(leaver))));
+        assert!(!net.events.contains(&(i, Event::Failed(leaver))));
+    }
+}
+
+#[test]
+fn restarted_node_is_a_new_member_and_retires_its_old_generation() {
+    let mut net = Net::new(5);
+    net.join_all();
+    net.run_for(Duration::from_secs(3));
+    let old = net.node(2).me();
+    net.crash(2);
+    net.start(2, 2);
+    net.input(
+        2,
+        Input::Join {
+            seeds: vec![addr(0)],
+        },
+    )
+    .expect("join");
+    net.run_for(Duration::from_secs(3));
+    let new = net.node(2).me();
+    assert_ne!(old, new);
+    net.assert_converged();
+    for i in [0, 1, 3, 4] {
+        assert_eq!(net.node(i).state_of(new), Some(MemberState::Alive));
+        assert!(!net.node(i).live_view().contains(&old));
+    }
+}
+
+#[test]
+fn garbage_and_misdirected_datagrams_are_counted_and_dropped() {
+    let mut net = Net::new(2);
+    net.join_all();
+    net.run_for(Duration::from_secs(2));
+    let before = net.node(0).live_view();
+    for bytes in [
+        &[][..],
+        &[0xff; 10][..],
+        &[wire::WIRE_VERSION, 200, 1, 2][..],
+        &[0u8; 1500][..],
+    ] {
+        let result = net.input(
+            0,
+            Input::Datagram {
+                from: addr(9),
+                bytes,
+            },
+        );
+        assert!(matches!(result, Err(Error::Decode(_))), "{result:?}");
+    }
+    assert_eq!(net.node(0).metrics().decode_errors, 4);
+    // A packet for another generation at this address.
+    let stale = NodeId::new(addr(0), 0);
+    let packet = Packet {
+        from: net.node(1).me(),
+        to: Some(stale),
+        message: Message::Ping { seq: 1 },
+        gossip: vec![],
+    };
+    let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
+    assert_eq!(
+        net.input(
+            0,
+            Input::Datagram {
+                from: addr(1),
+                bytes: &bytes
+            }
+        ),
+        Err(Error::Misdirected(stale))
+    );
+    assert_eq!(net.node(0).metrics().misdirected, 1);
+    assert_eq!(net.node(0).live_view(), before);
+}
+
+#[test]
+fn stale_timers_are_ignored() {
+    let mut net = Net::new(1);
+    let bogus = Timer {
+        kind: TimerKind::Probe,
+        token: TimerToken(999_999),
+    };
+    net.input(0, Input::Timer(bogus))
+        .expect("ignored, not an error");
+    assert_eq!(net.node(0).metrics().stale_timers, 1);
+}
+
+#[test]
+fn same_seed_same_outputs() {
+    fn trace() -> Vec<String> {
+        let mut net = Net::new(5);
+        net.join_all();
+        net.run_for(Duration::from_secs(2));
+        net.crash(1);
+        net.run_for(Duration::from_secs(6));
+        net.events.iter().map(|e| format!("{e:?}")).collect()
+    }
+    assert_eq!(trace(), trace());
+}
+
+#[test]
+fn large_cluster_join_reply_is_chunked_within_datagram_limit() {
+    let mut net = Net::new(120);
+    net.join_all();
+    // Net::drain asserts every datagram's size.
+    net.run_for(Duration::from_secs(10));
+    net.assert_converged();
+    assert!(net.node(0).metrics().datagrams_sent > 0);
+}
