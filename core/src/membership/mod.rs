@@ -1333,13 +1333,16 @@ impl Membership {
 
     /// Up to `count` distinct random live members, never `exclude`.
     fn random_live(&mut self, count: usize, exclude: Option<NodeId>) -> Vec<NodeId> {
-        let pool: Vec<NodeId> = match exclude {
-            Some(x) => self.live.iter().copied().filter(|&n| n != x).collect(),
-            None => self.live.clone(),
-        };
-        pool.choose_multiple(&mut self.rng, count)
+        // Sample one extra so that dropping `exclude` still leaves `count`.
+        let extra = usize::from(exclude.is_some());
+        let mut picked: Vec<NodeId> = self
+            .live
+            .choose_multiple(&mut self.rng, count + extra)
             .copied()
-            .collect()
+            .filter(|&n| Some(n) != exclude)
+            .collect();
+        picked.truncate(count);
+        picked
     }
 
     fn check_invariants(&self) {
