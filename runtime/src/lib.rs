@@ -1,1 +1,32 @@
-//! idunno-runtime (placeholder until written).
+//! idunno-runtime: the tokio driver that runs idunno's sans-IO state machines on real sockets,
+//! and the pieces of the `idunno-node` binary (start / client / demo).
+//!
+//! Owns: sockets, timers, the wall clock, OS randomness, files on disk, processes and signals.
+//! Everything that decides lives in `idunno-core`; this crate only translates: a socket, timer
+//! or command event goes into `handle`, and the machine's outputs are carried out in order.
+//!
+//! Modules, one job each:
+//! - [`net`]: the datagram socket seam (tokio's `UdpSocket` today, turmoil's in simulation).
+//! - [`timers`]: the timer queue that hands timers back to the machine when they are due.
+//! - [`driver`]: the event loop of one node's membership machine.
+//! - [`control`]: the TCP control server and the client side of the control protocol.
+//! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
+//! - [`node`]: binds the sockets and wires driver, control server and signals together.
+//! - [`render`]: member tables and JSON for the client and the demo.
+//! - [`demo`]: the local-cluster demo (spawns `idunno-node start` children).
+//! - [`cli`]: the command line (clap).
+//! - [`logging`]: tracing subscriber setup.
+//!
+//! Must never: make a membership decision, panic on peer, user or disk input, or bind outside
+//! the addresses it is told to bind.
+
+pub mod cli;
+pub mod control;
+pub mod demo;
+pub mod driver;
+pub mod identity;
+pub mod logging;
+pub mod net;
+pub mod node;
+pub mod render;
+pub mod timers;

@@ -1,2 +1,117 @@
-//! The idunno-node binary (placeholder until written).
-fn main() {}
+//! The `idunno-node` binary: parses the command line and dispatches to the runtime library.
+//!
+//! Owns: the process's exit codes and what goes to stdout (`LISTENING <addr> <generation>` for
+//! `start`, answers for `client`, progress for `demo`); logs go to stderr.
+//! Must never: panic on user input or a closed stdout, or contain logic that a test cannot reach
+//! through the library.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, StartArgs};
+use idunno_runtime::control;
+use idunno_runtime::driver::Exit;
+use idunno_runtime::node::{self, NodeOptions};
+use idunno_runtime::{demo, logging, render};
+
+/// Exit code of a node stopped by a second signal before its leave finished (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_checked();
+    match cli.command {
+        Command::Start(args) => start(args),
+        Command::Client(args) => client(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// Writes `text` to stdout and flushes; a closed stdout is reported, never a panic.
+fn print_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+fn start(args: StartArgs) -> ExitCode {
+    logging::init();
+    let options = NodeOptions::new(args.bind, args.join, args.data_dir);
+    let result = node::block_on(async {
+        let bound = match node::bind(options).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Handlers first: whoever reads the LISTENING line may signal at once.
+        let signals = node::leave_on_signals(bound.handle(), bound.span());
+        let id = bound.id();
+        if let Err(e) = print_stdout(&format!("LISTENING {} {}\n", id.addr, id.generation)) {
+            bound
+                .span()
+                .in_scope(|| tracing::warn!(error = %e, "cannot print the LISTENING line"));
+        }
+        tokio::select! {
+            (exit, _) = bound.run() => match exit {
+                Exit::Left => ExitCode::SUCCESS,
+                Exit::LeaveTimedOut => ExitCode::FAILURE,
+            },
+            () = signals => ExitCode::from(EXIT_INTERRUPTED),
+        }
+    });
+    result.unwrap_or_else(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn client(args: ClientArgs) -> ExitCode {
+    let node = args.node;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let result = node::block_on(async {
+        match args.request {
+            ClientRequest::ListMem { json } => {
+                let members = control::list_members(node, timeout).await?;
+                Ok(if json {
+                    format!("{}\n", render::members_json(&members))
+                } else {
+                    render::members_table(&members)
+                })
+            }
+            ClientRequest::ListSelf { json } => {
+                let (id, incarnation) = control::list_self(node, timeout).await?;
+                Ok(if json {
+                    format!("{}\n", render::self_json(id, incarnation))
+                } else {
+                    format!("{}\n", render::self_line(id, incarnation))
+                })
+            }
+            ClientRequest::Leave => {
+                control::leave(node, timeout).await?;
+                Ok(format!("node {node} is leaving the cluster\n"))
+            }
+        }
+    });
+    let text: Result<String, control::ClientError> = match result {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match text {
+        Ok(text) => match print_stdout(&text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the answer: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The `idunno-node` command line.
+//!
+//! Owns: the argument grammar (clap derive) and its validation. The contract, which tests and
+//! scripts depend on:
+//! - `idunno-node start --bind ADDR [--join ADDR,ADDR...] [--data-dir DIR]`
+//! - `idunno-node client --node ADDR list_mem [--json]`
+//! - `idunno-node client --node ADDR list_self [--json]`
+//! - `idunno-node client --node ADDR leave`
+//! - `idunno-node demo [--nodes 10] [--kill 3]`
+//!
+//! Must never: act on the arguments (main.rs dispatches) or accept an argument it cannot honour.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Most nodes the demo starts (one loopback address each, 127.0.0.2 upwards).
+pub const DEMO_NODES_MAX: u16 = 250;
+
+/// idunno: a fault-tolerant distributed inference cluster node.
+#[derive(Debug, Parser, PartialEq, Eq)]
+#[command(name = "idunno-node", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Run a node until SIGINT/SIGTERM or a `leave` request (then leave gracefully and exit 0).
+    /// Prints `LISTENING <addr> <generation>` on stdout once bound; logs go to stderr.
+    Start(StartArgs),
+    /// Ask a running node something over its control port.
+    Client(ClientArgs),
+    /// Start a local cluster on 127.0.0.x, show it converge, kill nodes, heal, rejoin, leave.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `start`.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct StartArgs {
+    /// UDP (membership) and TCP (control) address; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: SocketAddr,
+    /// Addresses of existing members to join through, comma-separated.
+    #[arg(long, value_name = "ADDR,ADDR...", value_delimiter = ',')]
+    pub join: Vec<SocketAddr>,
+    /// Directory for this node's durable state (its last generation).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Arguments of `client`.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct ClientArgs {
+    /// The node to ask (its bind address).
+    #[arg(long, value_name = "ADDR")]
+    pub node: SocketAddr,
+    /// How long to wait for connecting and answering, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+    /// The request.
+    #[command(subcommand)]
+    pub request: ClientRequest,
+}
+
+/// Requests a client can make.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// The node's member list: id, addr, generation, incarnation, state.
+    #[command(name = "list_mem")]
+    ListMem {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's own id and incarnation.
+    #[command(name = "list_self")]
+    ListSelf {
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell the node to leave the cluster gracefully and exit.
+    Leave,
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct DemoArgs {
+    /// Nodes to start, on 127.0.0.2 upwards.
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(2..=i64::from(DEMO_NODES_MAX)))]
+    pub nodes: u16,
+    /// Nodes to SIGKILL at once (the seed among them); must leave at least one survivor.
+    #[arg(long, default_value_t = 3)]
+    pub kill: u16,
+    /// Longest each step may take to converge, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub step_timeout_secs: u64,
+}
+
+impl Cli {
+    /// Parses and validates relations clap cannot express; exits with usage on error.
+    pub fn parse_checked() -> Self {
+        let cli = Cli::parse();
+        if let Err(message) = cli.validate() {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            cmd.error(clap::error::ErrorKind::ValueValidation, message)
+                .exit();
+        }
+        cli
+    }
+
+    /// Checks relations between arguments.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Command::Demo(demo) = &self.command
+            && demo.kill >= demo.nodes
+        {
+            return Err(format!(
+                "--kill {} must be smaller than --nodes {} (at least one node must survive)",
+                demo.kill, demo.nodes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("idunno-node").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn start_takes_bind_join_list_and_data_dir() {
+        let cli = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:0",
+            "--join",
+            "127.0.0.3:4000,127.0.0.4:4001",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .expect("valid");
+        let Command::Start(args) = cli.command else {
+            panic!("not start: {cli:?}")
+        };
+        assert_eq!(args.bind, "127.0.0.2:0".parse().expect("addr"));
+        assert_eq!(
+            args.join,
+            vec![
+                "127.0.0.3:4000".parse().expect("addr"),
+                "127.0.0.4:4001".parse().expect("addr")
+            ]
+        );
+        assert_eq!(args.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn start_needs_bind_and_refuses_bad_addresses() {
+        assert!(parse(&["start"]).is_err());
+        assert!(parse(&["start", "--bind", "nonsense"]).is_err());
+        assert!(parse(&["start", "--bind", "127.0.0.1:0", "--join", "1.2.3.4"]).is_err());
+        let cli = parse(&["start", "--bind", "127.0.0.1:0"]).expect("join is optional");
+        assert!(
+            matches!(cli.command, Command::Start(StartArgs { ref join, data_dir: None, .. }) if join.is_empty())
+        );
+    }
+
+    #[test]
+    fn client_subcommands_use_underscored_names() {
+        let cli = parse(&["client", "--node", "127.0.0.1:9", "list_mem", "--json"]).expect("valid");
+        assert_eq!(
+            cli.command,
+            Command::Client(ClientArgs {
+                node: "127.0.0.1:9".parse().expect("addr"),
+                timeout_ms: 3000,
+                request: ClientRequest::ListMem { json: true },
+            })
+        );
+        let cli = parse(&["client", "--node", "127.0.0.1:9", "list_self"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientArgs {
+                request: ClientRequest::ListSelf { json: false },
+                ..
+            })
+        ));
+        let cli = parse(&["client", "--node", "127.0.0.1:9", "leave"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientArgs {
+                request: ClientRequest::Leave,
+                ..
+            })
+        ));
+        assert!(
+            parse(&["client", "list_mem"]).is_err(),
+            "--node is required"
+        );
+        assert!(parse(&["client", "--node", "127.0.0.1:9", "list-mem"]).is_err());
+    }
+
+    #[test]
+    fn demo_defaults_and_limits() {
+        let cli = parse(&["demo"]).expect("valid");
+        assert_eq!(
+            cli.command,
+            Command::Demo(DemoArgs {
+                nodes: 10,
+                kill: 3,
+                step_timeout_secs: 30
+            })
+        );
+        assert_eq!(cli.validate(), Ok(()));
+        assert!(parse(&["demo", "--nodes", "1"]).is_err());
+        assert!(parse(&["demo", "--nodes", "251"]).is_err());
+        let cli = parse(&["demo", "--nodes", "3", "--kill", "3"]).expect("parses");
+        assert!(cli.validate().is_err(), "nobody would survive");
+        let cli = parse(&["demo", "--nodes", "3", "--kill", "0"]).expect("parses");
+        assert_eq!(cli.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,436 @@
+//! The control protocol over TCP: the node's server side and the client's side.
+//!
+//! Owns: accepting control connections (at most [`CONNECTIONS_MAX`] at once, each in its own task
+//! with a read timeout), framing (`core::wire`'s length-prefixed frames, with a small cap on
+//! requests), handing each request to the driver and writing its answer back; and the client
+//! calls (`list_mem`, `list_self`, `leave`) with a connect-and-answer timeout.
+//! Must never: answer a request itself (the driver does), hold a connection open without a
+//! deadline, allocate more than a frame's cap for one message, or panic on what a peer sends.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idunno_core::membership::{Member, NodeId};
+use idunno_core::wire::{self, ControlRequest, ControlResponse, FRAME_HEADER_BYTES, WireError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, debug, warn};
+
+use crate::driver::Request;
+
+/// Most control connections served at once; more are closed at accept.
+pub const CONNECTIONS_MAX: usize = 64;
+/// Longest a connection may take to deliver a request (or stay idle between requests), and
+/// longest the driver may take to answer one.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most requests served on one connection.
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// Largest request frame body the server accepts, in bytes; requests are tiny.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Default client deadline for connecting and getting the answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause after a failed accept (for example, out of file descriptors).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The connection failed or closed mid-frame.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The frame's bytes are not a valid message, or it is too large.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a new frame starts.
+pub async fn read_frame<T, R>(
+    reader: &mut R,
+    body_bytes_max: usize,
+) -> Result<Option<T>, FrameError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_BYTES {
+        let read = reader.read(&mut header[filled..]).await?;
+        if read == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        filled += read;
+    }
+    let len = wire::decode_frame_header(header)?;
+    if len > body_bytes_max {
+        return Err(WireError::Oversized {
+            len,
+            max: body_bytes_max,
+        }
+        .into());
+    }
+    // Grow with the bytes that actually arrive rather than trusting the length up front.
+    let mut body = Vec::with_capacity(len.min(4096));
+    let limit = u64::try_from(len).unwrap_or(u64::MAX);
+    reader.take(limit).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some(wire::decode_frame_body(&body)?))
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<T, W>(writer: &mut W, value: &T) -> Result<(), FrameError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let bytes = wire::encode_frame(value)?;
+    writer.write_all(&bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+// ----- server -----
+
+/// Accepts control connections forever, serving each in its own task.
+pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(%peer, "too many control connections; closing this one");
+            continue;
+        };
+        let requests = requests.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                serve_connection(stream, requests).await;
+                debug!(%peer, "control connection closed");
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Serves requests on one connection until the peer closes it, stalls or misbehaves.
+pub async fn serve_connection<T>(mut stream: T, requests: mpsc::Sender<Request>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    for _ in 0..REQUESTS_PER_CONNECTION_MAX {
+        let read = tokio::time::timeout(
+            SERVER_TIMEOUT,
+            read_frame::<ControlRequest, _>(&mut stream, REQUEST_BYTES_MAX),
+        )
+        .await;
+        let request = match read {
+            Err(_) => {
+                debug!("control connection timed out");
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(request))) => request,
+            Ok(Err(FrameError::Io(e))) => {
+                debug!(error = %e, "control connection failed");
+                return;
+            }
+            Ok(Err(FrameError::Wire(e))) => {
+                debug!(error = %e, "bad control frame");
+                let answer = ControlResponse::Error(format!("bad request: {e}"));
+                let _ =
+                    tokio::time::timeout(SERVER_TIMEOUT, write_frame(&mut stream, &answer)).await;
+                return;
+            }
+        };
+        debug!(?request, "control request");
+        let answer = ask_driver(&requests, request).await;
+        match tokio::time::timeout(SERVER_TIMEOUT, write_frame(&mut stream, &answer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "cannot write control answer");
+                return;
+            }
+            Err(_) => {
+                debug!("control answer timed out");
+                return;
+            }
+        }
+    }
+}
+
+async fn ask_driver(requests: &mpsc::Sender<Request>, request: ControlRequest) -> ControlResponse {
+    let shutting_down = || ControlResponse::Error("node is shutting down".to_owned());
+    let (reply, answer) = oneshot::channel();
+    let asked = async {
+        requests
+            .send(Request { request, reply })
+            .await
+            .map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())
+    };
+    match tokio::time::timeout(SERVER_TIMEOUT, asked).await {
+        Ok(Ok(response)) | Ok(Err(response)) => response,
+        Err(_) => ControlResponse::Error("node did not answer in time".to_owned()),
+    }
+}
+
+// ----- client -----
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No TCP connection could be made.
+    #[error("cannot connect to node {node}: {source}")]
+    Connect {
+        /// The node asked.
+        node: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Connecting and answering took longer than the deadline.
+    #[error("node {node} did not answer within {}ms", after.as_millis())]
+    Timeout {
+        /// The node asked.
+        node: SocketAddr,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The connection failed after it was made.
+    #[error("connection to node {node} failed: {source}")]
+    Io {
+        /// The node asked.
+        node: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The answer did not decode.
+    #[error("bad answer from node {node}: {source}")]
+    BadAnswer {
+        /// The node asked.
+        node: SocketAddr,
+        /// What was wrong with it.
+        source: WireError,
+    },
+    /// The node closed the connection without answering.
+    #[error("node {node} closed the connection without answering")]
+    NoAnswer {
+        /// The node asked.
+        node: SocketAddr,
+    },
+    /// The node answered with an error.
+    #[error("node {node} refused the request: {message}")]
+    Refused {
+        /// The node asked.
+        node: SocketAddr,
+        /// Its explanation.
+        message: String,
+    },
+    /// The node answered with the wrong kind of answer.
+    #[error("unexpected answer from node {node}: {answer}")]
+    Unexpected {
+        /// The node asked.
+        node: SocketAddr,
+        /// The answer, debug-printed.
+        answer: String,
+    },
+}
+
+/// Sends one request to `node`'s control port and returns its answer, within `timeout`.
+/// A [`ControlResponse::Error`] answer is returned as [`ClientError::Refused`].
+pub async fn call(
+    node: SocketAddr,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlResponse, ClientError> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(node)
+            .await
+            .map_err(|source| ClientError::Connect { node, source })?;
+        let frame_error = |e: FrameError| match e {
+            FrameError::Io(source) => ClientError::Io { node, source },
+            FrameError::Wire(source) => ClientError::BadAnswer { node, source },
+        };
+        write_frame(&mut stream, request)
+            .await
+            .map_err(frame_error)?;
+        let answer = read_frame::<ControlResponse, _>(&mut stream, wire::FRAME_BYTES_MAX)
+            .await
+            .map_err(frame_error)?;
+        answer.ok_or(ClientError::NoAnswer { node })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(ClientError::Timeout {
+            node,
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(ControlResponse::Error(message))) => Err(ClientError::Refused { node, message }),
+        Ok(Ok(answer)) => Ok(answer),
+    }
+}
+
+fn unexpected(node: SocketAddr, answer: &ControlResponse) -> ClientError {
+    ClientError::Unexpected {
+        node,
+        answer: format!("{answer:?}"),
+    }
+}
+
+/// `node`'s member list (itself included), sorted by id.
+pub async fn list_members(node: SocketAddr, timeout: Duration) -> Result<Vec<Member>, ClientError> {
+    match call(node, &ControlRequest::ListMembers, timeout).await? {
+        ControlResponse::Members(members) => Ok(members),
+        other => Err(unexpected(node, &other)),
+    }
+}
+
+/// `node`'s identity and current incarnation.
+pub async fn list_self(node: SocketAddr, timeout: Duration) -> Result<(NodeId, u64), ClientError> {
+    match call(node, &ControlRequest::ListSelf, timeout).await? {
+        ControlResponse::SelfInfo { id, incarnation } => Ok((id, incarnation)),
+        other => Err(unexpected(node, &other)),
+    }
+}
+
+/// Asks `node` to leave the cluster; returns once it confirmed it is leaving.
+pub async fn leave(node: SocketAddr, timeout: Duration) -> Result<(), ClientError> {
+    match call(node, &ControlRequest::Leave, timeout).await? {
+        ControlResponse::Leaving => Ok(()),
+        other => Err(unexpected(node, &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// A fake driver that answers every request with `SelfInfo`.
+    fn fake_driver() -> mpsc::Sender<Request> {
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        tokio::spawn(async move {
+            while let Some(Request { reply, .. }) = rx.recv().await {
+                let _ = reply.send(ControlResponse::SelfInfo {
+                    id: NodeId::new(addr(7), 3),
+                    incarnation: 1,
+                });
+            }
+        });
+        tx
+    }
+
+    #[tokio::test]
+    async fn a_request_round_trips_and_several_fit_one_connection() {
+        let (client, server) = tokio::io::duplex(1024);
+        let requests = fake_driver();
+        let server = tokio::spawn(serve_connection(server, requests));
+        let mut client = client;
+        for _ in 0..3 {
+            write_frame(&mut client, &ControlRequest::ListSelf)
+                .await
+                .expect("write");
+            let answer: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+                .await
+                .expect("read");
+            assert_eq!(
+                answer,
+                Some(ControlResponse::SelfInfo {
+                    id: NodeId::new(addr(7), 3),
+                    incarnation: 1
+                })
+            );
+        }
+        drop(client);
+        server
+            .await
+            .expect("server task ends when the client closes");
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_an_error_answer_and_the_connection_closes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(serve_connection(server, fake_driver()));
+        client
+            .write_all(&[0, 0, 0, 3, 0xff, 0xfe, 0xfd])
+            .await
+            .expect("write");
+        let answer: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+            .await
+            .expect("read");
+        assert!(
+            matches!(answer, Some(ControlResponse::Error(_))),
+            "{answer:?}"
+        );
+        let after: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+            .await
+            .expect("clean close");
+        assert_eq!(after, None);
+        server.await.expect("server task ends");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_reading_the_body() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(serve_connection(server, fake_driver()));
+        let len = u32::try_from(REQUEST_BYTES_MAX + 1).expect("small");
+        client.write_all(&len.to_be_bytes()).await.expect("write");
+        let answer: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+            .await
+            .expect("read");
+        assert!(
+            matches!(answer, Some(ControlResponse::Error(_))),
+            "{answer:?}"
+        );
+        server.await.expect("server task ends");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_is_an_error_not_a_clean_end() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&[0, 0, 0, 10, 1, 2]).await.expect("write");
+        drop(client);
+        let read = read_frame::<ControlRequest, _>(&mut server, REQUEST_BYTES_MAX).await;
+        assert!(matches!(read, Err(FrameError::Io(_))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_driver_is_reported_to_the_client() {
+        let (tx, rx) = mpsc::channel::<Request>(1);
+        drop(rx);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(serve_connection(server, tx));
+        write_frame(&mut client, &ControlRequest::ListMembers)
+            .await
+            .expect("write");
+        let answer: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+            .await
+            .expect("read");
+        assert!(
+            matches!(answer, Some(ControlResponse::Error(_))),
+            "{answer:?}"
+        );
+        drop(client);
+        server.await.expect("server task ends");
+    }
+}

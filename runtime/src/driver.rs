@@ -1,0 +1,247 @@
+//! The event loop of one node: runs the membership machine on a socket, a timer queue and a
+//! request channel.
+//!
+//! Owns: the machine, its timer queue and the mapping between tokio time and the machine's
+//! [`Instant`] (microseconds since the driver's epoch, captured when the driver is built).
+//! Inputs: datagrams from the socket, due timers, control requests (from [`crate::control`] and
+//! the signal handler). Outputs, carried out in the order the machine decided them: datagrams
+//! sent, timers armed, events logged at info.
+//! Must never: decide anything about membership, drop or reorder the machine's outputs, block
+//! on anything but its own socket, or panic on what a peer sends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use idunno_core::membership::{Config, Event, Input, Membership, Metrics, NodeId, Output, Timer};
+use idunno_core::time::Instant;
+use idunno_core::wire::{ControlRequest, ControlResponse};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::net::{DatagramSocket, RECV_BUFFER_BYTES};
+use crate::timers::TimerQueue;
+
+/// Most due timers handed in before the loop looks at the socket and requests again.
+const TIMERS_PER_TURN_MAX: usize = 1024;
+/// Pause after a failed `recv_from`, so a persistent socket error cannot spin the loop.
+const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Extra time, beyond twice the machine's leave linger, before a leave that never reports
+/// `SelfLeft` is abandoned (a guard against a machine bug; normally never reached).
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
+/// Capacity of the request channel that feeds the driver.
+pub const REQUESTS_QUEUE_MAX: usize = 64;
+
+/// A control request for the driver, with the channel its answer goes back on.
+#[derive(Debug)]
+pub struct Request {
+    /// What is asked.
+    pub request: ControlRequest,
+    /// Where the answer goes; a dropped receiver is ignored.
+    pub reply: oneshot::Sender<ControlResponse>,
+}
+
+/// Why a driver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The membership configuration was refused.
+    #[error(transparent)]
+    Config(#[from] idunno_core::membership::ConfigError),
+    /// The socket does not know its own address.
+    #[error("cannot read the socket's address: {0}")]
+    LocalAddr(#[from] std::io::Error),
+}
+
+/// How the driver's loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The graceful leave finished (`Event::SelfLeft`).
+    Left,
+    /// The leave did not finish within its deadline; the driver stopped anyway.
+    LeaveTimedOut,
+}
+
+/// One node's membership machine wired to a socket and a clock.
+#[derive(Debug)]
+pub struct Driver<S> {
+    machine: Membership,
+    socket: S,
+    timers: TimerQueue<Timer>,
+    epoch: tokio::time::Instant,
+    left: bool,
+    leave_deadline: Option<tokio::time::Instant>,
+}
+
+impl<S: DatagramSocket> Driver<S> {
+    /// A driver for the node `NodeId{socket's address, generation}`. The machine's epoch is now.
+    pub fn new(
+        config: Config,
+        socket: S,
+        generation: u64,
+        rng_seed: u64,
+    ) -> Result<Self, DriverError> {
+        let addr = socket.local_addr()?;
+        let me = NodeId::new(addr, generation);
+        // The machine's `Instant::ZERO` is this moment.
+        let epoch = tokio::time::Instant::now();
+        let machine = Membership::new(config, me, rng_seed, Instant::ZERO)?;
+        Ok(Driver {
+            machine,
+            socket,
+            timers: TimerQueue::new(),
+            epoch,
+            left: false,
+            leave_deadline: None,
+        })
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> NodeId {
+        self.machine.me()
+    }
+
+    /// Runs until the node has left the cluster: joins through `seeds` (if any), then serves
+    /// datagrams, timers and `requests` until a leave completes. Returns how it ended and the
+    /// machine's counters.
+    pub async fn run(
+        mut self,
+        seeds: Vec<SocketAddr>,
+        mut requests: mpsc::Receiver<Request>,
+    ) -> (Exit, Metrics) {
+        self.drain().await;
+        if !seeds.is_empty() {
+            info!(?seeds, "joining");
+            self.input(Input::Join { seeds }).await;
+        }
+        let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+        let mut requests_open = true;
+        let exit = loop {
+            if self.left {
+                break Exit::Left;
+            }
+            let wake = self.timers.next_deadline().map(|at| self.deadline_of(at));
+            let leave_deadline = self.leave_deadline;
+            tokio::select! {
+                biased;
+                request = requests.recv(), if requests_open => match request {
+                    Some(request) => self.on_request(request).await,
+                    None => requests_open = false,
+                },
+                () = sleep_until_opt(wake), if wake.is_some() => self.on_timers().await,
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        let bytes = buf.get(..len).unwrap_or(&buf);
+                        self.input(Input::Datagram { from, bytes }).await;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "recv_from failed");
+                        tokio::time::sleep(RECV_ERROR_BACKOFF).await;
+                    }
+                },
+                () = sleep_until_opt(leave_deadline), if leave_deadline.is_some() => {
+                    warn!("graceful leave did not finish in time; stopping anyway");
+                    break Exit::LeaveTimedOut;
+                }
+            }
+        };
+        (exit, self.machine.metrics().clone())
+    }
+
+    /// The machine's clock: microseconds since the driver's epoch.
+    fn now(&self) -> Instant {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(micros)
+    }
+
+    /// The tokio instant of a machine instant (far in the future for "never").
+    fn deadline_of(&self, at: Instant) -> tokio::time::Instant {
+        self.epoch
+            .checked_add(at.since_epoch())
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400))
+    }
+
+    /// Hands one input to the machine and carries out what it asks.
+    async fn input(&mut self, input: Input<'_>) {
+        let now = self.now();
+        if let Err(e) = self.machine.handle(now, input) {
+            debug!(error = %e, "input dropped");
+        }
+        self.drain().await;
+    }
+
+    /// Hands every due timer back to the machine, up to a bound per turn.
+    async fn on_timers(&mut self) {
+        for _ in 0..TIMERS_PER_TURN_MAX {
+            let now = self.now();
+            let Some((_, timer)) = self.timers.pop_due(now) else {
+                return;
+            };
+            self.input(Input::Timer(timer)).await;
+            if self.left {
+                return;
+            }
+        }
+    }
+
+    async fn on_request(&mut self, Request { request, reply }: Request) {
+        let response = match request {
+            ControlRequest::ListMembers => ControlResponse::Members(self.machine.members()),
+            ControlRequest::ListSelf => ControlResponse::SelfInfo {
+                id: self.machine.me(),
+                incarnation: self.machine.incarnation(),
+            },
+            ControlRequest::Leave => {
+                if !self.machine.is_leaving() {
+                    info!("leaving the cluster");
+                    let linger = self.machine.config().leave_linger;
+                    self.leave_deadline =
+                        Some(tokio::time::Instant::now() + linger * 2 + LEAVE_GRACE);
+                    self.input(Input::Leave).await;
+                }
+                ControlResponse::Leaving
+            }
+        };
+        // The asker may have given up (timeout, closed connection): nothing to do then.
+        let _ = reply.send(response);
+    }
+
+    /// Carries out the machine's outputs in order until it has none.
+    async fn drain(&mut self) {
+        while let Some(output) = self.machine.poll_output() {
+            match output {
+                Output::Send { to, bytes } => {
+                    if let Err(e) = self.socket.send_to(&bytes, to).await {
+                        debug!(%to, error = %e, "send_to failed");
+                    }
+                }
+                Output::SetTimer { timer, at } => {
+                    if let Err(e) = self.timers.push(at, timer) {
+                        error!(?timer, error = %e, "timer dropped");
+                    }
+                }
+                Output::Event(event) => self.on_event(event),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Joined(id) => info!(member = %id, "member joined"),
+            Event::Suspect(id) => info!(member = %id, "member suspected"),
+            Event::Refuted(id) => info!(member = %id, "member refuted its suspicion"),
+            Event::Failed(id) => info!(member = %id, "member failed"),
+            Event::Left(id) => info!(member = %id, "member left"),
+            Event::SelfLeft => {
+                info!("left the cluster");
+                self.left = true;
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`; never completes for `None` (callers also guard the branch).
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,266 @@
+//! One running node: binds its sockets, fixes its identity and wires the driver, the control
+//! server and the signal handler together.
+//!
+//! Owns: the UDP socket and the TCP control listener on the same address (port 0 resolves to one
+//! real port for both), the node's [`NodeId`] (bound address + persisted generation), the
+//! `node{addr=..}` tracing span every task of the node runs in, and the shutdown sequence
+//! (first SIGINT/SIGTERM: leave gracefully; second: stop at once).
+//! Must never: print to stdout (main prints the `LISTENING` line), or make membership decisions.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use idunno_core::membership::{Config, Metrics, NodeId};
+use idunno_core::wire::{ControlRequest, ControlResponse};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::control;
+use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
+use crate::identity::{self, IdentityError};
+
+/// Tries at binding UDP and TCP to one free port when asked for port 0 (the port the UDP socket
+/// got may already be taken for TCP).
+const BIND_ATTEMPTS_MAX: usize = 16;
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Address for both sockets; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Seeds to join through; empty for the first node of a cluster.
+    pub join: Vec<SocketAddr>,
+    /// Where the last generation is persisted; `None` uses the wall clock alone.
+    pub data_dir: Option<PathBuf>,
+    /// Membership parameters.
+    pub config: Config,
+}
+
+impl NodeOptions {
+    /// Options with the default (LAN) membership configuration.
+    pub fn new(bind: SocketAddr, join: Vec<SocketAddr>, data_dir: Option<PathBuf>) -> Self {
+        NodeOptions {
+            bind,
+            join,
+            data_dir,
+            config: Config::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The generation could not be chosen or persisted.
+    #[error("cannot choose a generation: {0}")]
+    Identity(#[from] IdentityError),
+    /// The driver refused its configuration.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
+/// Sends requests to a running node from inside the process (signals, tests).
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl NodeHandle {
+    /// Asks the node; `None` if it has stopped.
+    pub async fn request(&self, request: ControlRequest) -> Option<ControlResponse> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request { request, reply }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// A node whose sockets are bound and whose identity is fixed, not yet running.
+#[derive(Debug)]
+pub struct BoundNode {
+    driver: Driver<UdpSocket>,
+    listener: TcpListener,
+    seeds: Vec<SocketAddr>,
+    requests: mpsc::Receiver<Request>,
+    handle: NodeHandle,
+    span: tracing::Span,
+}
+
+/// Binds the sockets and fixes the identity (persisting the generation before returning).
+pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
+    let (socket, listener) = bind_pair(options.bind)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: options.bind,
+            source,
+        })?;
+    let addr = socket.local_addr().map_err(|source| NodeError::Bind {
+        addr: options.bind,
+        source,
+    })?;
+    debug_assert_ne!(addr.port(), 0);
+    let generation =
+        identity::next_generation(options.data_dir.as_deref(), identity::unix_time_ms())?;
+    let seed = identity::rng_seed(addr, generation);
+    let driver = Driver::new(options.config, socket, generation, seed)?;
+    debug_assert_eq!(driver.id(), NodeId::new(addr, generation));
+    debug!(rng_seed = seed, "identity fixed");
+    let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
+    Ok(BoundNode {
+        driver,
+        listener,
+        seeds: options.join,
+        requests,
+        handle: NodeHandle { requests: tx },
+        span: info_span!("node", addr = %addr),
+    })
+}
+
+/// Binds UDP then TCP on the port UDP got; with port 0, retries when that TCP port is taken.
+async fn bind_pair(bind: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let attempts = if bind.port() == 0 {
+        BIND_ATTEMPTS_MAX
+    } else {
+        1
+    };
+    let mut last_error = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..attempts {
+        let socket = UdpSocket::bind(bind).await?;
+        let addr = socket.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error)
+}
+
+impl BoundNode {
+    /// The node's identity: bound address and generation.
+    pub fn id(&self) -> NodeId {
+        self.driver.id()
+    }
+
+    /// A handle to send requests from inside the process.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The `node{addr=..}` span all of this node's logs run in.
+    pub fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// Runs the node until it has left the cluster; the control server stops with it.
+    pub async fn run(self) -> (Exit, Metrics) {
+        let BoundNode {
+            driver,
+            listener,
+            seeds,
+            requests,
+            handle,
+            span,
+        } = self;
+        let id = driver.id();
+        let server =
+            tokio::spawn(control::serve(listener, handle.requests).instrument(span.clone()));
+        let (exit, metrics) = async {
+            info!(generation = id.generation, "node started");
+            let (exit, metrics) = driver.run(seeds, requests).await;
+            info!(?exit, ?metrics, "node stopped");
+            (exit, metrics)
+        }
+        .instrument(span)
+        .await;
+        server.abort();
+        (exit, metrics)
+    }
+}
+
+/// Installs the SIGINT/SIGTERM handlers now (so a signal that arrives right after this call is
+/// not fatal) and returns a future that, at the first signal, asks the node to leave, and
+/// completes at a second one (the caller then stops without finishing the leave). The future
+/// never completes if the handlers cannot be installed. Call inside the tokio runtime.
+pub fn leave_on_signals(handle: NodeHandle, span: tracing::Span) -> impl Future<Output = ()> {
+    let signals = Signals::new();
+    async move {
+        let mut signals = match signals {
+            Ok(signals) => signals,
+            Err(e) => {
+                span.in_scope(
+                    || warn!(error = %e, "cannot watch signals; stop the node with `leave`"),
+                );
+                return std::future::pending().await;
+            }
+        };
+        signals.next().await;
+        span.in_scope(|| {
+            info!("signal received: leaving gracefully (signal again to stop at once)")
+        });
+        let leave = handle.request(ControlRequest::Leave);
+        tokio::select! {
+            _ = leave => {}
+            () = signals.next() => return,
+        }
+        signals.next().await;
+        span.in_scope(|| warn!("second signal: stopping without finishing the leave"));
+    }
+}
+
+/// SIGINT and SIGTERM as one stream.
+pub(crate) struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts watching; fails if the signal handlers cannot be installed.
+    #[cfg(unix)]
+    pub(crate) fn new() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Signals {})
+    }
+
+    /// Completes at the next SIGINT or SIGTERM.
+    #[cfg(unix)]
+    pub(crate) async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `future` on a fresh current-thread tokio runtime.
+pub fn block_on<F: Future>(future: F) -> io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
+}
