@@ -981,7 +981,9 @@ impl Membership {
     }
 
     fn refute(&mut self, incarnation: u64, accuser: Option<NodeId>) {
-        self.incarnation = incarnation + 1;
+        // Saturates: a forged accusation at u64::MAX must not wrap us back to 0 (issue 8 adds
+        // authentication so that no outsider can send one).
+        self.incarnation = incarnation.saturating_add(1);
         self.metrics.refutations += 1;
         let alive = Update::Alive {
             node: self.me,

@@ -1,0 +1,895 @@
+//! The check functions behind every fuzz target, shared by `fuzz/` and the stable replay test.
+//!
+//! Owns: one function per target, each taking the raw fuzz input and panicking on any violated
+//! invariant: [`wire_datagram`], [`wire_frame`], [`membership_events`]; the table [`TARGETS`]
+//! that maps target names to them; and the deterministic seed corpora ([`seed_corpus`]) that
+//! `examples/write_fuzz_corpus.rs` writes under `fuzz/corpus/<target>/`.
+//!
+//! `fuzz/fuzz_targets/*.rs` are one-liners calling these, so libFuzzer on nightly flags and
+//! `tests/fuzz_corpus.rs` on stable run exactly the same code over the same inputs.
+//!
+//! Must never: read a clock, the environment or the file system, or use unseeded randomness:
+//! the same input always runs the same way, so every crash replays.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use arbitrary::{Arbitrary, Unstructured};
+use idunno_core::membership::{
+    Config, Error, Event, Input, Member, MemberState, Membership, Message, NodeId, Output, Packet,
+    QUEUE_ITEMS_MAX, Timer, Update,
+};
+use idunno_core::time::Instant;
+use idunno_core::wire::{
+    self, ControlRequest, ControlResponse, DATAGRAM_BYTES_MAX, Datagram, FRAME_BYTES_MAX,
+    FRAME_HEADER_BYTES, WireError,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` file and corpus directory) and
+/// its check function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every fuzz target, by name.
+pub const TARGETS: &[Target] = &[
+    ("wire_datagram", wire_datagram),
+    ("wire_frame", wire_frame),
+    ("membership_events", membership_events_check),
+];
+
+/// The check function of the target called `name`.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+}
+
+// ----- wire -----
+
+/// Any bytes into [`wire::decode_datagram`]: never panics; empty and oversized inputs get their
+/// own errors; whatever decodes re-encodes within the cap, no longer than the input, and decodes
+/// back to the same value.
+pub fn wire_datagram(data: &[u8]) {
+    let decoded = wire::decode_datagram(data);
+    if data.is_empty() {
+        assert_eq!(decoded, Err(WireError::Empty));
+    } else if data.len() > DATAGRAM_BYTES_MAX {
+        assert!(
+            matches!(decoded, Err(WireError::Oversized { len, max: DATAGRAM_BYTES_MAX }) if len == data.len()),
+            "oversized datagram of {} bytes gave {decoded:?}",
+            data.len()
+        );
+    } else if data[0] != wire::WIRE_VERSION {
+        assert_eq!(decoded, Err(WireError::UnknownVersion(data[0])));
+    }
+    let Ok(datagram) = decoded else { return };
+    let bytes = wire::encode_datagram(&datagram).expect("a decoded datagram re-encodes");
+    assert!(bytes.len() <= DATAGRAM_BYTES_MAX);
+    assert!(
+        bytes.len() <= data.len(),
+        "re-encoding grew from {} to {} bytes",
+        data.len(),
+        bytes.len()
+    );
+    assert_eq!(wire::decode_datagram(&bytes).as_ref(), Ok(&datagram));
+    let again = wire::encode_datagram(&datagram).expect("encodes twice");
+    assert_eq!(again, bytes, "encoding is deterministic");
+}
+
+/// Any bytes as a TCP frame stream (4-byte header, then the body) and as a bare body, for both
+/// [`ControlRequest`] and [`ControlResponse`]: never panics; the header is range-checked; what
+/// decodes re-encodes to a frame whose header states its body length and which decodes back.
+pub fn wire_frame(data: &[u8]) {
+    if let Some((header, rest)) = data.split_first_chunk::<FRAME_HEADER_BYTES>() {
+        let stated = u32::from_be_bytes(*header) as usize;
+        match wire::decode_frame_header(*header) {
+            Ok(len) => {
+                assert_eq!(len, stated);
+                assert!((1..=FRAME_BYTES_MAX).contains(&len));
+                let body = &rest[..len.min(rest.len())];
+                frame_body_round_trips::<ControlRequest>(body);
+                frame_body_round_trips::<ControlResponse>(body);
+            }
+            Err(WireError::Empty) => assert_eq!(stated, 0),
+            Err(WireError::Oversized { len, max }) => {
+                assert_eq!((len, max), (stated, FRAME_BYTES_MAX));
+                assert!(stated > FRAME_BYTES_MAX);
+            }
+            Err(other) => panic!("unexpected header error {other:?}"),
+        }
+    }
+    frame_body_round_trips::<ControlRequest>(data);
+    frame_body_round_trips::<ControlResponse>(data);
+}
+
+fn frame_body_round_trips<T>(body: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let decoded = wire::decode_frame_body::<T>(body);
+    if body.is_empty() {
+        assert_eq!(decoded, Err(WireError::Empty));
+    }
+    let Ok(value) = decoded else { return };
+    let frame = wire::encode_frame(&value).expect("a decoded frame re-encodes");
+    let (header, rest) = frame
+        .split_first_chunk::<FRAME_HEADER_BYTES>()
+        .expect("a frame has a header");
+    assert_eq!(wire::decode_frame_header(*header), Ok(rest.len()));
+    assert!(rest.len() <= body.len(), "re-encoding grew");
+    assert_eq!(wire::decode_frame_body::<T>(rest).as_ref(), Ok(&value));
+}
+
+// ----- membership -----
+
+/// Most machines in one scenario.
+pub const MACHINES_MAX: usize = 3;
+/// Most steps taken from one input.
+pub const STEPS_MAX: usize = 256;
+/// Most datagrams held in flight; the oldest is dropped beyond it.
+pub const IN_FLIGHT_MAX: usize = 256;
+/// Most timer requests remembered per machine (for due firing and stale re-firing).
+pub const TIMERS_KEPT_MAX: usize = 128;
+/// Most delivery-and-timer rounds in one `Pump` step.
+pub const PUMP_ROUNDS_MAX: u8 = 8;
+
+/// The address of machine `index` and of the phantom peers that structured packets may name.
+fn pool_addr(index: u8) -> SocketAddr {
+    let index = index % 8;
+    match index {
+        0..=2 => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7000 + u16::from(index)),
+        3..=5 => SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)),
+            7100 + u16::from(index),
+        ),
+        6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 7200),
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 0),
+    }
+}
+
+/// An incarnation or sequence number: mostly small (so they collide with the machines' own),
+/// sometimes at the edge of the range.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum Number {
+    Small(u8),
+    Any(u64),
+    Max,
+}
+
+impl Number {
+    fn get(self) -> u64 {
+        match self {
+            Number::Small(n) => u64::from(n),
+            Number::Any(n) => n,
+            Number::Max => u64::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Arbitrary)]
+struct ArbNodeId {
+    addr: u8,
+    generation: u8,
+}
+
+impl ArbNodeId {
+    fn get(self) -> NodeId {
+        NodeId::new(pool_addr(self.addr), u64::from(self.generation % 4))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum ArbUpdate {
+    Alive(ArbNodeId, Number),
+    Suspect(ArbNodeId, Number, ArbNodeId),
+    Dead(ArbNodeId, Number, ArbNodeId),
+    Left(ArbNodeId, Number),
+}
+
+impl ArbUpdate {
+    fn get(self) -> Update {
+        match self {
+            ArbUpdate::Alive(node, inc) => Update::Alive {
+                node: node.get(),
+                incarnation: inc.get(),
+            },
+            ArbUpdate::Suspect(node, inc, by) => Update::Suspect {
+                node: node.get(),
+                incarnation: inc.get(),
+                by: by.get(),
+            },
+            ArbUpdate::Dead(node, inc, by) => Update::Dead {
+                node: node.get(),
+                incarnation: inc.get(),
+                by: by.get(),
+            },
+            ArbUpdate::Left(node, inc) => Update::Left {
+                node: node.get(),
+                incarnation: inc.get(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+enum ArbMessage {
+    Ping(Number),
+    Ack(Number),
+    PingReq(Number, ArbNodeId),
+    Join,
+    Sync(Vec<ArbUpdate>, bool),
+    Gossip,
+}
+
+#[derive(Debug, Clone, Arbitrary)]
+struct ArbPacket {
+    from: ArbNodeId,
+    /// `None`: not addressed; `Some(true)`: addressed to the receiver; `Some(false)`: the id
+    /// from `to_other`.
+    to_receiver: Option<bool>,
+    to_other: ArbNodeId,
+    message: ArbMessage,
+    gossip: Vec<ArbUpdate>,
+}
+
+/// One step of a membership scenario.
+#[derive(Debug, Clone, Arbitrary)]
+enum Step {
+    /// Arbitrary bytes to machine `to`, from pool address `from`.
+    Raw { to: u8, from: u8, bytes: Vec<u8> },
+    /// A structured packet, encoded with the codec, to machine `to`.
+    Packet { to: u8, packet: ArbPacket },
+    /// Deliver one in-flight datagram (optionally keeping a copy: a duplicate).
+    Deliver { pick: u16, duplicate: bool },
+    /// Deliver one in-flight datagram after flipping one bit or truncating it.
+    Mangle { pick: u16, at: u16, truncate: bool },
+    /// Lose one in-flight datagram.
+    Drop { pick: u16 },
+    /// `rounds` times: deliver everything in flight, advance `tick_ms`, fire due timers.
+    Pump { rounds: u8, tick_ms: u8 },
+    /// Advance the clock.
+    Advance { millis: u16 },
+    /// Fire every due timer of every machine, in deadline order.
+    FireDue,
+    /// Hand back a timer that was already due (a duplicate or stale firing).
+    Refire { node: u8, pick: u16 },
+    /// Join through the machines and phantoms named by `seeds`.
+    Join { node: u8, seeds: Vec<u8> },
+    /// Graceful leave.
+    Leave { node: u8 },
+    /// Crash and restart with the next generation, then join through the other machines.
+    Restart { node: u8 },
+}
+
+#[derive(Debug)]
+struct TimerRecord {
+    at: Instant,
+    timer: Timer,
+    fired: bool,
+}
+
+#[derive(Debug)]
+struct Machine {
+    membership: Membership,
+    timers: Vec<TimerRecord>,
+    /// Reported [`Event::SelfLeft`]: every later input must be refused.
+    left: bool,
+    /// Its incarnation after the last input: incarnations never go back.
+    incarnation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// What one membership scenario reached; used to pick seed inputs that go somewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    /// Steps executed.
+    pub steps: usize,
+    /// Machines in the scenario.
+    pub machines: usize,
+    /// Datagrams handed to a machine (raw, structured or delivered).
+    pub datagrams: u64,
+    /// Those that the machines refused as undecodable.
+    pub decode_errors: u64,
+    /// Largest live view seen at any machine.
+    pub live_view_max: usize,
+    /// Events of each kind seen: joined, suspect, refuted, failed, left, self-left.
+    pub events: [u64; 6],
+}
+
+struct World {
+    now: Instant,
+    config: Config,
+    seed: u64,
+    machines: Vec<Machine>,
+    generations: Vec<u64>,
+    in_flight: Vec<InFlight>,
+    stats: MembershipStats,
+}
+
+/// Runs a membership scenario decoded from `data` (see [`membership_events`]), discarding the
+/// statistics; the shape [`TARGETS`] needs.
+fn membership_events_check(data: &[u8]) {
+    let _ = membership_events(data);
+}
+
+/// An arbitrary sequence of inputs (raw and structured datagrams, deliveries, losses,
+/// duplicates and corruptions of real traffic, time, timers, join, leave, restart) into one to
+/// [`MACHINES_MAX`] [`Membership`] machines. After every input of every machine: no panic;
+/// undecodable bytes are refused with [`Error::Decode`] and counted in `decode_errors`, packets
+/// for another node in `misdirected`; the live view holds the machine itself unless it is
+/// leaving; the member list is sorted, unique and holds the machine exactly once; every `Send`
+/// is within [`DATAGRAM_BYTES_MAX`] (and the config's cap), decodes, and comes from the machine;
+/// no timer is asked for in the past; nothing ever fails to encode; the machine's own
+/// incarnation never goes back; a machine that reported `SelfLeft` refuses every later input.
+pub fn membership_events(data: &[u8]) -> MembershipStats {
+    let mut u = Unstructured::new(data);
+    let machines = usize::from(u.arbitrary::<u8>().unwrap_or(0)) % MACHINES_MAX + 1;
+    let seed = u.arbitrary::<u64>().unwrap_or(0);
+    let small_datagrams = u.arbitrary::<bool>().unwrap_or(false);
+    let mut config = Config::lan();
+    if small_datagrams {
+        config.datagram_bytes_max = 256;
+    }
+    let mut world = World {
+        now: Instant::from_micros(1_000_000),
+        config,
+        seed,
+        machines: Vec::with_capacity(machines),
+        generations: vec![1; machines],
+        in_flight: Vec::new(),
+        stats: MembershipStats {
+            machines,
+            ..MembershipStats::default()
+        },
+    };
+    for index in 0..machines {
+        let machine = world.boot(index);
+        world.machines.push(machine);
+        world.drain(index);
+    }
+    while !u.is_empty() && world.stats.steps < STEPS_MAX {
+        let Ok(step) = u.arbitrary::<Step>() else {
+            break;
+        };
+        world.stats.steps += 1;
+        world.step(step);
+    }
+    world.stats
+}
+
+impl World {
+    fn boot(&mut self, index: usize) -> Machine {
+        let me = NodeId::new(pool_addr(index as u8), self.generations[index]);
+        let rng_seed = self.seed ^ (index as u64) ^ (self.generations[index] << 8);
+        let membership = Membership::new(self.config.clone(), me, rng_seed, self.now)
+            .expect("the lan config validates");
+        Machine {
+            incarnation: membership.incarnation(),
+            membership,
+            timers: Vec::new(),
+            left: false,
+        }
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> Option<usize> {
+        (0..self.machines.len()).find(|&i| pool_addr(i as u8) == addr)
+    }
+
+    fn pick(&self, which: u8) -> usize {
+        usize::from(which) % self.machines.len()
+    }
+
+    fn step(&mut self, step: Step) {
+        match step {
+            Step::Raw { to, from, bytes } => {
+                let to = self.pick(to);
+                self.deliver(to, pool_addr(from), &bytes);
+            }
+            Step::Packet { to, packet } => {
+                let to = self.pick(to);
+                let receiver = self.machines[to].membership.me();
+                let packet = Packet {
+                    from: packet.from.get(),
+                    to: packet.to_receiver.map(|mine| {
+                        if mine {
+                            receiver
+                        } else {
+                            packet.to_other.get()
+                        }
+                    }),
+                    message: build_message(packet.message),
+                    gossip: packet.gossip.into_iter().map(ArbUpdate::get).collect(),
+                };
+                // A packet too large for one datagram cannot be sent; that is fine.
+                if let Ok(bytes) = wire::encode_datagram(&Datagram::Membership(packet.clone())) {
+                    self.deliver(to, packet.from.addr, &bytes);
+                }
+            }
+            Step::Deliver { pick, duplicate } => {
+                if let Some(datagram) = self.take_in_flight(pick, duplicate) {
+                    self.deliver_in_flight(&datagram);
+                }
+            }
+            Step::Mangle { pick, at, truncate } => {
+                if let Some(mut datagram) = self.take_in_flight(pick, false) {
+                    let len = datagram.bytes.len();
+                    if truncate {
+                        datagram.bytes.truncate(usize::from(at) % (len + 1));
+                    } else if len > 0 {
+                        let bit = usize::from(at) % (len * 8);
+                        datagram.bytes[bit / 8] ^= 1 << (bit % 8);
+                    }
+                    self.deliver_in_flight(&datagram);
+                }
+            }
+            Step::Drop { pick } => {
+                let _ = self.take_in_flight(pick, false);
+            }
+            Step::Pump { rounds, tick_ms } => {
+                for _ in 0..rounds.min(PUMP_ROUNDS_MAX) {
+                    let batch = std::mem::take(&mut self.in_flight);
+                    for datagram in &batch {
+                        self.deliver_in_flight(datagram);
+                    }
+                    self.advance(Duration::from_millis(u64::from(tick_ms)));
+                    self.fire_due();
+                }
+            }
+            Step::Advance { millis } => self.advance(Duration::from_millis(u64::from(millis))),
+            Step::FireDue => self.fire_due(),
+            Step::Refire { node, pick } => self.refire(node, pick),
+            Step::Join { node, seeds } => {
+                let index = self.pick(node);
+                let seeds = seeds.into_iter().take(16).map(pool_addr).collect();
+                self.command(index, Input::Join { seeds });
+            }
+            Step::Leave { node } => {
+                let index = self.pick(node);
+                self.command(index, Input::Leave);
+                assert!(
+                    self.machines[index].left || self.machines[index].membership.is_leaving(),
+                    "a leave command starts leaving"
+                );
+            }
+            Step::Restart { node } => {
+                let index = self.pick(node);
+                self.generations[index] += 1;
+                self.machines[index] = self.boot(index);
+                self.drain(index);
+                let seeds = (0..self.machines.len())
+                    .filter(|&i| i != index)
+                    .map(|i| pool_addr(i as u8))
+                    .collect();
+                self.command(index, Input::Join { seeds });
+            }
+        }
+    }
+
+    fn take_in_flight(&mut self, pick: u16, keep_copy: bool) -> Option<InFlight> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
+        let at = usize::from(pick) % self.in_flight.len();
+        if keep_copy {
+            Some(self.in_flight[at].clone())
+        } else {
+            Some(self.in_flight.remove(at))
+        }
+    }
+
+    fn deliver_in_flight(&mut self, datagram: &InFlight) {
+        if let Some(index) = self.index_of(datagram.to) {
+            self.deliver(index, datagram.from, &datagram.bytes);
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now = self.now + by;
+    }
+
+    /// Fires every due, unfired timer of every machine in (deadline, machine, request) order.
+    fn fire_due(&mut self) {
+        let mut due: Vec<(Instant, usize, usize)> = Vec::new();
+        for (index, machine) in self.machines.iter().enumerate() {
+            for (at, record) in machine.timers.iter().enumerate() {
+                if !record.fired && record.at <= self.now {
+                    due.push((record.at, index, at));
+                }
+            }
+        }
+        due.sort();
+        let mut fire: Vec<(usize, Timer)> = Vec::with_capacity(due.len());
+        for (_, index, at) in due {
+            let record = &mut self.machines[index].timers[at];
+            record.fired = true;
+            fire.push((index, record.timer));
+        }
+        for (index, timer) in fire {
+            self.command(index, Input::Timer(timer));
+        }
+    }
+
+    fn refire(&mut self, node: u8, pick: u16) {
+        let index = self.pick(node);
+        let now = self.now;
+        let due: Vec<Timer> = self.machines[index]
+            .timers
+            .iter()
+            .filter(|r| r.at <= now)
+            .map(|r| r.timer)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let timer = due[usize::from(pick) % due.len()];
+        self.command(index, Input::Timer(timer));
+    }
+
+    /// Hands `bytes` to machine `index` and checks how it was judged against our own decode.
+    fn deliver(&mut self, index: usize, from: SocketAddr, bytes: &[u8]) {
+        self.stats.datagrams += 1;
+        let expected = wire::decode_datagram(bytes);
+        let before = self.machines[index].membership.metrics().clone();
+        let was_left = self.machines[index].left;
+        let result = self.input(index, Input::Datagram { from, bytes });
+        let after = self.machines[index].membership.metrics().clone();
+        if was_left {
+            assert_eq!(result, Err(Error::Left));
+            return;
+        }
+        assert_eq!(after.datagrams_received, before.datagrams_received + 1);
+        match (&expected, &result) {
+            (Err(decode_error), Err(Error::Decode(error))) => {
+                assert_eq!(decode_error, error, "the machine decodes like the codec");
+                assert_eq!(after.decode_errors, before.decode_errors + 1, "counted");
+                self.stats.decode_errors += 1;
+            }
+            (Err(e), other) => panic!("undecodable bytes ({e}) were judged {other:?}"),
+            (Ok(_), Err(Error::Decode(e))) => panic!("a valid datagram was refused: {e}"),
+            (Ok(_), Err(Error::Misdirected(_) | Error::FromSelf)) => {
+                assert_eq!(after.misdirected, before.misdirected + 1, "counted");
+                assert_eq!(after.decode_errors, before.decode_errors);
+            }
+            (Ok(_), Err(Error::Left)) => panic!("refused as left without reporting SelfLeft"),
+            (Ok(Datagram::Membership(packet)), Ok(())) => {
+                let me = self.machines[index].membership.me();
+                assert!(
+                    packet.to.is_none_or(|to| to == me),
+                    "accepted a misdirected packet"
+                );
+                assert_ne!(packet.from, me, "accepted a packet from itself");
+                assert_eq!(after.decode_errors, before.decode_errors);
+            }
+        }
+    }
+
+    /// Feeds a timer or command: accepted, unless the machine has left.
+    fn command(&mut self, index: usize, input: Input<'_>) {
+        let was_left = self.machines[index].left;
+        let result = self.input(index, input);
+        if !was_left {
+            assert_eq!(result, Ok(()), "timers and commands are always accepted");
+        }
+    }
+
+    /// Feeds one input to machine `index`, drains its outputs and checks its invariants.
+    fn input(&mut self, index: usize, input: Input<'_>) -> Result<(), Error> {
+        let machine = &mut self.machines[index];
+        let result = machine.membership.handle(self.now, input);
+        if machine.left {
+            assert_eq!(
+                result,
+                Err(Error::Left),
+                "a machine that left refuses inputs"
+            );
+        }
+        self.drain(index);
+        result
+    }
+
+    fn drain(&mut self, index: usize) {
+        let now = self.now;
+        let machine = &mut self.machines[index];
+        let me = machine.membership.me();
+        let cap = machine.membership.config().datagram_bytes_max;
+        while let Some(output) = machine.membership.poll_output() {
+            match output {
+                Output::Send { to, bytes } => {
+                    assert!(
+                        bytes.len() <= DATAGRAM_BYTES_MAX && bytes.len() <= cap,
+                        "sent a {}-byte datagram",
+                        bytes.len()
+                    );
+                    match wire::decode_datagram(&bytes) {
+                        Ok(Datagram::Membership(packet)) => {
+                            assert_eq!(packet.from, me, "sends in its own name");
+                        }
+                        Err(e) => panic!("sent an undecodable datagram: {e}"),
+                    }
+                    if self.in_flight.len() >= IN_FLIGHT_MAX {
+                        self.in_flight.remove(0);
+                    }
+                    self.in_flight.push(InFlight {
+                        from: me.addr,
+                        to,
+                        bytes,
+                    });
+                }
+                Output::SetTimer { timer, at } => {
+                    assert!(at >= now, "timer {timer:?} asked for the past");
+                    if machine.timers.len() >= TIMERS_KEPT_MAX {
+                        let oldest = machine.timers.iter().position(|r| r.fired).unwrap_or(0);
+                        machine.timers.remove(oldest);
+                    }
+                    machine.timers.push(TimerRecord {
+                        at,
+                        timer,
+                        fired: false,
+                    });
+                }
+                Output::Event(event) => {
+                    let slot = match event {
+                        Event::Joined(id) | Event::Suspect(id) | Event::Refuted(id) => {
+                            assert_ne!(id, me, "events about others only");
+                            match event {
+                                Event::Joined(_) => 0,
+                                Event::Suspect(_) => 1,
+                                _ => 2,
+                            }
+                        }
+                        Event::Failed(id) | Event::Left(id) => {
+                            assert_ne!(id, me, "events about others only");
+                            if matches!(event, Event::Failed(_)) {
+                                3
+                            } else {
+                                4
+                            }
+                        }
+                        Event::SelfLeft => {
+                            assert!(machine.membership.is_leaving(), "SelfLeft after a leave");
+                            assert!(!machine.left, "SelfLeft once");
+                            machine.left = true;
+                            5
+                        }
+                    };
+                    self.stats.events[slot] += 1;
+                }
+            }
+        }
+        let incarnation = machine.membership.incarnation();
+        assert!(
+            incarnation >= machine.incarnation,
+            "incarnation went back from {} to {incarnation}",
+            machine.incarnation
+        );
+        machine.incarnation = incarnation;
+        let live = check_machine(&machine.membership);
+        self.stats.live_view_max = self.stats.live_view_max.max(live);
+    }
+}
+
+fn build_message(message: ArbMessage) -> Message {
+    match message {
+        ArbMessage::Ping(seq) => Message::Ping { seq: seq.get() },
+        ArbMessage::Ack(seq) => Message::Ack { seq: seq.get() },
+        ArbMessage::PingReq(seq, target) => Message::PingReq {
+            seq: seq.get(),
+            target: target.get(),
+        },
+        ArbMessage::Join => Message::Join,
+        ArbMessage::Sync(entries, reply) => Message::Sync {
+            entries: entries.into_iter().map(ArbUpdate::get).collect(),
+            reply,
+        },
+        ArbMessage::Gossip => Message::Gossip,
+    }
+}
+
+/// The state invariants of one machine, from the outside; returns its live view's size.
+fn check_machine(machine: &Membership) -> usize {
+    let me = machine.me();
+    let leaving = machine.is_leaving();
+    let live = machine.live_view();
+    assert_eq!(
+        live.contains(&me),
+        !leaving,
+        "live view holds self unless leaving"
+    );
+    assert_eq!(
+        machine.cluster_size(),
+        live.len() + usize::from(leaving),
+        "cluster size counts the live members and self"
+    );
+    let members: Vec<Member> = machine.members();
+    assert!(
+        members.windows(2).all(|w| w[0].id < w[1].id),
+        "members sorted and unique"
+    );
+    let selves: Vec<&Member> = members.iter().filter(|m| m.id == me).collect();
+    assert_eq!(selves.len(), 1, "self listed exactly once");
+    let self_state = if leaving {
+        MemberState::Left
+    } else {
+        MemberState::Alive
+    };
+    assert_eq!(selves[0].state, self_state);
+    assert_eq!(selves[0].incarnation, machine.incarnation());
+    let listed_live: BTreeSet<NodeId> = members
+        .iter()
+        .filter(|m| m.state.is_live() && !(m.id == me && leaving))
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed_live, live, "live view matches the member list");
+    for id in &live {
+        assert!(machine.state_of(*id).is_some_and(MemberState::is_live));
+    }
+    let metrics = machine.metrics();
+    assert_eq!(
+        metrics.encode_errors, 0,
+        "every message the machine built encoded"
+    );
+    assert!(machine.pending_broadcasts() <= QUEUE_ITEMS_MAX);
+    live.len()
+}
+
+// ----- seed corpora -----
+
+/// A few valid membership packets covering every message and update kind, IPv4 and IPv6.
+pub fn sample_packets() -> Vec<Packet> {
+    let a = NodeId::new(pool_addr(0), 1);
+    let b = NodeId::new(pool_addr(1), 2);
+    let c = NodeId::new(pool_addr(6), 3);
+    let updates = vec![
+        Update::Alive {
+            node: a,
+            incarnation: 0,
+        },
+        Update::Suspect {
+            node: b,
+            incarnation: 4,
+            by: a,
+        },
+        Update::Dead {
+            node: c,
+            incarnation: 1,
+            by: b,
+        },
+        Update::Left {
+            node: b,
+            incarnation: 5,
+        },
+    ];
+    let packet = |message: Message, gossip: Vec<Update>| Packet {
+        from: a,
+        to: Some(b),
+        message,
+        gossip,
+    };
+    vec![
+        packet(Message::Ping { seq: 1 }, Vec::new()),
+        packet(Message::Ack { seq: 1 }, updates[..1].to_vec()),
+        packet(Message::PingReq { seq: 7, target: c }, Vec::new()),
+        Packet {
+            to: None,
+            ..packet(Message::Join, Vec::new())
+        },
+        packet(
+            Message::Sync {
+                entries: updates.clone(),
+                reply: false,
+            },
+            Vec::new(),
+        ),
+        packet(Message::Gossip, updates),
+    ]
+}
+
+/// Every control request and a few responses of each kind.
+fn sample_frames() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let requests = [
+        ("list_members", ControlRequest::ListMembers),
+        ("list_self", ControlRequest::ListSelf),
+        ("leave", ControlRequest::Leave),
+    ];
+    for (name, request) in requests {
+        let frame = wire::encode_frame(&request).expect("requests encode");
+        out.push((format!("request_{name}"), frame));
+    }
+    let id = NodeId::new(pool_addr(0), 1);
+    let member = |state| Member {
+        id,
+        incarnation: 2,
+        state,
+        since: Instant::from_micros(5),
+    };
+    let responses = [
+        (
+            "members",
+            ControlResponse::Members(vec![member(MemberState::Alive), member(MemberState::Dead)]),
+        ),
+        (
+            "self_info",
+            ControlResponse::SelfInfo { id, incarnation: 3 },
+        ),
+        ("leaving", ControlResponse::Leaving),
+        ("error", ControlResponse::Error("no".into())),
+    ];
+    for (name, response) in responses {
+        let frame = wire::encode_frame(&response).expect("responses encode");
+        out.push((format!("response_{name}"), frame));
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (splitmix64), so the seed search needs no RNG crate.
+fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Membership inputs found by a deterministic search over pseudo-random inputs: for each goal
+/// (all machines see each other, a failure, a graceful leave, a refutation, many decode errors)
+/// the first input that reaches it.
+fn membership_seeds() -> Vec<(String, Vec<u8>)> {
+    type Goal = (&'static str, fn(&MembershipStats) -> bool);
+    let goals: [Goal; 6] = [
+        ("converged_3", |s| s.machines == 3 && s.live_view_max == 3),
+        ("converged_2", |s| s.machines == 2 && s.live_view_max == 2),
+        ("failed", |s| s.events[3] > 0),
+        ("self_left", |s| s.events[5] > 0),
+        ("refuted", |s| s.events[2] > 0),
+        ("suspect", |s| s.events[1] > 0),
+    ];
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    for attempt in 0..20_000u64 {
+        if found.len() == goals.len() {
+            break;
+        }
+        let len = 64 + (attempt % 8) as usize * 96;
+        let input = pseudo_random_bytes(attempt, len);
+        let stats = membership_events(&input);
+        for (name, reached) in &goals {
+            if reached(&stats) && !found.iter().any(|(n, _)| n == name) {
+                found.push(((*name).to_owned(), input.clone()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The seed corpus of `target`: (file name, bytes). Small valid encodings for the wire targets;
+/// inputs that reach distinct situations for the membership target.
+pub fn seed_corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    match target {
+        "wire_datagram" => sample_packets()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let bytes =
+                    wire::encode_datagram(&Datagram::Membership(p)).expect("sample packets encode");
+                (format!("packet_{i}"), bytes)
+            })
+            .collect(),
+        "wire_frame" => sample_frames(),
+        "membership_events" => membership_seeds(),
+        _ => Vec::new(),
+    }
+}
