@@ -20,7 +20,8 @@ type Key = (u32, Reverse<u64>);
 
 #[derive(Debug, Default)]
 pub(crate) struct BroadcastQueue {
-    by_priority: BTreeMap<Key, Update>,
+    /// Each pending update with its encoded size, computed once when queued.
+    by_priority: BTreeMap<Key, (Update, usize)>,
     by_node: BTreeMap<NodeId, Key>,
     next_id: u64,
     /// Updates dropped because the queue was full.
@@ -45,7 +46,7 @@ impl BroadcastQueue {
         }
         if self.by_node.len() >= QUEUE_ITEMS_MAX {
             // Drop the update that has already been sent the most.
-            if let Some((&key, &old)) = self.by_priority.iter().next_back() {
+            if let Some((&key, &(old, _))) = self.by_priority.iter().next_back() {
                 self.by_priority.remove(&key);
                 self.by_node.remove(&old.node());
                 self.dropped_full += 1;
@@ -53,7 +54,8 @@ impl BroadcastQueue {
         }
         self.next_id += 1;
         let key = (0, Reverse(self.next_id));
-        self.by_priority.insert(key, update);
+        let len = wire::encoded_len(&update).unwrap_or(usize::MAX);
+        self.by_priority.insert(key, (update, len));
         self.by_node.insert(node, key);
         debug_assert_eq!(self.by_priority.len(), self.by_node.len());
     }
@@ -61,27 +63,28 @@ impl BroadcastQueue {
     /// Takes updates that fit in `bytes_free` (their encoded sizes), counting one
     /// transmission for each and retiring those that reached `limit`.
     pub(crate) fn take(&mut self, mut bytes_free: usize, limit: u32, out: &mut Vec<Update>) {
-        let mut sent: Vec<(Key, Update)> = Vec::new();
-        for (&key, update) in &self.by_priority {
-            if bytes_free < MIN_UPDATE_BYTES {
+        let mut sent: Vec<(Key, Update, usize)> = Vec::new();
+        let mut misfits = 0;
+        for (&key, &(update, len)) in &self.by_priority {
+            if bytes_free < MIN_UPDATE_BYTES || misfits >= MISFITS_MAX {
                 break;
             }
-            let len = wire::encoded_len(update).unwrap_or(usize::MAX);
             if len > bytes_free {
+                misfits += 1;
                 continue;
             }
             bytes_free -= len;
-            out.push(*update);
-            sent.push((key, *update));
+            out.push(update);
+            sent.push((key, update, len));
         }
-        for (key, update) in sent {
+        for (key, update, len) in sent {
             self.by_priority.remove(&key);
             let transmits = key.0 + 1;
             if transmits >= limit {
                 self.by_node.remove(&update.node());
             } else {
                 let new_key = (transmits, key.1);
-                self.by_priority.insert(new_key, update);
+                self.by_priority.insert(new_key, (update, len));
                 self.by_node.insert(update.node(), new_key);
             }
         }
@@ -89,6 +92,8 @@ impl BroadcastQueue {
     }
 }
 
+/// Updates skipped for not fitting before a packet counts as full (bounds the scan).
+const MISFITS_MAX: usize = 8;
 /// No encoded update is smaller than this; stops the scan early once a packet is full.
 const MIN_UPDATE_BYTES: usize = 12;
 

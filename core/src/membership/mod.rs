@@ -37,6 +37,8 @@ use gossip::BroadcastQueue;
 pub const JOIN_REPLY_DATAGRAMS_MAX: usize = 128;
 /// Most indirect probes this node relays at once for others; more are dropped and counted.
 pub const RELAYS_MAX: usize = 256;
+/// Most accusers answered directly after one input (the rest learn through gossip).
+pub const ACCUSERS_MAX: usize = 16;
 /// Most seed addresses kept from a join command.
 pub const SEEDS_MAX: usize = 64;
 
@@ -255,6 +257,8 @@ pub struct Membership {
     push_pull_token: TimerToken,
     join_token: TimerToken,
     leave_token: TimerToken,
+    /// Members that accused this node in the input being handled; answered, then cleared.
+    accusers: BTreeSet<NodeId>,
     leaving: bool,
     left: bool,
     sync_cursor: usize,
@@ -292,6 +296,7 @@ impl Membership {
             push_pull_token: TimerToken(0),
             join_token: TimerToken(0),
             leave_token: TimerToken(0),
+            accusers: BTreeSet::new(),
             leaving: false,
             left: false,
             sync_cursor: 0,
@@ -462,7 +467,28 @@ impl Membership {
             self.apply(now, *update);
         }
         self.handle_message(now, packet.from, packet.message);
+        if !self.accusers.is_empty() {
+            // Whoever passed an accusation on holds it too: answer it as well.
+            self.accusers.insert(packet.from);
+            self.answer_accusers();
+        }
         Ok(())
+    }
+
+    /// Sends this node's current `Alive` record to everyone who accused it in the input just
+    /// handled, whether the accusation was current (and refuted) or already stale: a member that
+    /// missed the refutation would otherwise declare this node dead at an old incarnation.
+    fn answer_accusers(&mut self) {
+        let alive = Update::Alive {
+            node: self.me,
+            incarnation: self.incarnation,
+        };
+        let accusers = std::mem::take(&mut self.accusers);
+        for accuser in accusers {
+            if accuser != self.me {
+                self.send(accuser.addr, Some(accuser), Message::Gossip, &[alive]);
+            }
+        }
     }
 
     fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
@@ -709,6 +735,15 @@ impl Membership {
             return;
         }
         self.metrics.indirect_probes += 1;
+        // Retry the direct ping alongside the indirect ones: one lost datagram should not be
+        // enough to start a suspicion (memberlist does the same over TCP).
+        let extra = self.about_peer(probe.target);
+        self.send(
+            probe.target.addr,
+            Some(probe.target),
+            Message::Ping { seq: probe.seq },
+            &extra,
+        );
         let relays = self.random_live(self.config.indirect_checks, Some(probe.target));
         for relay in relays {
             self.send(
@@ -968,19 +1003,25 @@ impl Membership {
             | Update::Dead {
                 incarnation, by, ..
             } => {
-                if !self.leaving && incarnation >= self.incarnation {
-                    self.refute(incarnation, Some(by));
+                if self.leaving {
+                    return;
+                }
+                if incarnation >= self.incarnation {
+                    self.refute(incarnation);
+                }
+                if self.accusers.len() < ACCUSERS_MAX {
+                    self.accusers.insert(by);
                 }
             }
             Update::Left { incarnation, .. } => {
                 if !self.leaving && incarnation >= self.incarnation {
-                    self.refute(incarnation, None);
+                    self.refute(incarnation);
                 }
             }
         }
     }
 
-    fn refute(&mut self, incarnation: u64, accuser: Option<NodeId>) {
+    fn refute(&mut self, incarnation: u64) {
         // Saturates: a forged accusation at u64::MAX must not wrap us back to 0 (issue 8 adds
         // authentication so that no outsider can send one).
         self.incarnation = incarnation.saturating_add(1);
@@ -990,11 +1031,6 @@ impl Membership {
             incarnation: self.incarnation,
         };
         self.broadcasts.push(alive);
-        if let Some(accuser) = accuser
-            && accuser != self.me
-        {
-            self.send(accuser.addr, Some(accuser), Message::Gossip, &[alive]);
-        }
     }
 
     fn apply_to_unknown(&mut self, now: Instant, update: Update) -> bool {
@@ -1072,6 +1108,12 @@ impl Membership {
                 }
                 self.set_state(node, incarnation, MemberState::Dead, now, Some(by));
                 self.outputs.push_back(Output::Event(Event::Failed(node)));
+                if by != self.me {
+                    // If it is alive after all (cut off only from its accuser), it answers with
+                    // its current record and is re-admitted at once instead of at the next
+                    // reconnect sync.
+                    self.send(node.addr, Some(node), Message::Gossip, &[update]);
+                }
                 true
             }
             Update::Left { incarnation, .. } => {
@@ -1110,6 +1152,17 @@ impl Membership {
         }
         if was_alive {
             self.outputs.push_back(Output::Event(Event::Suspect(node)));
+        }
+        if by != self.me {
+            // Heard it from someone else: tell the suspect ourselves, so that it answers us with
+            // its current record even when its own gossip cannot reach us (a one-way partition,
+            // or its retransmit budget spent on members that do not need it).
+            let record = Update::Suspect {
+                node,
+                incarnation,
+                by,
+            };
+            self.send(node.addr, Some(node), Message::Gossip, &[record]);
         }
     }
 
@@ -1359,6 +1412,10 @@ impl Membership {
         debug_assert!(self.relays.len() <= RELAYS_MAX);
         debug_assert!(self.broadcasts.len() <= QUEUE_ITEMS_MAX);
         debug_assert!(self.seeds.len() <= SEEDS_MAX);
+        debug_assert!(
+            self.accusers.is_empty(),
+            "accusers are answered within the input"
+        );
         debug_assert_eq!(
             self.live.len(),
             self.members.values().filter(|e| e.state.is_live()).count(),

@@ -409,3 +409,60 @@ fn large_cluster_join_reply_is_chunked_within_datagram_limit() {
     net.assert_converged();
     assert!(net.node(0).metrics().datagrams_sent > 0);
 }
+
+#[test]
+fn a_stale_accusation_is_answered_with_the_current_incarnation() {
+    let me = NodeId::new(addr(2), 1);
+    let relay = NodeId::new(addr(0), 1);
+    let accuser = NodeId::new(addr(1), 1);
+    let now = Instant::from_micros(1);
+    let mut machine = Membership::new(Config::lan(), me, 7, now).expect("valid config");
+    let gossip = |incarnation| Packet {
+        from: relay,
+        to: Some(me),
+        message: Message::Gossip,
+        gossip: vec![Update::Suspect {
+            node: me,
+            incarnation,
+            by: accuser,
+        }],
+    };
+    let feed = |machine: &mut Membership, packet: Packet| {
+        let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
+        machine
+            .handle(
+                now,
+                Input::Datagram {
+                    from: relay.addr,
+                    bytes: &bytes,
+                },
+            )
+            .expect("accepted");
+        let mut alive_sent_to = BTreeSet::new();
+        while let Some(out) = machine.poll_output() {
+            if let Output::Send { to, bytes } = out
+                && let Ok(Datagram::Membership(p)) = wire::decode_datagram(&bytes)
+                && p.gossip.contains(&Update::Alive {
+                    node: me,
+                    incarnation: 1,
+                })
+            {
+                alive_sent_to.insert(to);
+            }
+        }
+        alive_sent_to
+    };
+    // A current accusation: refute (incarnation 0 -> 1) and tell both the accuser and the relay.
+    let told = feed(&mut machine, gossip(0));
+    assert_eq!(machine.incarnation(), 1);
+    assert_eq!(told, BTreeSet::from([relay.addr, accuser.addr]));
+    // The same accusation again, now stale: no new refutation, but both are told again.
+    let told = feed(&mut machine, gossip(0));
+    assert_eq!(
+        machine.incarnation(),
+        1,
+        "a stale accusation does not bump the incarnation"
+    );
+    assert_eq!(machine.metrics().refutations, 1);
+    assert_eq!(told, BTreeSet::from([relay.addr, accuser.addr]));
+}
