@@ -37,6 +37,23 @@ pub enum Command {
     Client(ClientArgs),
     /// Start a local cluster on 127.0.0.x, show it converge, kill nodes, heal, rejoin, leave.
     Demo(DemoArgs),
+    /// Run a model on local files in this one process (the baseline the cluster is measured
+    /// against): a table by default, one JSON object per input and line with --json.
+    Predict(PredictArgs),
+}
+
+/// Arguments of `predict`.
+#[derive(Debug, Args, PartialEq, Eq)]
+pub struct PredictArgs {
+    /// Model name: digits-cnn or efficientnet-lite0.
+    pub model: String,
+    /// Input files (PNG or JPEG; digits-cnn also takes them, shrunk to 8x8 grey).
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<std::path::PathBuf>,
+    /// One JSON object per input and line: input, class_id, label, probability, top5 (or input
+    /// and error).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `start`.

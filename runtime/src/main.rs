@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, StartArgs};
+use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, PredictArgs, StartArgs};
 use idunno_runtime::control;
 use idunno_runtime::driver::Exit;
 use idunno_runtime::node::{self, NodeOptions};
@@ -24,6 +24,24 @@ fn main() -> ExitCode {
         Command::Start(args) => start(args),
         Command::Client(args) => client(args),
         Command::Demo(args) => demo::run(args),
+        Command::Predict(args) => predict(args),
+    }
+}
+
+/// `predict`: exit 0 when every input got a result, 1 when some failed (each one reported in
+/// the output), 2 when the model itself could not be built or run.
+fn predict(args: PredictArgs) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match idunno_models::predict::run(&args.model, &args.files, args.json, &mut out) {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(summary) => {
+            eprintln!("{} of {} inputs failed", summary.failed, summary.inputs);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

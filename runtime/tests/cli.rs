@@ -301,3 +301,46 @@ fn two_nodes_see_each_other_and_a_leave_propagates() {
         states(&a.json(&["list_mem", "--json"])).contains(&(b.id(), "left".to_owned()))
     });
 }
+
+#[test]
+fn predict_classifies_a_photo_and_reports_bad_inputs_per_input() {
+    let testdata = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/testdata");
+    let coffee = testdata.join("coffee.png");
+    let not_an_image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let output = run(&[
+        "predict",
+        "efficientnet-lite0",
+        &coffee.display().to_string(),
+        &not_an_image.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one input failed: {}",
+        stderr(&output)
+    );
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0]["class_id"], 967,
+        "coffee.png is an espresso: {}",
+        lines[0]
+    );
+    assert_eq!(lines[0]["top5"].as_array().map(Vec::len), Some(5));
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
+}
+
+#[test]
+fn predict_with_an_unknown_model_fails_clearly() {
+    let output = run(&["predict", "no-such-model", "x.png"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no-such-model"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -65,7 +65,7 @@ impl Config {
         Config {
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(200),
-            indirect_checks: 3,
+            indirect_checks: 5,
             suspicion_mult: 2,
             suspicion_max_mult: 3,
             suspicion_confirmations: 2,
