@@ -326,7 +326,7 @@ fn partition_heals() {
 /// although it can talk to the victim. Core narrows the window (stale accusations are answered
 /// with the current record; a suspicion or death heard from others is forwarded to the victim so
 /// that it answers at once; see `core/src/membership/tests.rs`) but cannot close it without
-/// delaying every true death: `SIM_SEED=42` still shows one such event, re-admitted within ~1 s.
+/// delaying every true death: `SIM_SEED=39` still shows one such event, re-admitted 1 ms later.
 /// Kept as an opt-in measure of that window: run with `-- --ignored`.
 #[test]
 #[ignore = "one-way partitions: a near-side node may adopt the far side's verdict (see doc comment)"]
