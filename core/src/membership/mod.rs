@@ -888,13 +888,9 @@ impl Membership {
         let mut chosen: BTreeSet<NodeId> = BTreeSet::new();
         for &(_, id) in recent.iter().take(max / 2) {
             if let Some(e) = self.members.get(&id) {
-                let record = self.record_of(id, e);
-                let len = wire::encoded_len(&record).unwrap_or(usize::MAX);
-                if used + len > budget {
+                if !push_if_fits(&mut out, &mut used, budget, self.record_of(id, e)) {
                     break;
                 }
-                used += len;
-                out.push(record);
                 chosen.insert(id);
             }
         }
@@ -913,13 +909,9 @@ impl Membership {
             let Some(e) = self.members.get(&id) else {
                 continue;
             };
-            let record = self.record_of(id, e);
-            let len = wire::encoded_len(&record).unwrap_or(usize::MAX);
-            if used + len > budget {
+            if !push_if_fits(&mut out, &mut used, budget, self.record_of(id, e)) {
                 break;
             }
-            used += len;
-            out.push(record);
             self.sync_cursor = (self.sync_cursor + step + 1) % ids.len();
         }
         out
@@ -1428,6 +1420,17 @@ impl Membership {
             "exactly the suspects carry a suspicion"
         );
     }
+}
+
+/// Appends `record` to `out` if it fits in `budget` bytes, counting them in `used`.
+fn push_if_fits(out: &mut Vec<Update>, used: &mut usize, budget: usize, record: Update) -> bool {
+    let len = wire::encoded_len(&record).unwrap_or(usize::MAX);
+    if used.saturating_add(len) > budget {
+        return false;
+    }
+    *used += len;
+    out.push(record);
+    true
 }
 
 /// Bytes of a packet that are not updates (version byte, ids, message) plus the length prefix,
