@@ -1,7 +1,8 @@
 //! idunno-core: the pure, deterministic state machines of the idunno cluster.
 //!
-//! Owns: the wire codec ([`wire`]), virtual time ([`time`]) and SWIM group membership
-//! ([`membership`]). Later: the consensus log, the file-system namespace and the scheduler.
+//! Owns: the wire codec ([`wire`]), virtual time ([`time`]), SWIM group membership
+//! ([`membership`]) and the Raft log that will replicate the coordinator's state
+//! ([`consensus`]). Later: the file-system namespace and the scheduler.
 //!
 //! Every machine here has one shape (see `docs/architecture.md`):
 //! `handle(now, Input)` feeds an event in, `poll_output()` drains what it wants done
@@ -11,6 +12,7 @@
 //! Must never: perform I/O, read a clock, spawn threads, use global randomness, or let
 //! hash-map iteration order reach a decision. `core/clippy.toml` enforces the first four.
 
+pub mod consensus;
 pub mod membership;
 pub mod time;
 pub mod wire;

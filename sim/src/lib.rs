@@ -20,9 +20,12 @@
 #![deny(missing_docs)]
 
 pub mod checker;
+pub mod linearizability;
 pub mod machine;
 pub mod network;
 pub mod queue;
+pub mod raft;
+pub mod raft_checker;
 pub mod scenario;
 pub mod swim;
 pub mod trace;
@@ -31,5 +34,6 @@ pub mod world;
 pub use checker::Violation;
 pub use machine::{Effect, Machine};
 pub use network::{FaultOptions, Network};
+pub use raft::{RaftOptions, RaftSim};
 pub use swim::{SwimCluster, SwimSim};
 pub use world::World;
