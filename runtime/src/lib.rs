@@ -29,4 +29,5 @@ pub mod logging;
 pub mod net;
 pub mod node;
 pub mod render;
+pub mod storage;
 pub mod timers;
