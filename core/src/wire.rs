@@ -15,6 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize as SerializeDerive};
 
+use std::net::SocketAddr;
+
+use crate::consensus::VoterId;
 use crate::membership::{Member, NodeId, Packet};
 
 /// Version of the wire format; the first byte of every datagram and frame body.
@@ -78,6 +81,30 @@ pub enum ControlRequest {
     ListSelf,
     /// Leave the cluster gracefully, then exit.
     Leave,
+    /// The first frame of a Raft peer connection on the control port: every later frame on it
+    /// is a `consensus::encode` message from voter `from`. Never answered.
+    RaftHello {
+        /// The sending voter.
+        from: VoterId,
+    },
+    /// Who leads the Raft log (any node answers, voter or not).
+    Leader,
+    /// Set `key` to `value` through the Raft log; a follower forwards it to the leader.
+    KvPut {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
+    /// Read `key` linearizably (ReadIndex at the leader); a follower forwards it to the leader.
+    KvGet {
+        /// The key.
+        key: String,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -96,6 +123,30 @@ pub enum ControlResponse {
     Leaving,
     /// The request was refused or failed.
     Error(String),
+    /// Answer to [`ControlRequest::Leader`].
+    Leader {
+        /// The leader's voter id, if one is known.
+        id: Option<VoterId>,
+        /// The leader's node address (its control port), if known.
+        addr: Option<SocketAddr>,
+        /// The answering voter's term (0 from a non-voter that could not ask).
+        term: u64,
+    },
+    /// A Raft request reached a node that does not lead and did not forward it: retry at
+    /// `addr`, if known.
+    NotLeader {
+        /// The leader's voter id, if known.
+        id: Option<VoterId>,
+        /// The leader's node address, if known.
+        addr: Option<SocketAddr>,
+    },
+    /// Answer to [`ControlRequest::KvPut`]: committed and applied at log `index`.
+    KvDone {
+        /// The log index of the put.
+        index: u64,
+    },
+    /// Answer to [`ControlRequest::KvGet`]: the value (`None`: absent).
+    KvValue(Option<Vec<u8>>),
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

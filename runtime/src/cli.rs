@@ -2,18 +2,26 @@
 //!
 //! Owns: the argument grammar (clap derive) and its validation. The contract, which tests and
 //! scripts depend on:
-//! - `idunno-node start --bind ADDR [--join ADDR,ADDR...] [--data-dir DIR]`
+//! - `idunno-node start --bind ADDR [--join ADDR,ADDR...] [--data-dir DIR]
+//!   [--raft-id N] [--voters N=ADDR,N=ADDR...]`
 //! - `idunno-node client --node ADDR list_mem [--json]`
 //! - `idunno-node client --node ADDR list_self [--json]`
 //! - `idunno-node client --node ADDR leave`
+//! - `idunno-node client --node ADDR leader [--json]`
+//! - `idunno-node client --node ADDR kv-put KEY VALUE [--json]`
+//! - `idunno-node client --node ADDR kv-get KEY [--json]`
 //! - `idunno-node demo [--nodes 10] [--kill 3]`
 //!
 //! Must never: act on the arguments (main.rs dispatches) or accept an argument it cannot honour.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use idunno_core::consensus::{VOTERS_MAX, VoterId};
+
+use crate::consensus::RaftOptions;
 
 /// Most nodes the demo starts (one loopback address each, 127.0.0.2 upwards).
 pub const DEMO_NODES_MAX: u16 = 250;
@@ -65,9 +73,81 @@ pub struct StartArgs {
     /// Addresses of existing members to join through, comma-separated.
     #[arg(long, value_name = "ADDR,ADDR...", value_delimiter = ',')]
     pub join: Vec<SocketAddr>,
-    /// Directory for this node's durable state (its last generation).
+    /// Directory for this node's durable state (its last generation; a voter's Raft log in
+    /// DIR/raft).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This node's Raft voter id (needs --voters, listing it at --bind, and --data-dir).
+    /// Without it, a node given --voters is a non-voting member that routes Raft requests.
+    #[arg(long, value_name = "N")]
+    pub raft_id: Option<u64>,
+    /// The Raft voter set: each voter's id and node address (its --bind), comma-separated.
+    /// Raft is off when absent.
+    #[arg(long, value_name = "N=ADDR,N=ADDR...", value_delimiter = ',', value_parser = parse_voter)]
+    pub voters: Vec<VoterSpec>,
+}
+
+/// One `--voters` item: `ID=ADDR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoterSpec {
+    /// The voter's id.
+    pub id: u64,
+    /// Its node address.
+    pub addr: SocketAddr,
+}
+
+fn parse_voter(text: &str) -> Result<VoterSpec, String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ID=ADDR"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad voter id in {text:?}: {e}"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad voter address in {text:?}: {e}"))?;
+    Ok(VoterSpec { id, addr })
+}
+
+impl StartArgs {
+    /// The Raft options these arguments ask for (`None`: Raft off).
+    pub fn raft_options(&self) -> Option<RaftOptions> {
+        if self.voters.is_empty() {
+            return None;
+        }
+        Some(RaftOptions {
+            id: self.raft_id.map(VoterId),
+            voters: self
+                .voters
+                .iter()
+                .map(|v| (VoterId(v.id), v.addr))
+                .collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// Checks the Raft arguments' relations.
+    fn validate_raft(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        for voter in &self.voters {
+            if !ids.insert(voter.id) {
+                return Err(format!("voter id {} is listed twice in --voters", voter.id));
+            }
+        }
+        if self.voters.len() > VOTERS_MAX {
+            return Err(format!("at most {VOTERS_MAX} voters"));
+        }
+        if let Some(id) = self.raft_id {
+            if !ids.contains(&id) {
+                return Err(format!("--raft-id {id} is not listed in --voters"));
+            }
+            if self.data_dir.is_none() {
+                return Err("--raft-id needs --data-dir (the Raft log lives in DIR/raft)".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Arguments of `client`.
@@ -104,6 +184,32 @@ pub enum ClientRequest {
     },
     /// Tell the node to leave the cluster gracefully and exit.
     Leave,
+    /// Who leads the Raft log: voter id, address and term (any node answers).
+    Leader {
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set KEY to VALUE through the Raft log (forwarded to the leader).
+    #[command(name = "kv-put")]
+    KvPut {
+        /// The key.
+        key: String,
+        /// The value (stored as its UTF-8 bytes).
+        value: String,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read KEY linearizably through the leader.
+    #[command(name = "kv-get")]
+    KvGet {
+        /// The key.
+        key: String,
+        /// Print one JSON object instead of the value.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `demo`.
@@ -136,6 +242,9 @@ impl Cli {
 
     /// Checks relations between arguments.
     pub fn validate(&self) -> Result<(), String> {
+        if let Command::Start(start) = &self.command {
+            start.validate_raft()?;
+        }
         if let Command::Demo(demo) = &self.command
             && demo.kill >= demo.nodes
         {
@@ -225,6 +334,126 @@ mod tests {
             "--node is required"
         );
         assert!(parse(&["client", "--node", "127.0.0.1:9", "list-mem"]).is_err());
+    }
+
+    #[test]
+    fn start_takes_raft_options_and_checks_them() {
+        let cli = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:7000",
+            "--data-dir",
+            "/tmp/x",
+            "--raft-id",
+            "1",
+            "--voters",
+            "1=127.0.0.2:7000,2=127.0.0.3:7000",
+        ])
+        .expect("valid");
+        assert_eq!(cli.validate(), Ok(()));
+        let Command::Start(args) = &cli.command else {
+            panic!("not start")
+        };
+        let raft = args.raft_options().expect("raft on");
+        assert_eq!(raft.id, Some(VoterId(1)));
+        assert_eq!(raft.voters.len(), 2);
+        let no_dir = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:7000",
+            "--raft-id",
+            "1",
+            "--voters",
+            "1=127.0.0.2:7000",
+        ])
+        .expect("parses");
+        assert!(no_dir.validate().is_err(), "a voter needs --data-dir");
+        let unlisted = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:7000",
+            "--data-dir",
+            "/tmp/x",
+            "--raft-id",
+            "3",
+            "--voters",
+            "1=127.0.0.2:7000",
+        ])
+        .expect("parses");
+        assert!(unlisted.validate().is_err());
+        let twice = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:1",
+            "--voters",
+            "1=127.0.0.2:1,1=127.0.0.3:1",
+        ])
+        .expect("parses");
+        assert!(twice.validate().is_err());
+        assert!(
+            parse(&[
+                "start",
+                "--bind",
+                "127.0.0.2:1",
+                "--voters",
+                "x=127.0.0.2:1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "start",
+                "--bind",
+                "127.0.0.2:1",
+                "--voters",
+                "1:127.0.0.2:1"
+            ])
+            .is_err()
+        );
+        let member = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.2:1",
+            "--voters",
+            "1=127.0.0.3:1",
+        ])
+        .expect("a non-voter with a voter list");
+        assert_eq!(member.validate(), Ok(()));
+        let plain = parse(&["start", "--bind", "127.0.0.2:1"]).expect("raft is optional");
+        let Command::Start(args) = &plain.command else {
+            panic!("not start")
+        };
+        assert_eq!(args.raft_options(), None);
+    }
+
+    #[test]
+    fn client_raft_subcommands() {
+        let cli = parse(&["client", "--node", "127.0.0.1:9", "leader", "--json"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientArgs {
+                request: ClientRequest::Leader { json: true },
+                ..
+            })
+        ));
+        let cli = parse(&["client", "--node", "127.0.0.1:9", "kv-put", "k", "v"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientArgs {
+                request: ClientRequest::KvPut { ref key, ref value, json: false },
+                ..
+            }) if key == "k" && value == "v"
+        ));
+        let cli =
+            parse(&["client", "--node", "127.0.0.1:9", "kv-get", "k", "--json"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientArgs {
+                request: ClientRequest::KvGet { json: true, .. },
+                ..
+            })
+        ));
+        assert!(parse(&["client", "--node", "127.0.0.1:9", "kv-put", "k"]).is_err());
     }
 
     #[test]

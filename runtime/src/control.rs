@@ -3,7 +3,10 @@
 //! Owns: accepting control connections (at most [`CONNECTIONS_MAX`] at once, each in its own task
 //! with a read timeout), framing (`core::wire`'s length-prefixed frames, with a small cap on
 //! requests), handing each request to the driver and writing its answer back; and the client
-//! calls (`list_mem`, `list_self`, `leave`) with a connect-and-answer timeout.
+//! calls (`list_mem`, `list_self`, `leave`, and the Raft ones: `leader`, `kv-put`, `kv-get`,
+//! which follow a `NotLeader` answer to the leader a bounded number of times) with a
+//! connect-and-answer timeout. Raft requests are routed through [`consensus::route`]; a
+//! connection opening with `RaftHello` is handed to the voter's Raft transport.
 //! Must never: answer a request itself (the driver does), hold a connection open without a
 //! deadline, allocate more than a frame's cap for one message, or panic on what a peer sends.
 
@@ -21,6 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, warn};
 
+use idunno_core::consensus::VoterId;
+
+use crate::consensus::{self, RaftRoute};
 use crate::driver::Request;
 
 /// Most control connections served at once; more are closed at accept.
@@ -103,6 +109,17 @@ where
 
 /// Accepts control connections forever, serving each in its own task.
 pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
+    serve_with(listener, requests, None).await;
+}
+
+/// [`serve`], with the Raft part of the protocol: Raft requests go through
+/// [`consensus::route`], and a connection that opens with `RaftHello` is handed to the voter's
+/// transport. Without `raft`, Raft requests are answered with an error and hellos closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    requests: mpsc::Sender<Request>,
+    raft: Option<RaftRoute>,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -118,14 +135,31 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
             continue;
         };
         let requests = requests.clone();
+        let raft = raft.clone();
         tokio::spawn(
             async move {
-                let _permit = permit;
-                serve_connection(stream, requests).await;
-                debug!(%peer, "control connection closed");
+                let mut stream = stream;
+                let hello = serve_requests(&mut stream, &requests, raft.as_ref()).await;
+                // The control slot is released here; a Raft connection takes a transport slot.
+                drop(permit);
+                if let Some(from) = hello {
+                    hand_to_raft(stream, from, peer, raft.as_ref());
+                } else {
+                    debug!(%peer, "control connection closed");
+                }
             }
             .in_current_span(),
         );
+    }
+}
+
+fn hand_to_raft(stream: TcpStream, from: VoterId, peer: SocketAddr, raft: Option<&RaftRoute>) {
+    match raft.and_then(|r| r.local.as_ref()) {
+        Some(local) => match local.inbound.accept(from, stream) {
+            Ok(()) => debug!(%peer, ?from, "raft peer connection accepted"),
+            Err(e) => warn!(%peer, ?from, error = %e, "raft peer connection refused"),
+        },
+        None => debug!(%peer, ?from, "raft hello on a node that is not a voter; closed"),
     }
 }
 
@@ -134,45 +168,73 @@ pub async fn serve_connection<T>(mut stream: T, requests: mpsc::Sender<Request>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(from) = serve_requests(&mut stream, &requests, None).await {
+        debug!(
+            ?from,
+            "raft hello on a connection that cannot carry raft; closed"
+        );
+    }
+}
+
+/// Serves requests until the connection ends; returns the sender's voter id instead when the
+/// peer sends a `RaftHello` (the caller then owns the stream).
+async fn serve_requests<T>(
+    stream: &mut T,
+    requests: &mpsc::Sender<Request>,
+    raft: Option<&RaftRoute>,
+) -> Option<VoterId>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     for _ in 0..REQUESTS_PER_CONNECTION_MAX {
         let read = tokio::time::timeout(
             SERVER_TIMEOUT,
-            read_frame::<ControlRequest, _>(&mut stream, REQUEST_BYTES_MAX),
+            read_frame::<ControlRequest, _>(stream, REQUEST_BYTES_MAX),
         )
         .await;
         let request = match read {
             Err(_) => {
                 debug!("control connection timed out");
-                return;
+                return None;
             }
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => return None,
             Ok(Ok(Some(request))) => request,
             Ok(Err(FrameError::Io(e))) => {
                 debug!(error = %e, "control connection failed");
-                return;
+                return None;
             }
             Ok(Err(FrameError::Wire(e))) => {
                 debug!(error = %e, "bad control frame");
                 let answer = ControlResponse::Error(format!("bad request: {e}"));
-                let _ =
-                    tokio::time::timeout(SERVER_TIMEOUT, write_frame(&mut stream, &answer)).await;
-                return;
+                let _ = tokio::time::timeout(SERVER_TIMEOUT, write_frame(stream, &answer)).await;
+                return None;
             }
         };
+        if let ControlRequest::RaftHello { from } = request {
+            return Some(from);
+        }
         debug!(?request, "control request");
-        let answer = ask_driver(&requests, request).await;
-        match tokio::time::timeout(SERVER_TIMEOUT, write_frame(&mut stream, &answer)).await {
+        let answer = if consensus::is_raft_request(&request) {
+            match raft {
+                Some(raft) => consensus::route(raft, request).await,
+                None => ControlResponse::Error("raft is not enabled on this node".to_owned()),
+            }
+        } else {
+            ask_driver(requests, request).await
+        };
+        match tokio::time::timeout(SERVER_TIMEOUT, write_frame(stream, &answer)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 debug!(error = %e, "cannot write control answer");
-                return;
+                return None;
             }
             Err(_) => {
                 debug!("control answer timed out");
-                return;
+                return None;
             }
         }
     }
+    None
 }
 
 async fn ask_driver(requests: &mpsc::Sender<Request>, request: ControlRequest) -> ControlResponse {
@@ -314,6 +376,81 @@ pub async fn leave(node: SocketAddr, timeout: Duration) -> Result<(), ClientErro
     match call(node, &ControlRequest::Leave, timeout).await? {
         ControlResponse::Leaving => Ok(()),
         other => Err(unexpected(node, &other)),
+    }
+}
+
+/// Most `NotLeader` redirects a client follows.
+pub const REDIRECTS_MAX: usize = 3;
+
+/// Who leads, as `node` sees it: (voter id, its address, term).
+pub async fn leader(
+    node: SocketAddr,
+    timeout: Duration,
+) -> Result<(Option<VoterId>, Option<SocketAddr>, u64), ClientError> {
+    match call(node, &ControlRequest::Leader, timeout).await? {
+        ControlResponse::Leader { id, addr, term } => Ok((id, addr, term)),
+        other => Err(unexpected(node, &other)),
+    }
+}
+
+/// Sends a Raft request, following `NotLeader` answers to the named leader.
+async fn call_following_leader(
+    node: SocketAddr,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<(SocketAddr, ControlResponse), ClientError> {
+    let mut target = node;
+    for _ in 0..REDIRECTS_MAX {
+        match call(target, request, timeout).await? {
+            ControlResponse::NotLeader {
+                addr: Some(leader), ..
+            } if leader != target => target = leader,
+            ControlResponse::NotLeader { .. } => {
+                return Err(ClientError::Refused {
+                    node: target,
+                    message: "no leader is known right now; retry".to_owned(),
+                });
+            }
+            answer => return Ok((target, answer)),
+        }
+    }
+    Err(ClientError::Refused {
+        node: target,
+        message: "too many leader redirects; retry".to_owned(),
+    })
+}
+
+/// Puts `key = value` through the Raft log; returns the log index it committed at.
+pub async fn kv_put(
+    node: SocketAddr,
+    key: String,
+    value: Vec<u8>,
+    timeout: Duration,
+) -> Result<u64, ClientError> {
+    let request = ControlRequest::KvPut {
+        key,
+        value,
+        forwarded: false,
+    };
+    match call_following_leader(node, &request, timeout).await? {
+        (_, ControlResponse::KvDone { index }) => Ok(index),
+        (at, other) => Err(unexpected(at, &other)),
+    }
+}
+
+/// Reads `key` linearizably through the leader.
+pub async fn kv_get(
+    node: SocketAddr,
+    key: String,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    let request = ControlRequest::KvGet {
+        key,
+        forwarded: false,
+    };
+    match call_following_leader(node, &request, timeout).await? {
+        (_, ControlResponse::KvValue(value)) => Ok(value),
+        (at, other) => Err(unexpected(at, &other)),
     }
 }
 

@@ -58,6 +58,8 @@ pub enum Exit {
     Left,
     /// The leave did not finish within its deadline; the driver stopped anyway.
     LeaveTimedOut,
+    /// The node's Raft driver stopped on a fatal error (storage); the node stopped with it.
+    RaftFailed,
 }
 
 /// One node's membership machine wired to a socket and a clock.
@@ -198,6 +200,13 @@ impl<S: DatagramSocket> Driver<S> {
                     self.input(Input::Leave).await;
                 }
                 ControlResponse::Leaving
+            }
+            // Raft requests are routed to the Raft driver by the control server.
+            ControlRequest::RaftHello { .. }
+            | ControlRequest::Leader
+            | ControlRequest::KvPut { .. }
+            | ControlRequest::KvGet { .. } => {
+                ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
         };
         // The asker may have given up (timeout, closed connection): nothing to do then.

@@ -9,6 +9,8 @@
 //! - [`net`]: the datagram socket seam (tokio's `UdpSocket` today, turmoil's in simulation).
 //! - [`timers`]: the timer queue that hands timers back to the machine when they are due.
 //! - [`driver`]: the event loop of one node's membership machine.
+//! - [`consensus`]: Raft on real processes: the voter's driver, its TCP transport and the
+//!   routing of `leader` / `kv-put` / `kv-get` (forwarded to the leader).
 //! - [`control`]: the TCP control server and the client side of the control protocol.
 //! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
 //! - [`node`]: binds the sockets and wires driver, control server and signals together.
@@ -21,6 +23,7 @@
 //! the addresses it is told to bind.
 
 pub mod cli;
+pub mod consensus;
 pub mod control;
 pub mod demo;
 pub mod driver;

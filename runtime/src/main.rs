@@ -54,7 +54,9 @@ fn print_stdout(text: &str) -> io::Result<()> {
 
 fn start(args: StartArgs) -> ExitCode {
     logging::init();
-    let options = NodeOptions::new(args.bind, args.join, args.data_dir);
+    let raft = args.raft_options();
+    let mut options = NodeOptions::new(args.bind, args.join, args.data_dir);
+    options.raft = raft;
     let result = node::block_on(async {
         let bound = match node::bind(options).await {
             Ok(bound) => bound,
@@ -74,7 +76,7 @@ fn start(args: StartArgs) -> ExitCode {
         tokio::select! {
             (exit, _) = bound.run() => match exit {
                 Exit::Left => ExitCode::SUCCESS,
-                Exit::LeaveTimedOut => ExitCode::FAILURE,
+                Exit::LeaveTimedOut | Exit::RaftFailed => ExitCode::FAILURE,
             },
             () = signals => ExitCode::from(EXIT_INTERRUPTED),
         }
@@ -110,6 +112,18 @@ fn client(args: ClientArgs) -> ExitCode {
                 control::leave(node, timeout).await?;
                 Ok(format!("node {node} is leaving the cluster\n"))
             }
+            ClientRequest::Leader { json } => {
+                let (id, addr, term) = control::leader(node, timeout).await?;
+                Ok(render_leader(id.map(|id| id.0), addr, term, json))
+            }
+            ClientRequest::KvPut { key, value, json } => {
+                let index = control::kv_put(node, key.clone(), value.into_bytes(), timeout).await?;
+                Ok(render_kv_put(&key, index, json))
+            }
+            ClientRequest::KvGet { key, json } => {
+                let value = control::kv_get(node, key.clone(), timeout).await?;
+                Ok(render_kv_get(&key, value.as_deref(), json))
+            }
         }
     });
     let text: Result<String, control::ClientError> = match result {
@@ -132,4 +146,43 @@ fn client(args: ClientArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `leader`: `leader ID ADDR term T` (or `no leader known (term T)`), or
+/// `{"id":N|null,"addr":"ADDR"|null,"term":T}`.
+fn render_leader(
+    id: Option<u64>,
+    addr: Option<std::net::SocketAddr>,
+    term: u64,
+    json: bool,
+) -> String {
+    if json {
+        let addr = addr.map(|a| a.to_string());
+        return format!(
+            "{}\n",
+            serde_json::json!({"id": id, "addr": addr, "term": term})
+        );
+    }
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("leader {id} {addr} term {term}\n"),
+        (Some(id), None) => format!("leader {id} (address unknown) term {term}\n"),
+        _ => format!("no leader known (term {term})\n"),
+    }
+}
+
+/// `kv-put`: `ok KEY index N`, or `{"key":KEY,"index":N}`.
+fn render_kv_put(key: &str, index: u64, json: bool) -> String {
+    if json {
+        return format!("{}\n", serde_json::json!({"key": key, "index": index}));
+    }
+    format!("ok {key} index {index}\n")
+}
+
+/// `kv-get`: the value (lossy UTF-8) or `(absent)`, or `{"key":KEY,"value":"V"|null}`.
+fn render_kv_get(key: &str, value: Option<&[u8]>, json: bool) -> String {
+    let text = value.map(|v| String::from_utf8_lossy(v).into_owned());
+    if json {
+        return format!("{}\n", serde_json::json!({"key": key, "value": text}));
+    }
+    format!("{}\n", text.unwrap_or_else(|| "(absent)".to_owned()))
 }

@@ -5,6 +5,9 @@
 //! real port for both), the node's [`NodeId`] (bound address + persisted generation), the
 //! `node{addr=..}` tracing span every task of the node runs in, and the shutdown sequence
 //! (first SIGINT/SIGTERM: leave gracefully; second: stop at once).
+//! With Raft options it also sets up Raft: on a voter, the Raft driver (its store in
+//! `<data-dir>/raft`) runs beside the membership driver and the node stops if it fails; on every
+//! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get`.
 //! Must never: print to stdout (main prints the `LISTENING` line), or make membership decisions.
 
 use std::future::Future;
@@ -12,12 +15,18 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use idunno_core::consensus::{Message, VoterId};
 use idunno_core::membership::{Config, Metrics, NodeId};
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::consensus::driver::{RaftDriver, RaftDriverError};
+use crate::consensus::transport::Inbound;
+use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftRequest, RaftRoute};
 use crate::control;
 use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
@@ -37,6 +46,9 @@ pub struct NodeOptions {
     pub data_dir: Option<PathBuf>,
     /// Membership parameters.
     pub config: Config,
+    /// Raft: this node's voter id (if a voter) and the voter set; `None` runs no Raft at all.
+    /// A voter keeps its log in `<data_dir>/raft`, so it needs `data_dir`.
+    pub raft: Option<RaftOptions>,
 }
 
 impl NodeOptions {
@@ -47,6 +59,7 @@ impl NodeOptions {
             join,
             data_dir,
             config: Config::default(),
+            raft: None,
         }
     }
 }
@@ -68,6 +81,12 @@ pub enum NodeError {
     /// The driver refused its configuration.
     #[error(transparent)]
     Driver(#[from] DriverError),
+    /// The Raft options do not fit this node.
+    #[error("raft: {0}")]
+    RaftOptions(String),
+    /// The Raft driver could not start (its store, or its persisted state).
+    #[error(transparent)]
+    Raft(#[from] RaftDriverError),
 }
 
 /// Sends requests to a running node from inside the process (signals, tests).
@@ -94,6 +113,80 @@ pub struct BoundNode {
     requests: mpsc::Receiver<Request>,
     handle: NodeHandle,
     span: tracing::Span,
+    raft: Option<RaftParts>,
+    route: Option<RaftRoute>,
+}
+
+/// A voter's Raft driver and the channels that feed it, not yet running.
+#[derive(Debug)]
+struct RaftParts {
+    driver: RaftDriver,
+    requests: mpsc::Receiver<RaftRequest>,
+    messages: mpsc::Receiver<(VoterId, Message)>,
+}
+
+/// Name of the directory, inside `--data-dir`, that holds a voter's Raft log.
+pub const RAFT_DIR: &str = "raft";
+
+/// Sets up Raft for a node bound at `addr`: the route for the control server, and on a voter
+/// its driver (opening the store, so this blocks on the disk).
+fn setup_raft(
+    options: &RaftOptions,
+    addr: SocketAddr,
+    data_dir: Option<&std::path::Path>,
+    rng_seed: u64,
+) -> Result<(RaftRoute, Option<RaftParts>), NodeError> {
+    let voters = Arc::new(options.voters.clone());
+    if voters.is_empty() {
+        return Err(NodeError::RaftOptions("the voter set is empty".into()));
+    }
+    let Some(me) = options.id else {
+        let route = RaftRoute {
+            self_addr: addr,
+            voters,
+            local: None,
+        };
+        return Ok((route, None));
+    };
+    match voters.get(&me) {
+        Some(&listed) if listed == addr => {}
+        Some(&listed) => {
+            return Err(NodeError::RaftOptions(format!(
+                "voter {} is listed at {listed} but this node is bound at {addr}",
+                me.0
+            )));
+        }
+        None => {
+            return Err(NodeError::RaftOptions(format!(
+                "voter {} is not in the voter set",
+                me.0
+            )));
+        }
+    }
+    let data_dir = data_dir
+        .ok_or_else(|| NodeError::RaftOptions("a voter needs --data-dir for its log".into()))?;
+    let driver = RaftDriver::open(
+        me,
+        Arc::clone(&voters),
+        &data_dir.join(RAFT_DIR),
+        rng_seed ^ me.0,
+    )?;
+    let (inbound, messages) = Inbound::new(me, Arc::clone(&voters));
+    let (tx, requests) = mpsc::channel(RAFT_REQUESTS_QUEUE_MAX);
+    let route = RaftRoute {
+        self_addr: addr,
+        voters,
+        local: Some(LocalVoter {
+            requests: tx,
+            inbound,
+        }),
+    };
+    let parts = RaftParts {
+        driver,
+        requests,
+        messages,
+    };
+    Ok((route, Some(parts)))
 }
 
 /// Binds the sockets and fixes the identity (persisting the generation before returning).
@@ -116,13 +209,24 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     debug_assert_eq!(driver.id(), NodeId::new(addr, generation));
     debug!(rng_seed = seed, "identity fixed");
     let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
+    let span = info_span!("node", addr = %addr);
+    let (route, raft) = match &options.raft {
+        Some(raft) => {
+            let _entered = span.enter();
+            let (route, parts) = setup_raft(raft, addr, options.data_dir.as_deref(), seed)?;
+            (Some(route), parts)
+        }
+        None => (None, None),
+    };
     Ok(BoundNode {
         driver,
         listener,
         seeds: options.join,
         requests,
         handle: NodeHandle { requests: tx },
-        span: info_span!("node", addr = %addr),
+        span,
+        raft,
+        route,
     })
 }
 
@@ -171,13 +275,42 @@ impl BoundNode {
             requests,
             handle,
             span,
+            raft,
+            route,
         } = self;
         let id = driver.id();
-        let server =
-            tokio::spawn(control::serve(listener, handle.requests).instrument(span.clone()));
+        let server = tokio::spawn(
+            control::serve_with(listener, handle.requests, route).instrument(span.clone()),
+        );
+        let raft_task = raft.map(|parts| {
+            tokio::spawn(
+                parts
+                    .driver
+                    .run(parts.requests, parts.messages)
+                    .instrument(span.clone()),
+            )
+        });
         let (exit, metrics) = async {
             info!(generation = id.generation, "node started");
-            let (exit, metrics) = driver.run(seeds, requests).await;
+            let membership = driver.run(seeds, requests);
+            let (exit, metrics) = match raft_task {
+                None => membership.await,
+                Some(mut raft_task) => {
+                    let result = tokio::select! {
+                        result = membership => result,
+                        stopped = &mut raft_task => {
+                            match stopped {
+                                Ok(Ok(())) => error!("raft driver stopped unexpectedly"),
+                                Ok(Err(e)) => error!(error = %e, "raft driver failed; stopping the node"),
+                                Err(e) => error!(error = %e, "raft driver task ended"),
+                            }
+                            (Exit::RaftFailed, Metrics::default())
+                        }
+                    };
+                    raft_task.abort();
+                    result
+                }
+            };
             info!(?exit, ?metrics, "node stopped");
             (exit, metrics)
         }

@@ -15,6 +15,9 @@
 //!   `{"id":"addr#gen","addr","generation","incarnation","state"}`.
 //! - `idunno-node client --node ADDR list_self --json`: `{"id","addr","generation","incarnation"}`.
 //! - `idunno-node client --node ADDR leave`.
+//! - `idunno-node client --node ADDR leader --json`: `{"id":N|null,"addr":"ADDR"|null,"term":T}`.
+//! - `idunno-node client --node ADDR kv-put KEY VALUE --json`: `{"key","index"}`.
+//! - `idunno-node client --node ADDR kv-get KEY --json`: `{"key","value":"V"|null}`.
 //!
 //! Must never: bind or contact anything outside 127.0.0.0/8, wait without a deadline, or outlive
 //! a test with a child still running (short of the test runner itself being SIGKILLed).
@@ -422,6 +425,49 @@ pub fn leave(node: SocketAddr) -> Result<(), String> {
     client_ok(node, &["leave"]).map(|_| ())
 }
 
+/// What `leader --json` says.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LeaderInfo {
+    /// The leader's voter id, if known.
+    pub id: Option<u64>,
+    /// The leader's node address, if known.
+    pub addr: Option<SocketAddr>,
+    /// The answering voter's term.
+    pub term: u64,
+}
+
+/// `leader --json` against `node`.
+pub fn leader(node: SocketAddr) -> Result<LeaderInfo, String> {
+    let stdout = client_ok(node, &["leader", "--json"])?;
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("leader from {node} is not the contract's JSON ({e}): {stdout}"))
+}
+
+/// `kv-put KEY VALUE --json` against `node`: the log index the put committed at.
+pub fn kv_put(node: SocketAddr, key: &str, value: &str) -> Result<u64, String> {
+    let stdout = client_ok(
+        node,
+        &["--timeout-ms", "10000", "kv-put", key, value, "--json"],
+    )?;
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("kv-put from {node} is not JSON ({e}): {stdout}"))?;
+    answer["index"]
+        .as_u64()
+        .ok_or_else(|| format!("kv-put from {node} has no index: {stdout}"))
+}
+
+/// `kv-get KEY --json` against `node`: the value, `None` when absent.
+pub fn kv_get(node: SocketAddr, key: &str) -> Result<Option<String>, String> {
+    let stdout = client_ok(node, &["--timeout-ms", "10000", "kv-get", key, "--json"])?;
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("kv-get from {node} is not JSON ({e}): {stdout}"))?;
+    match &answer["value"] {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(value) => Ok(Some(value.clone())),
+        other => Err(format!("kv-get from {node}: bad value {other}")),
+    }
+}
+
 // ----- nodes -----
 
 /// One `idunno-node start` process. Killed (SIGKILL) when dropped.
@@ -491,6 +537,8 @@ pub struct NodeSpec {
     pub data_dir: bool,
     /// A name for logs and the data dir.
     pub label: String,
+    /// Further `start` arguments (for example `--raft-id`, `--voters`).
+    pub extra_args: Vec<String>,
 }
 
 impl NodeSpec {
@@ -505,7 +553,14 @@ impl NodeSpec {
             join: Vec::new(),
             data_dir: true,
             label: ip.to_string(),
+            extra_args: Vec::new(),
         }
+    }
+
+    /// Pass these further arguments to `start`.
+    pub fn args(mut self, args: &[String]) -> Self {
+        self.extra_args.extend(args.iter().cloned());
+        self
     }
 
     /// Join through these seeds.
@@ -584,6 +639,7 @@ impl Cluster {
             let dir = self.scratch.join(format!("data-{}", spec.label));
             command.arg("--data-dir").arg(dir);
         }
+        command.args(&spec.extra_args);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }

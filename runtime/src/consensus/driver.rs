@@ -1,0 +1,439 @@
+//! The event loop of one voter: runs the Raft machine on the durable store, the TCP transport,
+//! a timer queue and the Raft part of the control protocol, and applies the committed log to a
+//! [`KvStore`].
+//!
+//! Owns: the machine, its [`Store`] (`<data dir>/raft`), the key-value state machine, the timer
+//! queue, the mapping between tokio time and the machine's [`Instant`], and the requests waiting
+//! for an answer (proposals until their index applies, reads until confirmed and applied).
+//! Inputs: peer messages (from [`super::transport::Inbound`]), due timers, control requests
+//! (`Leader`, `KvPut`, `KvGet`). Outputs, carried out in the order the machine decided them:
+//! each `Persist` is written and fsynced inline and acknowledged with `Input::Persisted` before
+//! the next output is looked at (so no later `Send` leaves before it), messages are queued on
+//! the transport, timers armed, committed entries applied and answered.
+//! Must never: decide anything about Raft, reorder the machine's outputs, send before a persist
+//! it follows is durable, answer a put before its entry applied, serve a read before the read
+//! index applied, hold more than its bounds of waiting requests, or panic on peer or disk data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idunno_core::consensus::{
+    self, Config, Input, KvCommand, KvResult, KvStore, Message, Output, Payload, READS_PENDING_MAX,
+    Raft, Snapshot, StateMachine, Timer, VoterId,
+};
+use idunno_core::time::Instant;
+use idunno_core::wire::{ControlRequest, ControlResponse};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::RaftRequest;
+use super::transport::Outbound;
+use crate::storage::{Options as StoreOptions, StorageError, Store};
+use crate::timers::TimerQueue;
+
+/// Most proposals waiting for their entry to apply; more are refused as busy.
+pub const PROPOSALS_PENDING_MAX: usize = 4096;
+/// Most due timers handed in before the loop looks at messages and requests again.
+const TIMERS_PER_TURN_MAX: usize = 1024;
+/// Most queued peer messages handled in one turn before timers and requests get a look.
+const MESSAGES_PER_TURN_MAX: usize = 256;
+
+/// Why the Raft driver could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftDriverError {
+    /// The durable store could not be opened or written (fatal: the voter must stop).
+    #[error("raft storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The machine refused its setup or persisted state.
+    #[error("raft setup: {0}")]
+    Setup(consensus::Error),
+    /// A stored or installed snapshot did not decode.
+    #[error("raft snapshot at index {index} does not decode: {message}")]
+    BadSnapshot {
+        /// The snapshot's index.
+        index: u64,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// A proposal waiting for its entry.
+#[derive(Debug)]
+struct PendingProposal {
+    term: u64,
+    reply: oneshot::Sender<ControlResponse>,
+}
+
+/// One voter's Raft machine wired to its store, transport and clock.
+#[derive(Debug)]
+pub struct RaftDriver {
+    raft: Raft,
+    store: Store,
+    kv: KvStore,
+    timers: TimerQueue<Timer>,
+    epoch: tokio::time::Instant,
+    outbound: Outbound,
+    voters: Arc<BTreeMap<VoterId, SocketAddr>>,
+    /// Proposals by the log index they were appended at.
+    proposals: BTreeMap<u64, PendingProposal>,
+    /// Reads by id, waiting for the leader's confirmation.
+    reads: BTreeMap<u64, (String, oneshot::Sender<ControlResponse>)>,
+    /// Confirmed reads waiting for their index to apply: (index, key, reply).
+    ready_reads: Vec<(u64, String, oneshot::Sender<ControlResponse>)>,
+    next_read_id: u64,
+    next_proposal_id: u64,
+    applied: u64,
+}
+
+impl RaftDriver {
+    /// Opens (or creates) the store in `dir`, restores the machine and the key-value state from
+    /// it, and starts the outbound transport. Blocks on the disk; call at startup, inside tokio.
+    pub fn open(
+        me: VoterId,
+        voters: Arc<BTreeMap<VoterId, SocketAddr>>,
+        dir: &Path,
+        rng_seed: u64,
+    ) -> Result<Self, RaftDriverError> {
+        let (store, persisted) = Store::open(dir, StoreOptions::default())?;
+        let mut kv = KvStore::default();
+        let mut applied = 0;
+        if let Some(snapshot) = &persisted.snapshot {
+            restore_kv(&mut kv, snapshot)?;
+            applied = snapshot.index;
+        }
+        info!(
+            term = persisted.hard_state.term,
+            entries = persisted.entries.len(),
+            snapshot = applied,
+            "raft state recovered"
+        );
+        let epoch = tokio::time::Instant::now();
+        let ids = voters.keys().copied().collect();
+        let raft = Raft::restore(
+            Config::default(),
+            me,
+            ids,
+            persisted,
+            rng_seed,
+            Instant::ZERO,
+        )
+        .map_err(RaftDriverError::Setup)?;
+        let outbound = Outbound::start(me, &voters);
+        Ok(RaftDriver {
+            raft,
+            store,
+            kv,
+            timers: TimerQueue::new(),
+            epoch,
+            outbound,
+            voters,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            ready_reads: Vec::new(),
+            next_read_id: 0,
+            next_proposal_id: 0,
+            applied,
+        })
+    }
+
+    /// Runs until a fatal storage error (returned) or until both channels close (`Ok`).
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<RaftRequest>,
+        mut messages: mpsc::Receiver<(VoterId, Message)>,
+    ) -> Result<(), RaftDriverError> {
+        self.drain()?;
+        let mut requests_open = true;
+        let mut messages_open = true;
+        while requests_open || messages_open {
+            let wake = self.timers.next_deadline().map(|at| self.deadline_of(at));
+            tokio::select! {
+                biased;
+                () = sleep_until_opt(wake), if wake.is_some() => self.on_timers()?,
+                message = messages.recv(), if messages_open => match message {
+                    Some((from, msg)) => {
+                        self.input(Input::Message { from, msg })?;
+                        for _ in 0..MESSAGES_PER_TURN_MAX {
+                            let Ok((from, msg)) = messages.try_recv() else { break };
+                            self.input(Input::Message { from, msg })?;
+                        }
+                    }
+                    None => messages_open = false,
+                },
+                request = requests.recv(), if requests_open => match request {
+                    Some(request) => self.on_request(request)?,
+                    None => requests_open = false,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Instant::from_micros(micros)
+    }
+
+    fn deadline_of(&self, at: Instant) -> tokio::time::Instant {
+        self.epoch
+            .checked_add(at.since_epoch())
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400))
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), RaftDriverError> {
+        let now = self.now();
+        if let Err(e) = self.raft.handle(now, input) {
+            debug!(error = %e, "raft input dropped");
+        }
+        self.drain()
+    }
+
+    fn on_timers(&mut self) -> Result<(), RaftDriverError> {
+        for _ in 0..TIMERS_PER_TURN_MAX {
+            let now = self.now();
+            let Some((_, timer)) = self.timers.pop_due(now) else {
+                break;
+            };
+            self.input(Input::Timer(timer))?;
+        }
+        Ok(())
+    }
+
+    fn leader(&self) -> (Option<VoterId>, Option<SocketAddr>) {
+        let id = if self.raft.is_leader() {
+            Some(self.raft.id())
+        } else {
+            self.raft.leader_hint()
+        };
+        (id, id.and_then(|id| self.voters.get(&id).copied()))
+    }
+
+    fn not_leader(&self) -> ControlResponse {
+        let (id, addr) = self.leader();
+        ControlResponse::NotLeader { id, addr }
+    }
+
+    fn on_request(
+        &mut self,
+        RaftRequest { request, reply }: RaftRequest,
+    ) -> Result<(), RaftDriverError> {
+        match request {
+            ControlRequest::Leader => {
+                let (id, addr) = self.leader();
+                let term = self.raft.term();
+                let _ = reply.send(ControlResponse::Leader { id, addr, term });
+            }
+            ControlRequest::KvPut { key, value, .. } => {
+                self.propose(KvCommand::Put { key, value }, reply)?;
+            }
+            ControlRequest::KvGet { key, .. } => self.read(key, reply)?,
+            other => {
+                let _ = reply.send(ControlResponse::Error(format!(
+                    "not a raft request: {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn propose(
+        &mut self,
+        command: KvCommand,
+        reply: oneshot::Sender<ControlResponse>,
+    ) -> Result<(), RaftDriverError> {
+        if !self.raft.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return Ok(());
+        }
+        if self.proposals.len() >= PROPOSALS_PENDING_MAX {
+            self.proposals.retain(|_, p| !p.reply.is_closed());
+            if self.proposals.len() >= PROPOSALS_PENDING_MAX {
+                let _ = reply.send(ControlResponse::Error("too many pending proposals".into()));
+                return Ok(());
+            }
+        }
+        let bytes = match command.encode() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = reply.send(ControlResponse::Error(format!("bad command: {e}")));
+                return Ok(());
+            }
+        };
+        self.next_proposal_id += 1;
+        let id = self.next_proposal_id;
+        let now = self.now();
+        match self.raft.handle(now, Input::Propose { id, command: bytes }) {
+            Ok(()) => {
+                let index = self.raft.last_index();
+                let term = self.raft.term();
+                debug_assert!(matches!(
+                    self.raft.entry(index).map(|e| &e.payload),
+                    Some(Payload::Command { id: got, .. }) if *got == id
+                ));
+                self.proposals
+                    .insert(index, PendingProposal { term, reply });
+            }
+            Err(consensus::Error::NotLeader { .. }) => {
+                let _ = reply.send(self.not_leader());
+            }
+            Err(e) => {
+                let _ = reply.send(ControlResponse::Error(e.to_string()));
+            }
+        }
+        self.drain()
+    }
+
+    fn read(
+        &mut self,
+        key: String,
+        reply: oneshot::Sender<ControlResponse>,
+    ) -> Result<(), RaftDriverError> {
+        if !self.raft.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return Ok(());
+        }
+        if self.reads.len() + self.ready_reads.len() >= READS_PENDING_MAX {
+            self.reads.retain(|_, (_, r)| !r.is_closed());
+            self.ready_reads.retain(|(_, _, r)| !r.is_closed());
+            if self.reads.len() + self.ready_reads.len() >= READS_PENDING_MAX {
+                let _ = reply.send(ControlResponse::Error("too many pending reads".into()));
+                return Ok(());
+            }
+        }
+        self.next_read_id += 1;
+        let id = self.next_read_id;
+        let now = self.now();
+        match self.raft.handle(now, Input::ReadIndex { id }) {
+            Ok(()) => {
+                self.reads.insert(id, (key, reply));
+            }
+            Err(consensus::Error::NotLeader { .. }) => {
+                let _ = reply.send(self.not_leader());
+            }
+            Err(e) => {
+                let _ = reply.send(ControlResponse::Error(e.to_string()));
+            }
+        }
+        self.drain()
+    }
+
+    /// Carries out the machine's outputs in order until it has none.
+    fn drain(&mut self) -> Result<(), RaftDriverError> {
+        while let Some(output) = self.raft.poll_output() {
+            match output {
+                Output::Persist(batch) => {
+                    // Durable (fsynced) before the machine hears of it, so before any later
+                    // output, and every message held for it, is carried out.
+                    self.store.apply_persist(&batch)?;
+                    let now = self.now();
+                    if let Err(e) = self.raft.handle(now, Input::Persisted(batch.batch)) {
+                        error!(batch = batch.batch, error = %e, "persist acknowledgement refused");
+                    }
+                }
+                Output::Send { to, msg } => self.outbound.send(to, &msg),
+                Output::SetTimer { timer, at } => {
+                    if let Err(e) = self.timers.push(at, timer) {
+                        error!(?timer, error = %e, "raft timer dropped");
+                    }
+                }
+                Output::Apply(entries) => {
+                    for entry in entries {
+                        self.apply(entry.index, entry.term, &entry.payload);
+                    }
+                    self.serve_ready_reads();
+                }
+                Output::ReadReady { id, index } => {
+                    if let Some((key, reply)) = self.reads.remove(&id) {
+                        self.ready_reads.push((index, key, reply));
+                        self.serve_ready_reads();
+                    }
+                }
+                Output::ReadFailed { id, .. } => {
+                    if let Some((_, reply)) = self.reads.remove(&id) {
+                        let _ = reply.send(self.not_leader());
+                    }
+                }
+                Output::RestoreSnapshot(snapshot) => {
+                    restore_kv(&mut self.kv, &snapshot)?;
+                    self.applied = snapshot.index;
+                    self.fail_proposals_up_to(snapshot.index);
+                    self.serve_ready_reads();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, index: u64, term: u64, payload: &Payload) {
+        debug_assert!(index > self.applied, "applies arrive in order, once");
+        self.applied = index;
+        let result = match payload {
+            Payload::Noop => None,
+            Payload::Command { bytes, .. } => Some(self.kv.apply(index, bytes)),
+        };
+        let Some(pending) = self.proposals.remove(&index) else {
+            return;
+        };
+        let answer = if pending.term != term {
+            ControlResponse::Error("the proposal was lost to a leader change; retry".into())
+        } else {
+            match result.map(|r| KvResult::decode(&r)) {
+                Some(Ok(KvResult::Done)) => ControlResponse::KvDone { index },
+                Some(Ok(other)) => ControlResponse::Error(format!("command failed: {other:?}")),
+                Some(Err(e)) => ControlResponse::Error(format!("bad result: {e}")),
+                None => ControlResponse::Error("a no-op took the proposal's place".into()),
+            }
+        };
+        let _ = pending.reply.send(answer);
+        self.fail_proposals_up_to(index);
+    }
+
+    /// Proposals at or below an applied index that did not apply as theirs are lost.
+    fn fail_proposals_up_to(&mut self, index: u64) {
+        while let Some(entry) = self.proposals.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let _ = entry.remove().reply.send(ControlResponse::Error(
+                "the proposal was lost to a leader change; retry".into(),
+            ));
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, key, reply) in ready {
+            let value = self.kv.get(&key).map(<[u8]>::to_vec);
+            let _ = reply.send(ControlResponse::KvValue(value));
+        }
+    }
+
+    /// Frames dropped by the transport so far, per peer.
+    pub fn dropped(&self) -> BTreeMap<VoterId, u64> {
+        self.outbound.dropped()
+    }
+}
+
+fn restore_kv(kv: &mut KvStore, snapshot: &Snapshot) -> Result<(), RaftDriverError> {
+    kv.restore(&snapshot.data)
+        .map_err(|e| RaftDriverError::BadSnapshot {
+            index: snapshot.index,
+            message: e.to_string(),
+        })
+        .inspect_err(|e| warn!(error = %e, "cannot restore the key-value snapshot"))
+}
+
+/// Sleeps until `deadline`; never completes for `None` (callers also guard the branch).
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
