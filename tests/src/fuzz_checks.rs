@@ -1,9 +1,10 @@
 //! The check functions behind every fuzz target, shared by `fuzz/` and the stable replay test.
 //!
 //! Owns: one function per target, each taking the raw fuzz input and panicking on any violated
-//! invariant: [`wire_datagram`], [`wire_frame`], [`membership_events`]; the table [`TARGETS`]
-//! that maps target names to them; and the deterministic seed corpora ([`seed_corpus`]) that
-//! `examples/write_fuzz_corpus.rs` writes under `fuzz/corpus/<target>/`.
+//! invariant: [`wire_datagram`], [`wire_frame`], [`membership_events`], [`consensus_message`],
+//! [`consensus_events`]; the table [`TARGETS`] that maps target names to them; and the
+//! deterministic seed corpora ([`seed_corpus`]) that `examples/write_fuzz_corpus.rs` writes
+//! under `fuzz/corpus/<target>/`.
 //!
 //! `fuzz/fuzz_targets/*.rs` are one-liners calling these, so libFuzzer on nightly flags and
 //! `tests/fuzz_corpus.rs` on stable run exactly the same code over the same inputs.
@@ -11,12 +12,16 @@
 //! Must never: read a clock, the environment or the file system, or use unseeded randomness:
 //! the same input always runs the same way, so every crash replays.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use idunno_core::consensus::{
+    self as raft, Body, Entry, MESSAGE_BYTES_MAX, PersistBatch, PersistedState, Raft, VoterId,
+};
 use idunno_core::membership::{
     Config, Error, Event, Input, Member, MemberState, Membership, Message, NodeId, Output, Packet,
     QUEUE_ITEMS_MAX, Timer, Update,
@@ -38,6 +43,8 @@ pub const TARGETS: &[Target] = &[
     ("wire_datagram", wire_datagram),
     ("wire_frame", wire_frame),
     ("membership_events", membership_events_check),
+    ("consensus_message", consensus_message),
+    ("consensus_events", consensus_events_check),
 ];
 
 /// The check function of the target called `name`.
@@ -739,6 +746,730 @@ fn check_machine(machine: &Membership) -> usize {
     live.len()
 }
 
+// ----- consensus -----
+
+/// Any bytes into [`raft::decode`]: never panics; input shorter than a frame header is refused;
+/// whatever decodes re-encodes within [`MESSAGE_BYTES_MAX`], no longer than the input,
+/// deterministically, and decodes back to the same value; [`raft::Message::validate`] never
+/// panics on it.
+pub fn consensus_message(data: &[u8]) {
+    let decoded = raft::decode(data);
+    if data.len() < FRAME_HEADER_BYTES {
+        assert!(decoded.is_err(), "{} bytes cannot hold a frame", data.len());
+    }
+    if data.len() > MESSAGE_BYTES_MAX {
+        assert!(
+            matches!(decoded, Err(WireError::Oversized { .. })),
+            "oversized message of {} bytes gave {decoded:?}",
+            data.len()
+        );
+    }
+    let Ok(message) = decoded else { return };
+    let bytes = raft::encode(&message).expect("a decoded message re-encodes");
+    assert!(bytes.len() <= MESSAGE_BYTES_MAX);
+    assert!(
+        bytes.len() <= data.len(),
+        "re-encoding grew from {} to {} bytes",
+        data.len(),
+        bytes.len()
+    );
+    assert_eq!(raft::decode(&bytes).as_ref(), Ok(&message));
+    let again = raft::encode(&message).expect("encodes twice");
+    assert_eq!(again, bytes, "encoding is deterministic");
+    let _ = message.validate();
+}
+
+/// Voters in a consensus scenario.
+pub const RAFT_VOTERS: usize = 3;
+/// Most Raft messages held in flight; the oldest is dropped beyond it.
+pub const RAFT_IN_FLIGHT_MAX: usize = 512;
+/// Most timer requests remembered per voter (stale ones are handed back too).
+pub const RAFT_TIMERS_KEPT_MAX: usize = 16;
+/// Most rounds in one `Pump` step.
+pub const RAFT_PUMP_ROUNDS_MAX: u8 = 8;
+
+fn voter_id(index: usize) -> VoterId {
+    VoterId(index as u64 + 1)
+}
+
+/// One step of a consensus scenario.
+#[derive(Debug, Clone, Arbitrary)]
+enum RaftStep {
+    /// Deliver one in-flight message (optionally keeping a copy: a duplicate).
+    Deliver { pick: u16, duplicate: bool },
+    /// Lose one in-flight message.
+    Drop { pick: u16 },
+    /// Hand back one remembered timer of voter `node` (moving the clock to its deadline).
+    Timer { node: u8, pick: u8 },
+    /// Make the oldest `count % 4 + 1` outstanding persist batches of `node` durable and
+    /// acknowledge them.
+    Persist { node: u8, count: u8 },
+    /// Propose a command of `len % 64` bytes at `node` (or at the newest leader).
+    Propose {
+        node: u8,
+        to_leader: bool,
+        len: u8,
+        fill: u8,
+    },
+    /// Crash voter `node` and restart it from what it acknowledged as durable.
+    Restart { node: u8 },
+    /// Advance the clock.
+    Advance { millis: u16 },
+    /// Arbitrary bytes, decoded with `consensus::decode`, as a message to `to` from voter
+    /// `from % 4` (3: not a voter).
+    Raw { to: u8, from: u8, bytes: Vec<u8> },
+    /// `rounds` times: acknowledge every persist, deliver everything in flight, advance
+    /// `tick_ms`, fire due timers.
+    Pump { rounds: u8, tick_ms: u8 },
+    /// Compact `node`'s log up to `back % 8` entries before its applied index.
+    Compact { node: u8, back: u8 },
+    /// A linearizable read at `node`.
+    Read { node: u8 },
+    /// Like `Raw`, with a correct frame header put in front of `body`.
+    RawBody { to: u8, from: u8, body: Vec<u8> },
+    /// Copy one in-flight message, set its byte `at` to `value`, and deliver the result as raw
+    /// bytes from the same sender to voter `to`.
+    Tamper {
+        pick: u16,
+        at: u16,
+        value: u8,
+        to: u8,
+    },
+}
+
+#[derive(Debug)]
+struct RaftVoter {
+    raft: Raft,
+    timers: Vec<(Instant, raft::Timer)>,
+    /// Issued and not yet durable, oldest first.
+    pending: VecDeque<PersistBatch>,
+    /// Only acknowledged batches: what survives a crash.
+    durable: PersistedState,
+    /// Last batch number this instance issued.
+    issued: u64,
+    /// Last index handed out to apply (or restored from a snapshot).
+    applied: u64,
+    restarts: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RaftInFlight {
+    from: VoterId,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+/// What one consensus scenario reached; used to pick seed inputs that go somewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsensusStats {
+    /// Steps executed.
+    pub steps: usize,
+    /// Terms that had a leader.
+    pub leader_terms: usize,
+    /// Highest committed index seen.
+    pub committed: u64,
+    /// Committed client commands seen (not no-ops).
+    pub commands_committed: u64,
+    /// Crash-restarts.
+    pub restarts: u64,
+    /// Restarts after which the voter still had a non-empty durable log or snapshot.
+    pub restarts_with_state: u64,
+    /// Compactions accepted.
+    pub compactions: u64,
+    /// Snapshots installed from a leader (`Output::RestoreSnapshot`).
+    pub snapshots_restored: u64,
+    /// Messages delivered from the cluster's own traffic.
+    pub delivered: u64,
+    /// Raw byte strings that decoded as a message.
+    pub raw_decoded: u64,
+    /// A decoded, valid raw message from a voter reached a voter: the cluster-wide safety
+    /// checks are off from then on (Raft does not survive forged voter messages).
+    pub forged: bool,
+}
+
+struct RaftCluster {
+    now: Instant,
+    config: raft::Config,
+    seed: u64,
+    voters: Vec<RaftVoter>,
+    in_flight: Vec<RaftInFlight>,
+    /// The committed log, as first seen committed at any voter.
+    committed: Vec<Entry>,
+    /// The leader of each term.
+    leaders: BTreeMap<u64, VoterId>,
+    proposals: u64,
+    stats: ConsensusStats,
+}
+
+/// Runs a consensus scenario decoded from `data` (see [`consensus_events`]), discarding the
+/// statistics; the shape [`TARGETS`] needs.
+fn consensus_events_check(data: &[u8]) {
+    let _ = consensus_events(data);
+}
+
+/// Three [`Raft`] voters driven by an arbitrary sequence of events: delivery, loss and
+/// duplication of their own messages, timers (due, early and stale), persist acknowledgements,
+/// proposals, reads, compactions, crash-restarts from what was acknowledged durable, time, and
+/// raw bytes decoded as a message from a voter. After every input: no panic (the machine's own
+/// debug invariants included); persist batches are numbered 1, 2, ... per instance; every
+/// `Send` goes to another voter, passes `validate`, encodes within [`MESSAGE_BYTES_MAX`] and
+/// the configured batch bound; no timer in the past; applies are contiguous and agree with the
+/// machine's applied index. Unless a forged (decodable, valid) raw message was accepted: at
+/// most one leader per term; the committed prefix never changes (every voter's log agrees with
+/// it up to its commit index, its snapshot too); every applied entry and every installed
+/// snapshot matches it.
+pub fn consensus_events(data: &[u8]) -> ConsensusStats {
+    let mut u = Unstructured::new(data);
+    let seed = u.arbitrary::<u64>().unwrap_or(0);
+    let shape = u.arbitrary::<u8>().unwrap_or(0);
+    let mut config = raft::Config::lan();
+    if shape & 1 != 0 {
+        config.entries_per_message_max = 2;
+        config.inflight_max = 2;
+    }
+    if shape & 2 != 0 {
+        config.apply_batch_max = 1;
+    }
+    if shape & 4 != 0 {
+        config.uncommitted_entries_max = 8;
+    }
+    let mut cluster = RaftCluster {
+        now: Instant::from_micros(1_000_000),
+        config,
+        seed,
+        voters: Vec::with_capacity(RAFT_VOTERS),
+        in_flight: Vec::new(),
+        committed: Vec::new(),
+        leaders: BTreeMap::new(),
+        proposals: 0,
+        stats: ConsensusStats::default(),
+    };
+    for index in 0..RAFT_VOTERS {
+        let raft = cluster.boot(index, PersistedState::default(), 0);
+        cluster.voters.push(RaftVoter {
+            raft,
+            timers: Vec::new(),
+            pending: VecDeque::new(),
+            durable: PersistedState::default(),
+            issued: 0,
+            applied: 0,
+            restarts: 0,
+        });
+        cluster.after(index);
+    }
+    while !u.is_empty() && cluster.stats.steps < STEPS_MAX {
+        let Ok(step) = u.arbitrary::<RaftStep>() else {
+            break;
+        };
+        cluster.stats.steps += 1;
+        cluster.step(step);
+    }
+    cluster.stats.committed = cluster.committed.len() as u64;
+    cluster.stats.commands_committed = cluster
+        .committed
+        .iter()
+        .filter(|e| matches!(e.payload, raft::Payload::Command { .. }))
+        .count() as u64;
+    cluster.stats
+}
+
+/// A digest of the committed log up to `index`: the fuzz driver's "state machine snapshot".
+fn committed_digest(committed: &[Entry], index: u64) -> Vec<u8> {
+    let mut hasher = DefaultHasher::new();
+    committed[..index as usize].hash(&mut hasher);
+    hasher.finish().to_le_bytes().to_vec()
+}
+
+impl RaftCluster {
+    fn boot(&self, index: usize, persisted: PersistedState, restarts: u64) -> Raft {
+        let voters: BTreeSet<VoterId> = (0..RAFT_VOTERS).map(voter_id).collect();
+        let seed = self.seed ^ (index as u64) ^ (restarts << 8);
+        Raft::restore(
+            self.config.clone(),
+            voter_id(index),
+            voters,
+            persisted,
+            seed,
+            self.now,
+        )
+        .expect("what was durable restores")
+    }
+
+    fn pick(which: u8) -> usize {
+        usize::from(which) % RAFT_VOTERS
+    }
+
+    fn step(&mut self, step: RaftStep) {
+        match step {
+            RaftStep::Deliver { pick, duplicate } => {
+                if self.in_flight.is_empty() {
+                    return;
+                }
+                let at = usize::from(pick) % self.in_flight.len();
+                let message = if duplicate {
+                    self.in_flight[at].clone()
+                } else {
+                    self.in_flight.remove(at)
+                };
+                self.deliver(message);
+            }
+            RaftStep::Drop { pick } => {
+                if !self.in_flight.is_empty() {
+                    let at = usize::from(pick) % self.in_flight.len();
+                    self.in_flight.remove(at);
+                }
+            }
+            RaftStep::Timer { node, pick } => {
+                let node = Self::pick(node);
+                let timers = &mut self.voters[node].timers;
+                if timers.is_empty() {
+                    return;
+                }
+                let (at, timer) = timers.remove(usize::from(pick) % timers.len());
+                self.now = self.now.max(at);
+                self.input(node, raft::Input::Timer(timer))
+                    .expect("timers are always accepted");
+            }
+            RaftStep::Persist { node, count } => {
+                self.persist(Self::pick(node), usize::from(count % 4) + 1);
+            }
+            RaftStep::Propose {
+                node,
+                to_leader,
+                len,
+                fill,
+            } => {
+                let leader = self
+                    .voters
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.raft.is_leader())
+                    .max_by_key(|(_, v)| v.raft.term())
+                    .map(|(i, _)| i);
+                let node = match leader {
+                    Some(leader) if to_leader => leader,
+                    _ => Self::pick(node),
+                };
+                self.proposals += 1;
+                let input = raft::Input::Propose {
+                    id: self.proposals,
+                    command: vec![fill; usize::from(len % 64)],
+                };
+                // Refusals (not the leader, queue full) are fine.
+                let _ = self.input(node, input);
+            }
+            RaftStep::Restart { node } => self.restart(Self::pick(node)),
+            RaftStep::Advance { millis } => {
+                self.now = self.now + Duration::from_millis(u64::from(millis));
+            }
+            RaftStep::Raw { to, from, bytes } => self.inject(to, from, &bytes, None),
+            RaftStep::RawBody { to, from, body } => {
+                let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+                let mut bytes = len.to_be_bytes().to_vec();
+                bytes.extend_from_slice(&body);
+                self.inject(to, from, &bytes, None);
+            }
+            RaftStep::Tamper {
+                pick,
+                at,
+                value,
+                to,
+            } => {
+                if self.in_flight.is_empty() {
+                    return;
+                }
+                let original = &self.in_flight[usize::from(pick) % self.in_flight.len()];
+                let mut bytes = original.bytes.clone();
+                let at = usize::from(at) % bytes.len();
+                bytes[at] = value;
+                let from = (original.from.0 - 1) as u8;
+                let before = raft::decode(&original.bytes).ok();
+                self.inject(to, from, &bytes, before);
+            }
+            RaftStep::Pump { rounds, tick_ms } => {
+                for _ in 0..=(rounds % RAFT_PUMP_ROUNDS_MAX) {
+                    for node in 0..RAFT_VOTERS {
+                        self.persist(node, usize::MAX);
+                    }
+                    for message in std::mem::take(&mut self.in_flight) {
+                        self.deliver(message);
+                    }
+                    self.now = self.now + Duration::from_millis(u64::from(tick_ms));
+                    self.fire_due();
+                }
+            }
+            RaftStep::Compact { node, back } => {
+                let node = Self::pick(node);
+                let raft = &self.voters[node].raft;
+                let index = raft.applied_index().saturating_sub(u64::from(back % 8));
+                if index < raft.first_index() {
+                    return;
+                }
+                let data = if self.stats.forged {
+                    Vec::new()
+                } else {
+                    committed_digest(&self.committed, index)
+                };
+                self.input(node, raft::Input::Compact { index, data })
+                    .expect("a compaction up to the applied index is accepted");
+                self.stats.compactions += 1;
+            }
+            RaftStep::Read { node } => {
+                self.proposals += 1;
+                let id = self.proposals;
+                let _ = self.input(Self::pick(node), raft::Input::ReadIndex { id });
+            }
+        }
+    }
+
+    /// Raw bytes to voter `to % 3` from voter `from % 4` (3: not a voter). A message that
+    /// decodes, is valid, comes from another voter and differs from `genuine` is a forgery:
+    /// the cluster-wide safety checks are off from then on.
+    fn inject(&mut self, to: u8, from: u8, bytes: &[u8], genuine: Option<raft::Message>) {
+        if bytes.len() < usize::MAX { return; }
+        let to = Self::pick(to);
+        let from = match from % 4 {
+            3 => VoterId(99),
+            i => voter_id(usize::from(i)),
+        };
+        let Ok(msg) = raft::decode(bytes) else {
+            return;
+        };
+        self.stats.raw_decoded += 1;
+        let voter = from != voter_id(to) && from != VoterId(99);
+        if voter && msg.validate().is_ok() && genuine.as_ref() != Some(&msg) {
+            self.stats.forged = true;
+        }
+        // Any refusal is fine; only a panic is not.
+        let _ = self.input(to, raft::Input::Message { from, msg });
+    }
+
+    fn deliver(&mut self, message: RaftInFlight) {
+        let msg = raft::decode(&message.bytes).expect("the cluster's own messages decode");
+        self.stats.delivered += 1;
+        let result = self.input(
+            message.to,
+            raft::Input::Message {
+                from: message.from,
+                msg,
+            },
+        );
+        assert!(
+            !matches!(
+                result,
+                Err(raft::Error::Malformed(_)
+                    | raft::Error::UnknownPeer(_)
+                    | raft::Error::FromSelf)
+            ),
+            "a message between voters was refused: {result:?}"
+        );
+    }
+
+    /// Makes up to `count` outstanding batches of `node` durable, then acknowledges them.
+    fn persist(&mut self, node: usize, count: usize) {
+        let voter = &mut self.voters[node];
+        let mut last = None;
+        for _ in 0..count {
+            let Some(batch) = voter.pending.pop_front() else {
+                break;
+            };
+            voter.durable.apply(&batch);
+            last = Some(batch.batch);
+        }
+        if let Some(batch) = last {
+            self.input(node, raft::Input::Persisted(batch))
+                .expect("an issued batch is acknowledged");
+        }
+    }
+
+    /// Every remembered timer of every voter that is due, in deadline order.
+    fn fire_due(&mut self) {
+        let mut due: Vec<(Instant, usize, raft::Timer)> = Vec::new();
+        for (node, voter) in self.voters.iter_mut().enumerate() {
+            let now = self.now;
+            voter.timers.retain(|&(at, timer)| {
+                if at <= now {
+                    due.push((at, node, timer));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        due.sort();
+        for (_, node, timer) in due {
+            self.input(node, raft::Input::Timer(timer))
+                .expect("timers are always accepted");
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        let restarts = self.voters[node].restarts + 1;
+        let durable = self.voters[node].durable.clone();
+        if durable.snapshot.is_some() || !durable.entries.is_empty() {
+            self.stats.restarts_with_state += 1;
+        }
+        let applied = durable.snapshot.as_ref().map_or(0, |s| s.index);
+        let raft = self.boot(node, durable, restarts);
+        let voter = &mut self.voters[node];
+        voter.raft = raft;
+        voter.restarts = restarts;
+        voter.timers.clear();
+        voter.pending.clear();
+        voter.issued = 0;
+        voter.applied = applied;
+        self.stats.restarts += 1;
+        self.after(node);
+    }
+
+    fn input(&mut self, node: usize, input: raft::Input) -> Result<(), raft::Error> {
+        let result = self.voters[node].raft.handle(self.now, input);
+        self.after(node);
+        result
+    }
+
+    /// Checks `node` and the cluster after an input, then carries out its outputs.
+    fn after(&mut self, node: usize) {
+        self.record_commits(node);
+        let me = voter_id(node);
+        while let Some(output) = self.voters[node].raft.poll_output() {
+            match output {
+                raft::Output::Persist(batch) => {
+                    let voter = &mut self.voters[node];
+                    assert_eq!(batch.batch, voter.issued + 1, "batches numbered in order");
+                    voter.issued = batch.batch;
+                    voter.pending.push_back(batch);
+                }
+                raft::Output::Send { to, msg } => {
+                    assert_ne!(to, me, "a voter never sends to itself");
+                    let to = usize::try_from(to.0)
+                        .ok()
+                        .and_then(|i| i.checked_sub(1))
+                        .filter(|&i| i < RAFT_VOTERS)
+                        .unwrap_or_else(|| panic!("send to {to:?}, not a voter"));
+                    assert_eq!(msg.validate(), Ok(()), "sent a malformed message {msg:?}");
+                    if let Body::AppendEntries { entries, .. } = &msg.body {
+                        assert!(entries.len() <= self.config.entries_per_message_max);
+                    }
+                    let bytes = raft::encode(&msg).expect("every message encodes");
+                    assert!(bytes.len() <= MESSAGE_BYTES_MAX);
+                    if self.in_flight.len() >= RAFT_IN_FLIGHT_MAX {
+                        self.in_flight.remove(0);
+                    }
+                    self.in_flight.push(RaftInFlight {
+                        from: me,
+                        to,
+                        bytes,
+                    });
+                }
+                raft::Output::SetTimer { timer, at } => {
+                    assert!(at >= self.now, "timer {timer:?} asked for the past");
+                    let timers = &mut self.voters[node].timers;
+                    if timers.len() >= RAFT_TIMERS_KEPT_MAX {
+                        timers.remove(0);
+                    }
+                    timers.push((at, timer));
+                }
+                raft::Output::Apply(entries) => {
+                    for entry in entries {
+                        let voter = &mut self.voters[node];
+                        assert_eq!(entry.index, voter.applied + 1, "applies are contiguous");
+                        voter.applied = entry.index;
+                        if !self.stats.forged {
+                            let known = self.committed.get(entry.index as usize - 1);
+                            assert_eq!(
+                                known,
+                                Some(&entry),
+                                "{me:?} applied an entry that differs from the committed one"
+                            );
+                        }
+                    }
+                }
+                raft::Output::RestoreSnapshot(snapshot) => {
+                    let voter = &mut self.voters[node];
+                    assert!(snapshot.index > voter.applied, "a snapshot moves forward");
+                    voter.applied = snapshot.index;
+                    self.stats.snapshots_restored += 1;
+                    if !self.stats.forged {
+                        assert!(snapshot.index <= self.committed.len() as u64);
+                        assert_eq!(
+                            snapshot.data,
+                            committed_digest(&self.committed, snapshot.index),
+                            "an installed snapshot matches the committed log"
+                        );
+                    }
+                }
+                raft::Output::ReadReady { .. } | raft::Output::ReadFailed { .. } => {}
+            }
+        }
+        assert_eq!(
+            self.voters[node].applied,
+            self.voters[node].raft.applied_index(),
+            "every applied index was handed out"
+        );
+    }
+
+    /// Checks `node`'s view of the committed log against the cluster's and extends it; checks
+    /// the one-leader-per-term rule.
+    fn record_commits(&mut self, node: usize) {
+        if self.stats.forged {
+            return;
+        }
+        let raft = &self.voters[node].raft;
+        let me = raft.id();
+        if raft.is_leader() {
+            let leader = *self.leaders.entry(raft.term()).or_insert(me);
+            assert_eq!(leader, me, "two leaders in term {}", raft.term());
+            self.stats.leader_terms = self.leaders.len();
+        }
+        if let Some(snapshot) = raft.snapshot() {
+            let known = self.committed.get(snapshot.index as usize - 1);
+            assert_eq!(
+                known.map(|e| e.term),
+                Some(snapshot.term),
+                "{me:?}'s snapshot is not of the committed log"
+            );
+        }
+        let commit = raft.commit_index();
+        let known = self.committed.len() as u64;
+        for index in raft.first_index()..=commit.min(known) {
+            let entry = raft
+                .entry(index)
+                .unwrap_or_else(|| panic!("{me:?} lost committed entry {index}"));
+            assert_eq!(
+                entry,
+                &self.committed[index as usize - 1],
+                "{me:?} changed committed entry {index}"
+            );
+        }
+        for index in known + 1..=commit {
+            let entry = raft.entry(index).unwrap_or_else(|| {
+                panic!("{me:?} committed {index}, neither in its log nor seen committed")
+            });
+            self.committed.push(entry.clone());
+        }
+    }
+}
+
+/// One message of every body kind, encoded: the `consensus_message` seeds.
+fn consensus_message_seeds() -> Vec<(String, Vec<u8>)> {
+    let entry = |index, payload| Entry {
+        term: 2,
+        index,
+        payload,
+    };
+    let bodies = [
+        (
+            "pre_vote",
+            Body::PreVote {
+                last_index: 3,
+                last_term: 1,
+            },
+        ),
+        ("pre_vote_response", Body::PreVoteResponse { granted: true }),
+        (
+            "request_vote",
+            Body::RequestVote {
+                last_index: 3,
+                last_term: 1,
+            },
+        ),
+        ("vote_response", Body::VoteResponse { granted: false }),
+        (
+            "append_entries",
+            Body::AppendEntries {
+                prev_index: 3,
+                prev_term: 1,
+                entries: vec![
+                    entry(4, raft::Payload::Noop),
+                    entry(
+                        5,
+                        raft::Payload::Command {
+                            id: 7,
+                            bytes: b"set k v".to_vec(),
+                        },
+                    ),
+                ],
+                leader_commit: 4,
+            },
+        ),
+        (
+            "heartbeat",
+            Body::AppendEntries {
+                prev_index: 0,
+                prev_term: 0,
+                entries: Vec::new(),
+                leader_commit: 0,
+            },
+        ),
+        (
+            "install_snapshot",
+            Body::InstallSnapshot {
+                snapshot: raft::Snapshot {
+                    index: 9,
+                    term: 2,
+                    data: vec![1, 2, 3, 4],
+                },
+            },
+        ),
+        (
+            "append_response",
+            Body::AppendResponse {
+                prev_index: 3,
+                index: 5,
+                success: true,
+            },
+        ),
+    ];
+    bodies
+        .into_iter()
+        .map(|(name, body)| {
+            let msg = raft::Message {
+                term: 2,
+                context: 1,
+                body,
+            };
+            (
+                name.to_owned(),
+                raft::encode(&msg).expect("sample messages encode"),
+            )
+        })
+        .collect()
+}
+
+/// Consensus inputs found by a deterministic search over pseudo-random inputs: for each goal
+/// (a leader, committed commands, two leaderships, a restart with durable state, a compaction,
+/// an installed snapshot) the first input that reaches it, if the search finds one.
+fn consensus_events_seeds() -> Vec<(String, Vec<u8>)> {
+    type Goal = (&'static str, fn(&ConsensusStats) -> bool);
+    let goals: [Goal; 6] = [
+        ("leader", |s| s.leader_terms > 0 && !s.forged),
+        ("commands", |s| s.commands_committed >= 2 && !s.forged),
+        ("two_leaders", |s| s.leader_terms >= 2 && !s.forged),
+        ("restart", |s| {
+            s.restarts_with_state > 0 && s.committed > 0 && !s.forged
+        }),
+        ("compacted", |s| s.compactions > 0 && !s.forged),
+        ("snapshot", |s| s.snapshots_restored > 0 && !s.forged),
+    ];
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    for attempt in 0..40_000u64 {
+        if found.len() == goals.len() {
+            break;
+        }
+        let len = 64 + (attempt % 8) as usize * 64;
+        let input = pseudo_random_bytes(attempt ^ 0xC0FFEE, len);
+        let stats = consensus_events(&input);
+        for (name, reached) in &goals {
+            if reached(&stats) && !found.iter().any(|(n, _)| n == name) {
+                found.push(((*name).to_owned(), input.clone()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 // ----- seed corpora -----
 
 /// A few valid membership packets covering every message and update kind, IPv4 and IPv6.
@@ -890,6 +1621,8 @@ pub fn seed_corpus(target: &str) -> Vec<(String, Vec<u8>)> {
             .collect(),
         "wire_frame" => sample_frames(),
         "membership_events" => membership_seeds(),
+        "consensus_message" => consensus_message_seeds(),
+        "consensus_events" => consensus_events_seeds(),
         _ => Vec::new(),
     }
 }

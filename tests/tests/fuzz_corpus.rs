@@ -9,7 +9,7 @@ use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use idunno_tests::fuzz_checks::{TARGETS, seed_corpus, target};
+use idunno_tests::fuzz_checks::{TARGETS, consensus_events, seed_corpus, target};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -111,6 +111,31 @@ fn the_seed_corpora_pass_their_checks() {
             check(&bytes);
         }
     }
+}
+
+#[test]
+fn the_consensus_seeds_reach_their_goals() {
+    // The committed consensus_events seeds are worth keeping only if they get somewhere: a
+    // leader, committed commands, a restart with durable state, a compaction, an installed
+    // snapshot, all without forged messages (so every safety check stays on).
+    let dir = fuzz_dir().join("corpus").join("consensus_events");
+    let mut reached = [false; 5];
+    for file in files_in(&dir) {
+        let bytes = fs::read(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let stats = consensus_events(&bytes);
+        if stats.forged {
+            continue;
+        }
+        reached[0] |= stats.leader_terms > 0;
+        reached[1] |= stats.commands_committed > 0;
+        reached[2] |= stats.restarts_with_state > 0;
+        reached[3] |= stats.compactions > 0;
+        reached[4] |= stats.snapshots_restored > 0;
+    }
+    assert_eq!(
+        reached, [true; 5],
+        "leader, commands, restart, compaction, snapshot"
+    );
 }
 
 #[test]
