@@ -769,7 +769,12 @@ impl Raft {
         entries: Vec<Entry>,
         leader_commit: u64,
     ) {
-        debug_assert!(!self.is_leader(), "two leaders in one term");
+        if self.is_leader() {
+            // Another "leader" in our own term: impossible in Raft, so a forged or corrupted
+            // message. Dropping it keeps our log and role (found by fuzzing).
+            self.metrics.messages_invalid += 1;
+            return;
+        }
         if !matches!(self.role, RoleState::Follower) {
             let term = self.hard.term;
             self.become_follower(now, term, Some(from));
@@ -825,6 +830,15 @@ impl Raft {
             );
             return;
         }
+        if entries
+            .iter()
+            .any(|e| e.index <= self.commit && self.term_at(e.index).is_some_and(|t| t != e.term))
+        {
+            // Contradicts a committed entry: no legitimate leader sends that (found by fuzzing).
+            // Refuse the whole message before touching the log.
+            self.metrics.messages_invalid += 1;
+            return;
+        }
         let matched = prev_index + entries.len() as u64;
         let prev_index = reply_prev;
         for entry in entries {
@@ -851,7 +865,11 @@ impl Raft {
     }
 
     fn on_install_snapshot(&mut self, now: Instant, from: VoterId, snapshot: Snapshot) {
-        debug_assert!(!self.is_leader(), "two leaders in one term");
+        if self.is_leader() {
+            // See `on_append`: a second leader in our term is a forgery; drop it.
+            self.metrics.messages_invalid += 1;
+            return;
+        }
         if !matches!(self.role, RoleState::Follower) {
             let term = self.hard.term;
             self.become_follower(now, term, Some(from));
@@ -977,13 +995,20 @@ impl Raft {
             debug_assert!(p.inflight.len() <= inflight_max);
             self.maybe_commit();
         } else {
+            if prev_index > last_index {
+                // Rejects an append we could never have sent (found by fuzzing).
+                self.metrics.messages_invalid += 1;
+                return;
+            }
             if prev_index < p.matched
                 || (p.state == ProgressState::Probe && prev_index + 1 != p.next)
             {
                 self.metrics.responses_stale += 1;
                 return;
             }
-            let hint = index.clamp(p.matched + 1, prev_index.max(p.matched + 1));
+            // `matched <= last_index`, so the bounds are ordered and `next` stays within the log.
+            let upper = prev_index.max(p.matched + 1).min(last_index + 1);
+            let hint = index.clamp(p.matched + 1, upper);
             p.next = hint;
             p.state = ProgressState::Probe;
             p.paused = false;
@@ -1479,7 +1504,7 @@ impl Raft {
     }
 
     fn truncate_from(&mut self, index: u64) {
-        assert!(index > self.commit, "a committed entry would be truncated");
+        debug_assert!(index > self.commit, "a committed entry would be truncated");
         debug_assert!(!self.is_leader(), "a leader never truncates its log");
         debug_assert!(index > self.offset());
         let keep = (index - self.offset() - 1) as usize;
