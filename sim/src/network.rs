@@ -266,6 +266,15 @@ impl Network {
         self.blocked_count = 0;
     }
 
+    /// Removes every partition and stops random loss and duplication; latency (and so
+    /// reordering) stays. What scenarios call once their faults are over.
+    pub fn heal_all(&mut self) {
+        self.heal();
+        self.options.loss_percent = 0.0;
+        self.options.duplicate_percent = 0.0;
+        debug_assert!(self.options.validate().is_ok());
+    }
+
     fn set_blocked(&mut self, from: usize, to: usize, blocked: bool) {
         assert!(
             from < self.node_count && to < self.node_count,

@@ -511,15 +511,7 @@ impl RaftSim {
 
     /// Removes every partition and stops random loss and duplication (latency stays).
     pub fn heal_network(&mut self) {
-        let network = self.world.network_mut();
-        network.heal();
-        let options = FaultOptions {
-            loss_percent: 0.0,
-            duplicate_percent: 0.0,
-            ..network.options().clone()
-        };
-        let healed = network.set_options(options);
-        debug_assert!(healed.is_ok());
+        self.world.network_mut().heal_all();
     }
 
     // ----- running -----
