@@ -769,19 +769,9 @@ impl Raft {
         entries: Vec<Entry>,
         leader_commit: u64,
     ) {
-        if self.is_leader() {
-            // Another "leader" in our own term: impossible in Raft, so a forged or corrupted
-            // message. Dropping it keeps our log and role (found by fuzzing).
-            self.metrics.messages_invalid += 1;
+        if !self.follow(now, from) {
             return;
         }
-        if !matches!(self.role, RoleState::Follower) {
-            let term = self.hard.term;
-            self.become_follower(now, term, Some(from));
-        }
-        self.leader_hint = Some(from);
-        self.leader_contact_at = Some(now);
-        self.arm_election(now);
         let reply_prev = prev_index;
         let (mut prev_index, mut prev_term, mut entries) = (prev_index, prev_term, entries);
         let offset = self.offset();
@@ -864,11 +854,14 @@ impl Raft {
         );
     }
 
-    fn on_install_snapshot(&mut self, now: Instant, from: VoterId, snapshot: Snapshot) {
+    /// `from` leads our current term (it sent an append or a snapshot): follow it and reset the
+    /// election timer. False, with the message counted as invalid, when we lead this term
+    /// ourselves: a second leader in one term is impossible in Raft, so the message is forged or
+    /// corrupted and dropping it keeps our log and role (found by fuzzing).
+    fn follow(&mut self, now: Instant, from: VoterId) -> bool {
         if self.is_leader() {
-            // See `on_append`: a second leader in our term is a forgery; drop it.
             self.metrics.messages_invalid += 1;
-            return;
+            return false;
         }
         if !matches!(self.role, RoleState::Follower) {
             let term = self.hard.term;
@@ -877,6 +870,13 @@ impl Raft {
         self.leader_hint = Some(from);
         self.leader_contact_at = Some(now);
         self.arm_election(now);
+        true
+    }
+
+    fn on_install_snapshot(&mut self, now: Instant, from: VoterId, snapshot: Snapshot) {
+        if !self.follow(now, from) {
+            return;
+        }
         if snapshot.index <= self.commit {
             // Nothing new: what we have committed matches the leader up to our commit.
             let index = self.commit;
