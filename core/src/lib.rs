@@ -12,6 +12,7 @@
 //! Must never: perform I/O, read a clock, spawn threads, use global randomness, or let
 //! hash-map iteration order reach a decision. `core/clippy.toml` enforces the first four.
 
+pub mod cluster;
 pub mod consensus;
 pub mod membership;
 pub mod time;

@@ -128,7 +128,16 @@ impl KvStore {
         self.data.is_empty()
     }
 
-    fn execute(&mut self, command: KvCommand) -> KvResult {
+    /// Executes one decoded command (keys over [`KEY_BYTES_MAX`] yield [`KvResult::Invalid`]
+    /// and change nothing). [`StateMachine::apply`] is this plus decoding and the applied index;
+    /// a composite state machine calls it directly.
+    pub fn execute(&mut self, command: KvCommand) -> KvResult {
+        if let KvCommand::Put { key, .. } | KvCommand::Get { key } | KvCommand::Cas { key, .. } =
+            &command
+            && key.len() > KEY_BYTES_MAX
+        {
+            return KvResult::Invalid;
+        }
         match command {
             KvCommand::Put { key, value } => {
                 self.data.insert(key, value);
@@ -152,11 +161,6 @@ impl StateMachine for KvStore {
         debug_assert!(index > self.applied, "indices arrive strictly increasing");
         self.applied = index;
         let result = match KvCommand::decode(command) {
-            Ok(
-                KvCommand::Put { ref key, .. }
-                | KvCommand::Get { ref key }
-                | KvCommand::Cas { ref key, .. },
-            ) if key.len() > KEY_BYTES_MAX => KvResult::Invalid,
             Ok(command) => self.execute(command),
             Err(_) => KvResult::Invalid,
         };

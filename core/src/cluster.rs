@@ -1,0 +1,237 @@
+//! The cluster's replicated state: everything the coordinator must not lose, applied from the
+//! Raft log on every voter.
+//!
+//! Owns: [`ClusterState`] (the one [`StateMachine`] the runtime and the simulator replicate: the
+//! key-value store, and beside it the file-system namespace and the scheduler as they land),
+//! [`ClusterCommand`] (a timestamped [`ClusterOp`], the bytes a leader proposes) and
+//! [`ClusterResult`] (what the proposer gets back).
+//! Time: the proposing leader stamps each command with its `now`; apply clamps it so the
+//! replicated clock never runs backwards across leader changes. Every replica computes the
+//! same state from the same log, so lease expiry and statistics use only these stamps.
+//! Must never: read a clock, draw randomness, iterate a hash map, or panic on a malformed or
+//! hostile command (it yields [`ClusterResult::Invalid`] and changes nothing but the applied
+//! index).
+
+use serde::{Deserialize, Serialize};
+
+use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine};
+use crate::membership::NodeId;
+use crate::time::Instant;
+use crate::wire::{self, WireError};
+
+/// One operation on the cluster's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterOp {
+    /// A key-value command.
+    Kv(KvCommand),
+    /// Membership declared `node` failed (proposed by the leader when its detector reports it):
+    /// every part of the state forgets what the node held.
+    NodeFailed {
+        /// The failed node (address and generation).
+        node: NodeId,
+    },
+}
+
+/// A proposal: an operation stamped with the proposing leader's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCommand {
+    /// The leader's `now` when it proposed.
+    pub now: Instant,
+    /// What to do.
+    pub op: ClusterOp,
+}
+
+impl ClusterCommand {
+    /// A command proposed at `now`.
+    pub fn new(now: Instant, op: ClusterOp) -> Self {
+        ClusterCommand { now, op }
+    }
+
+    /// The bytes to propose.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        wire::encode_frame(self)
+    }
+
+    /// Decodes proposal bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let body = bytes
+            .get(wire::FRAME_HEADER_BYTES..)
+            .ok_or(WireError::Empty)?;
+        wire::decode_frame_body(body)
+    }
+}
+
+/// The result of one [`ClusterCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterResult {
+    /// A key-value result.
+    Kv(KvResult),
+    /// A node failure was recorded.
+    NodeFailed,
+    /// The command did not decode; nothing changed.
+    Invalid,
+}
+
+impl ClusterResult {
+    /// Encodes a result (what [`StateMachine::apply`] returns).
+    pub fn encode(&self) -> Vec<u8> {
+        // Our own enum of bounded values always encodes; an empty vector marks the impossible.
+        wire::encode_frame(self).unwrap_or_default()
+    }
+
+    /// Decodes a result.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let body = bytes
+            .get(wire::FRAME_HEADER_BYTES..)
+            .ok_or(WireError::Empty)?;
+        wire::decode_frame_body(body)
+    }
+}
+
+/// Everything the Raft log replicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    kv: KvStore,
+    applied: u64,
+    /// The replicated clock: the largest command stamp applied so far.
+    now: Instant,
+    /// Nodes reported failed, oldest first, at most [`FAILED_NODES_KEPT`].
+    failed: Vec<NodeId>,
+}
+
+/// How many failed nodes the state remembers (for `list` commands and deduplication).
+pub const FAILED_NODES_KEPT: usize = 256;
+
+impl ClusterState {
+    /// The key-value store.
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// The replicated clock: the latest command stamp applied.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Recently failed nodes, oldest first.
+    pub fn failed_nodes(&self) -> &[NodeId] {
+        &self.failed
+    }
+
+    /// Applies one decoded command.
+    pub fn execute(&mut self, command: ClusterCommand) -> ClusterResult {
+        // A new leader's clock may lag the old one's: the replicated clock never goes back.
+        self.now = self.now.max(command.now);
+        match command.op {
+            ClusterOp::Kv(kv) => ClusterResult::Kv(self.kv.execute(kv)),
+            ClusterOp::NodeFailed { node } => {
+                if !self.failed.contains(&node) {
+                    if self.failed.len() >= FAILED_NODES_KEPT {
+                        self.failed.remove(0);
+                    }
+                    self.failed.push(node);
+                }
+                debug_assert!(self.failed.len() <= FAILED_NODES_KEPT);
+                ClusterResult::NodeFailed
+            }
+        }
+    }
+}
+
+impl StateMachine for ClusterState {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        debug_assert!(index > self.applied, "indices arrive strictly increasing");
+        self.applied = index;
+        let result = match ClusterCommand::decode(command) {
+            Ok(command) => self.execute(command),
+            Err(_) => ClusterResult::Invalid,
+        };
+        result.encode()
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        wire::encode_frame(self).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), WireError> {
+        let body = snapshot
+            .get(wire::FRAME_HEADER_BYTES..)
+            .ok_or(WireError::Empty)?;
+        *self = wire::decode_frame_body(body)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(micros: u64, op: ClusterOp) -> Vec<u8> {
+        ClusterCommand::new(Instant::from_micros(micros), op)
+            .encode()
+            .expect("encodes")
+    }
+
+    fn put(key: &str) -> ClusterOp {
+        ClusterOp::Kv(KvCommand::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        })
+    }
+
+    #[test]
+    fn kv_goes_through_and_garbage_is_invalid() {
+        let mut state = ClusterState::default();
+        let done = ClusterResult::decode(&state.apply(1, &at(5, put("a")))).expect("decodes");
+        assert_eq!(done, ClusterResult::Kv(KvResult::Done));
+        assert_eq!(state.kv().get("a"), Some(&b"v"[..]));
+        let bad = ClusterResult::decode(&state.apply(2, b"\x00\x00\x00\x02\x01\xff"));
+        assert_eq!(bad.expect("decodes"), ClusterResult::Invalid);
+        assert_eq!(state.applied_index(), 2);
+        let long = "k".repeat(crate::consensus::KEY_BYTES_MAX + 1);
+        let refused = ClusterResult::decode(&state.apply(3, &at(6, put(&long))));
+        assert_eq!(
+            refused.expect("decodes"),
+            ClusterResult::Kv(KvResult::Invalid)
+        );
+        assert_eq!(state.kv().len(), 1);
+    }
+
+    #[test]
+    fn the_replicated_clock_never_goes_back() {
+        let mut state = ClusterState::default();
+        state.apply(1, &at(100, put("a")));
+        state.apply(2, &at(40, put("b")));
+        assert_eq!(state.now(), Instant::from_micros(100));
+        state.apply(3, &at(150, put("c")));
+        assert_eq!(state.now(), Instant::from_micros(150));
+    }
+
+    #[test]
+    fn failed_nodes_are_bounded_and_deduplicated() {
+        let mut state = ClusterState::default();
+        let addr = "127.0.0.1:7000".parse().expect("addr");
+        for i in 0..(FAILED_NODES_KEPT as u64 + 10) {
+            let node = NodeId::new(addr, i);
+            state.apply(2 * i + 1, &at(i, ClusterOp::NodeFailed { node }));
+            state.apply(2 * i + 2, &at(i, ClusterOp::NodeFailed { node }));
+        }
+        assert_eq!(state.failed_nodes().len(), FAILED_NODES_KEPT);
+        assert_eq!(state.failed_nodes()[0], NodeId::new(addr, 10));
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut state = ClusterState::default();
+        state.apply(1, &at(7, put("a")));
+        let mut copy = ClusterState::default();
+        copy.restore(&state.snapshot()).expect("restores");
+        assert_eq!(copy, state);
+        assert!(copy.restore(b"junk").is_err());
+        assert_eq!(copy, state);
+    }
+}
