@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use idunno_core::consensus::{Entry, KvCommand, KvResult, KvStore, Payload, StateMachine};
+use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterResult, ClusterState};
+use idunno_core::consensus::{Entry, KvCommand, KvResult, Payload, StateMachine};
 use idunno_core::time::Instant;
 
 use crate::checker::Violation;
@@ -183,7 +184,7 @@ struct Replay {
 
 impl Replay {
     fn new(now: Instant, committed: &BTreeMap<u64, Entry>) -> Result<Self, Violation> {
-        let mut kv = KvStore::default();
+        let mut state = ClusterState::default();
         let mut index_of = BTreeMap::new();
         let mut values: BTreeMap<String, ValueHistory> = BTreeMap::new();
         for (expected, (&index, entry)) in (1u64..).zip(committed) {
@@ -197,16 +198,21 @@ impl Replay {
                 continue;
             };
             index_of.insert(*id, index);
-            let result = KvResult::decode(&kv.apply(index, bytes));
-            let changed = match (KvCommand::decode(bytes), result) {
-                (Ok(KvCommand::Put { key, .. }), Ok(KvResult::Done))
-                | (Ok(KvCommand::Cas { key, .. }), Ok(KvResult::Cas { swapped: true, .. })) => {
-                    Some(key)
-                }
+            let result = ClusterResult::decode(&state.apply(index, bytes));
+            let command = ClusterCommand::decode(bytes).map(|c| c.op);
+            let changed = match (command, result) {
+                (
+                    Ok(ClusterOp::Kv(KvCommand::Put { key, .. })),
+                    Ok(ClusterResult::Kv(KvResult::Done)),
+                )
+                | (
+                    Ok(ClusterOp::Kv(KvCommand::Cas { key, .. })),
+                    Ok(ClusterResult::Kv(KvResult::Cas { swapped: true, .. })),
+                ) => Some(key),
                 _ => None,
             };
             if let Some(key) = changed {
-                let value = kv.get(&key).map(<[u8]>::to_vec);
+                let value = state.kv().get(&key).map(<[u8]>::to_vec);
                 values
                     .entry(key)
                     .or_insert_with(|| vec![(0, None)])
@@ -248,12 +254,13 @@ mod tests {
     use super::*;
 
     fn put(index: u64, id: u64, key: &str, value: u8) -> (u64, Entry) {
-        let bytes = KvCommand::Put {
+        let put = KvCommand::Put {
             key: key.into(),
             value: vec![value],
-        }
-        .encode()
-        .expect("encodes");
+        };
+        let bytes = ClusterCommand::new(Instant::ZERO, ClusterOp::Kv(put))
+            .encode()
+            .expect("encodes");
         (
             index,
             Entry {

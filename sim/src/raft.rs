@@ -4,8 +4,9 @@
 //! [`crate::raft_checker`] watch every step.
 //!
 //! Owns: the [`Machine`] adapter ([`RaftNode`]: decodes messages, turns `Persist` into an fsync
-//! that completes after [`RaftOptions::fsync_delay`], applies committed entries to a
-//! [`KvStore`], compacts every [`COMPACT_EVERY_ENTRIES`] applied entries, serves ReadIndex
+//! that completes after [`RaftOptions::fsync_delay`], applies committed entries to the
+//! cluster's replicated state ([`ClusterState`]: the key-value store the workload uses, and the
+//! file-system and scheduler state other sims drive through it), compacts every [`COMPACT_EVERY_ENTRIES`] applied entries, serves ReadIndex
 //! reads once applied), the per-slot durable state (only batches whose fsync completed; a crash
 //! loses the rest), crash / restart from durable state, the client workload (writes and reads
 //! sent to any node that believes it leads, recorded in a [`History`] for the linearizability
@@ -20,9 +21,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use idunno_core::consensus::{
-    self, Config, Entry, Input, KvCommand, KvStore, Output, Payload, PersistBatch, PersistedState,
+    self, Config, Entry, Input, KvCommand, Output, Payload, PersistBatch, PersistedState,
     READS_PENDING_MAX, Raft, StateMachine, Timer, VoterId,
 };
+use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterState};
 use idunno_core::time::Instant;
 
 use crate::checker::Violation;
@@ -105,7 +107,7 @@ pub struct RaftNode {
     fsync_delay: Duration,
     now: Instant,
     unsynced: VecDeque<PersistBatch>,
-    kv: KvStore,
+    state: ClusterState,
     effects: VecDeque<Effect<RaftTimer, RaftNote>>,
     /// Reads waiting for confirmation: id -> key.
     reads_waiting: BTreeMap<u64, String>,
@@ -119,9 +121,9 @@ impl RaftNode {
         &self.raft
     }
 
-    /// The key-value state machine.
-    pub fn kv(&self) -> &KvStore {
-        &self.kv
+    /// The replicated state as applied on this node.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
     }
 
     fn pump(&mut self) {
@@ -156,7 +158,7 @@ impl RaftNode {
                         .push_back(Effect::Notify(RaftNote::ReadFailed { id }));
                 }
                 Output::RestoreSnapshot(snapshot) => {
-                    let restored = self.kv.restore(&snapshot.data);
+                    let restored = self.state.restore(&snapshot.data);
                     debug_assert!(restored.is_ok(), "a leader's snapshot restores");
                     self.effects.push_back(Effect::Notify(RaftNote::Restored {
                         index: snapshot.index,
@@ -166,7 +168,9 @@ impl RaftNode {
                     for entry in entries {
                         let result = match &entry.payload {
                             Payload::Noop => Vec::new(),
-                            Payload::Command { bytes, .. } => self.kv.apply(entry.index, bytes),
+                            Payload::Command { bytes, .. } => {
+                                self.state.apply(entry.index, bytes)
+                            }
                         };
                         self.effects
                             .push_back(Effect::Notify(RaftNote::Applied { entry, result }));
@@ -181,7 +185,7 @@ impl RaftNode {
         let result = self.raft.handle(now, input);
         self.pump();
         let applied = self.raft.applied_index();
-        let kv = &self.kv;
+        let kv = self.state.kv();
         let effects = &mut self.effects;
         self.reads_ready.retain(|(id, key, index)| {
             if *index > applied {
@@ -192,7 +196,7 @@ impl RaftNode {
             false
         });
         if applied >= self.raft.first_index() + COMPACT_EVERY_ENTRIES {
-            let data = self.kv.snapshot();
+            let data = self.state.snapshot();
             let compacted = self.raft.handle(
                 now,
                 Input::Compact {
@@ -458,9 +462,9 @@ impl RaftSim {
         let fsync_delay = self.options.fsync_delay;
         let snapshot_index = persisted.snapshot.as_ref().map_or(0, |s| s.index);
         let started = self.world.start(index, |info| {
-            let mut kv = KvStore::default();
+            let mut state = ClusterState::default();
             if let Some(snapshot) = &persisted.snapshot {
-                kv.restore(&snapshot.data).map_err(|e| e.to_string())?;
+                state.restore(&snapshot.data).map_err(|e| e.to_string())?;
             }
             let raft = Raft::restore(
                 config,
@@ -476,7 +480,7 @@ impl RaftSim {
                 fsync_delay,
                 now: info.now,
                 unsynced: VecDeque::new(),
-                kv,
+                state,
                 effects: VecDeque::new(),
                 reads_waiting: BTreeMap::new(),
                 reads_ready: Vec::new(),
@@ -579,7 +583,8 @@ impl RaftSim {
                 new: value,
             },
         };
-        let Ok(command) = command.encode() else {
+        let now = self.now();
+        let Ok(command) = ClusterCommand::new(now, ClusterOp::Kv(command)).encode() else {
             debug_assert!(false, "workload command does not encode");
             return;
         };
@@ -653,11 +658,12 @@ impl RaftSim {
             {
                 let id = self.next_proposal;
                 self.next_proposal += 1;
-                let command = KvCommand::Put {
+                let marker = KvCommand::Put {
                     key: "converged".into(),
                     value: id.to_le_bytes().to_vec(),
-                }
-                .encode()
+                };
+                let command = ClusterCommand::new(self.now(), ClusterOp::Kv(marker))
+                    .encode()
                 .map_err(|e| self.violation("converge", e.to_string()))?;
                 if self
                     .world
