@@ -1,8 +1,8 @@
 //! The event loop of one voter: runs the Raft machine on the durable store, the TCP transport,
-//! a timer queue and the Raft part of the control protocol, and applies the committed log to a
-//! [`KvStore`].
+//! a timer queue and the Raft part of the control protocol, and applies the committed log to the
+//! cluster's replicated state ([`ClusterState`]).
 //!
-//! Owns: the machine, its [`Store`] (`<data dir>/raft`), the key-value state machine, the timer
+//! Owns: the machine, its [`Store`] (`<data dir>/raft`), the replicated state, the timer
 //! queue, the mapping between tokio time and the machine's [`Instant`], and the requests waiting
 //! for an answer (proposals until their index applies, reads until confirmed and applied).
 //! Inputs: peer messages (from [`super::transport::Inbound`]), due timers, control requests
@@ -20,9 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterResult, ClusterState};
 use idunno_core::consensus::{
-    self, Config, Input, KvCommand, KvResult, KvStore, Message, Output, Payload, READS_PENDING_MAX,
-    Raft, Snapshot, StateMachine, Timer, VoterId,
+    self, Config, Input, KvCommand, KvResult, Message, Output, Payload, READS_PENDING_MAX, Raft,
+    Snapshot, StateMachine, Timer, VoterId,
 };
 use idunno_core::time::Instant;
 use idunno_core::wire::{ControlRequest, ControlResponse};
@@ -60,11 +61,32 @@ pub enum RaftDriverError {
     },
 }
 
+/// Turns the applied result of a proposal (and its log index) into the client's answer.
+type AnswerFn = fn(u64, ClusterResult) -> ControlResponse;
+
 /// A proposal waiting for its entry.
 #[derive(Debug)]
 struct PendingProposal {
     term: u64,
     reply: oneshot::Sender<ControlResponse>,
+    answer: AnswerFn,
+}
+
+/// The answer to a key-value put.
+fn answer_kv_put(index: u64, result: ClusterResult) -> ControlResponse {
+    match result {
+        ClusterResult::Kv(KvResult::Done) => ControlResponse::KvDone { index },
+        other => ControlResponse::Error(format!("command failed: {other:?}")),
+    }
+}
+
+/// The replicated clock's reading for a proposal: wall-clock microseconds since the Unix epoch,
+/// the one epoch every node shares (up to clock skew, which the state's monotonic clamp absorbs).
+pub fn cluster_now() -> Instant {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    Instant::from_micros(micros)
 }
 
 /// One voter's Raft machine wired to its store, transport and clock.
@@ -72,7 +94,7 @@ struct PendingProposal {
 pub struct RaftDriver {
     raft: Raft,
     store: Store,
-    kv: KvStore,
+    state: ClusterState,
     timers: TimerQueue<Timer>,
     epoch: tokio::time::Instant,
     outbound: Outbound,
@@ -98,10 +120,10 @@ impl RaftDriver {
         rng_seed: u64,
     ) -> Result<Self, RaftDriverError> {
         let (store, persisted) = Store::open(dir, StoreOptions::default())?;
-        let mut kv = KvStore::default();
+        let mut state = ClusterState::default();
         let mut applied = 0;
         if let Some(snapshot) = &persisted.snapshot {
-            restore_kv(&mut kv, snapshot)?;
+            restore_state(&mut state, snapshot)?;
             applied = snapshot.index;
         }
         info!(
@@ -125,7 +147,7 @@ impl RaftDriver {
         Ok(RaftDriver {
             raft,
             store,
-            kv,
+            state,
             timers: TimerQueue::new(),
             epoch,
             outbound,
@@ -227,7 +249,8 @@ impl RaftDriver {
                 let _ = reply.send(ControlResponse::Leader { id, addr, term });
             }
             ControlRequest::KvPut { key, value, .. } => {
-                self.propose(KvCommand::Put { key, value }, reply)?;
+                let op = ClusterOp::Kv(KvCommand::Put { key, value });
+                self.propose(op, reply, answer_kv_put)?;
             }
             ControlRequest::KvGet { key, .. } => self.read(key, reply)?,
             other => {
@@ -241,8 +264,9 @@ impl RaftDriver {
 
     fn propose(
         &mut self,
-        command: KvCommand,
+        op: ClusterOp,
         reply: oneshot::Sender<ControlResponse>,
+        answer: AnswerFn,
     ) -> Result<(), RaftDriverError> {
         if !self.raft.is_leader() {
             let _ = reply.send(self.not_leader());
@@ -255,7 +279,7 @@ impl RaftDriver {
                 return Ok(());
             }
         }
-        let bytes = match command.encode() {
+        let bytes = match ClusterCommand::new(cluster_now(), op).encode() {
             Ok(bytes) => bytes,
             Err(e) => {
                 let _ = reply.send(ControlResponse::Error(format!("bad command: {e}")));
@@ -273,8 +297,14 @@ impl RaftDriver {
                     self.raft.entry(index).map(|e| &e.payload),
                     Some(Payload::Command { id: got, .. }) if *got == id
                 ));
-                self.proposals
-                    .insert(index, PendingProposal { term, reply });
+                self.proposals.insert(
+                    index,
+                    PendingProposal {
+                        term,
+                        reply,
+                        answer,
+                    },
+                );
             }
             Err(consensus::Error::NotLeader { .. }) => {
                 let _ = reply.send(self.not_leader());
@@ -357,7 +387,7 @@ impl RaftDriver {
                     }
                 }
                 Output::RestoreSnapshot(snapshot) => {
-                    restore_kv(&mut self.kv, &snapshot)?;
+                    restore_state(&mut self.state, &snapshot)?;
                     self.applied = snapshot.index;
                     self.fail_proposals_up_to(snapshot.index);
                     self.serve_ready_reads();
@@ -372,7 +402,7 @@ impl RaftDriver {
         self.applied = index;
         let result = match payload {
             Payload::Noop => None,
-            Payload::Command { bytes, .. } => Some(self.kv.apply(index, bytes)),
+            Payload::Command { bytes, .. } => Some(self.state.apply(index, bytes)),
         };
         let Some(pending) = self.proposals.remove(&index) else {
             return;
@@ -380,9 +410,8 @@ impl RaftDriver {
         let answer = if pending.term != term {
             ControlResponse::Error("the proposal was lost to a leader change; retry".into())
         } else {
-            match result.map(|r| KvResult::decode(&r)) {
-                Some(Ok(KvResult::Done)) => ControlResponse::KvDone { index },
-                Some(Ok(other)) => ControlResponse::Error(format!("command failed: {other:?}")),
+            match result.map(|r| ClusterResult::decode(&r)) {
+                Some(Ok(result)) => (pending.answer)(index, result),
                 Some(Err(e)) => ControlResponse::Error(format!("bad result: {e}")),
                 None => ControlResponse::Error("a no-op took the proposal's place".into()),
             }
@@ -410,7 +439,7 @@ impl RaftDriver {
             .partition(|(index, _, _)| *index <= applied);
         self.ready_reads = waiting;
         for (_, key, reply) in ready {
-            let value = self.kv.get(&key).map(<[u8]>::to_vec);
+            let value = self.state.kv().get(&key).map(<[u8]>::to_vec);
             let _ = reply.send(ControlResponse::KvValue(value));
         }
     }
@@ -421,13 +450,14 @@ impl RaftDriver {
     }
 }
 
-fn restore_kv(kv: &mut KvStore, snapshot: &Snapshot) -> Result<(), RaftDriverError> {
-    kv.restore(&snapshot.data)
+fn restore_state(state: &mut ClusterState, snapshot: &Snapshot) -> Result<(), RaftDriverError> {
+    state
+        .restore(&snapshot.data)
         .map_err(|e| RaftDriverError::BadSnapshot {
             index: snapshot.index,
             message: e.to_string(),
         })
-        .inspect_err(|e| warn!(error = %e, "cannot restore the key-value snapshot"))
+        .inspect_err(|e| warn!(error = %e, "cannot restore the cluster-state snapshot"))
 }
 
 /// Sleeps until `deadline`; never completes for `None` (callers also guard the branch).
