@@ -3,7 +3,8 @@
 //! Owns: the argument grammar (clap derive) and its validation. The contract, which tests and
 //! scripts depend on:
 //! - `idunno-node start --bind ADDR [--join ADDR,ADDR...] [--data-dir DIR]
-//!   [--raft-id N] [--voters N=ADDR,N=ADDR...]`
+//!   [--raft-id N] [--voters N=ADDR,N=ADDR...] [--cluster-key-file FILE]`
+//! - `idunno-node keygen FILE` (a new cluster key, readable by its owner only)
 //! - `idunno-node client --node ADDR list_mem [--json]`
 //! - `idunno-node client --node ADDR list_self [--json]`
 //! - `idunno-node client --node ADDR leave`
@@ -48,6 +49,12 @@ pub enum Command {
     /// Run a model on local files in this one process (the baseline the cluster is measured
     /// against): a table by default, one JSON object per input and line with --json.
     Predict(PredictArgs),
+    /// Write a new random cluster key to FILE (mode 0600; an existing file is never
+    /// overwritten). Start every node with `--cluster-key-file FILE`.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+    },
 }
 
 /// Arguments of `predict`.
@@ -85,6 +92,12 @@ pub struct StartArgs {
     /// Raft is off when absent.
     #[arg(long, value_name = "N=ADDR,N=ADDR...", value_delimiter = ',', value_parser = parse_voter)]
     pub voters: Vec<VoterSpec>,
+    /// File holding the cluster key (from `idunno-node keygen`); every membership datagram is
+    /// authenticated and encrypted with it. Default: the file named by IDUNNO_CLUSTER_KEY_FILE,
+    /// else the hex key in IDUNNO_CLUSTER_KEY, else none (insecure). The key itself is never
+    /// taken on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 /// One `--voters` item: `ID=ADDR`.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use idunno_core::membership::{Member, MemberState, NodeId};
 use tokio::sync::oneshot;
 
+use crate::auth::ClusterKey;
 use crate::cli::DemoArgs;
 use crate::control;
 use crate::identity::unix_time_ms;
@@ -426,12 +427,19 @@ fn stop(mut process: Child) {
     let _ = process.wait();
 }
 
+/// The demo cluster's key file, inside its root directory.
+const KEY_FILE: &str = "cluster.key";
+
 impl Cluster {
     fn new(root: PathBuf) -> Result<Self, DemoError> {
         let exe = std::env::current_exe()
             .map_err(|e| DemoError(format!("cannot find the idunno-node executable: {e}")))?;
         fs::create_dir_all(&root)
             .map_err(|e| DemoError(format!("cannot create {}: {e}", root.display())))?;
+        // The demo's cluster is authenticated like a real one: one fresh key for its nodes.
+        ClusterKey::generate()
+            .write_new_file(&root.join(KEY_FILE))
+            .map_err(|e| DemoError(format!("cannot write the cluster key: {e}")))?;
         Ok(Cluster {
             exe,
             root,
@@ -497,6 +505,8 @@ impl Cluster {
             .arg(bind.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
+            .arg("--cluster-key-file")
+            .arg(self.root.join(KEY_FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

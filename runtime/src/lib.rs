@@ -22,6 +22,7 @@
 //! Must never: make a membership decision, panic on peer, user or disk input, or bind outside
 //! the addresses it is told to bind.
 
+pub mod auth;
 pub mod cli;
 pub mod consensus;
 pub mod control;

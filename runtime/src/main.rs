@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use idunno_runtime::auth::ClusterKey;
 use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, PredictArgs, StartArgs};
 use idunno_runtime::control;
 use idunno_runtime::driver::Exit;
@@ -25,6 +26,25 @@ fn main() -> ExitCode {
         Command::Client(args) => client(args),
         Command::Demo(args) => demo::run(args),
         Command::Predict(args) => predict(args),
+        Command::Keygen { file } => keygen(&file),
+    }
+}
+
+/// `keygen FILE`: writes a fresh cluster key; never overwrites.
+fn keygen(file: &std::path::Path) -> ExitCode {
+    match ClusterKey::generate().write_new_file(file) {
+        Ok(()) => {
+            eprintln!(
+                "wrote a new cluster key to {}; start every node with --cluster-key-file {}",
+                file.display(),
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -55,8 +75,16 @@ fn print_stdout(text: &str) -> io::Result<()> {
 fn start(args: StartArgs) -> ExitCode {
     logging::init();
     let raft = args.raft_options();
+    let cluster_key = match ClusterKey::from_file_or_env(args.cluster_key_file.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut options = NodeOptions::new(args.bind, args.join, args.data_dir);
     options.raft = raft;
+    options.cluster_key = cluster_key;
     let result = node::block_on(async {
         let bound = match node::bind(options).await {
             Ok(bound) => bound,

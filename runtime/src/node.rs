@@ -8,6 +8,8 @@
 //! With Raft options it also sets up Raft: on a voter, the Raft driver (its store in
 //! `<data-dir>/raft`) runs beside the membership driver and the node stops if it fails; on every
 //! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get`.
+//! Membership datagrams go through [`AuthSocket`]: sealed with the cluster key when the node has
+//! one; without one the node warns that it is insecure.
 //! Must never: print to stdout (main prints the `LISTENING` line), or make membership decisions.
 
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::auth::{AuthSocket, AuthStats, ClusterKey};
 use crate::consensus::driver::{RaftDriver, RaftDriverError};
 use crate::consensus::transport::Inbound;
 use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftRequest, RaftRoute};
@@ -49,6 +52,9 @@ pub struct NodeOptions {
     /// Raft: this node's voter id (if a voter) and the voter set; `None` runs no Raft at all.
     /// A voter keeps its log in `<data_dir>/raft`, so it needs `data_dir`.
     pub raft: Option<RaftOptions>,
+    /// The cluster key that authenticates every membership datagram; `None` runs insecure
+    /// (and says so loudly).
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl NodeOptions {
@@ -60,6 +66,7 @@ impl NodeOptions {
             data_dir,
             config: Config::default(),
             raft: None,
+            cluster_key: None,
         }
     }
 }
@@ -107,7 +114,8 @@ impl NodeHandle {
 /// A node whose sockets are bound and whose identity is fixed, not yet running.
 #[derive(Debug)]
 pub struct BoundNode {
-    driver: Driver<UdpSocket>,
+    driver: Driver<AuthSocket<UdpSocket>>,
+    auth: Arc<AuthStats>,
     listener: TcpListener,
     seeds: Vec<SocketAddr>,
     requests: mpsc::Receiver<Request>,
@@ -205,11 +213,23 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     let generation =
         identity::next_generation(options.data_dir.as_deref(), identity::unix_time_ms())?;
     let seed = identity::rng_seed(addr, generation);
+    let socket = AuthSocket::new(socket, options.cluster_key.as_ref());
+    let auth = socket.stats();
     let driver = Driver::new(options.config, socket, generation, seed)?;
     debug_assert_eq!(driver.id(), NodeId::new(addr, generation));
     debug!(rng_seed = seed, "identity fixed");
     let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
     let span = info_span!("node", addr = %addr);
+    if options.cluster_key.is_none() {
+        span.in_scope(|| {
+            warn!(
+                "INSECURE: no cluster key, so anyone who can reach this node's port can join, \
+                 read and forge membership traffic; create one with `idunno-node keygen FILE` \
+                 and start every node with --cluster-key-file FILE (or {})",
+                crate::auth::KEY_FILE_ENV
+            );
+        });
+    }
     let (route, raft) = match &options.raft {
         Some(raft) => {
             let _entered = span.enter();
@@ -220,6 +240,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     };
     Ok(BoundNode {
         driver,
+        auth,
         listener,
         seeds: options.join,
         requests,
@@ -256,6 +277,11 @@ impl BoundNode {
         self.driver.id()
     }
 
+    /// Counters of the membership datagrams this node accepted and refused.
+    pub fn auth_stats(&self) -> Arc<AuthStats> {
+        Arc::clone(&self.auth)
+    }
+
     /// A handle to send requests from inside the process.
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
@@ -277,6 +303,7 @@ impl BoundNode {
             span,
             raft,
             route,
+            auth,
         } = self;
         let id = driver.id();
         let server = tokio::spawn(
@@ -311,7 +338,7 @@ impl BoundNode {
                     result
                 }
             };
-            info!(?exit, ?metrics, "node stopped");
+            info!(?exit, ?metrics, ?auth, "node stopped");
             (exit, metrics)
         }
         .instrument(span)

@@ -5,7 +5,8 @@
 //! ([`Cluster::start`]), running client commands with a deadline and parsing their JSON
 //! ([`list_mem`], [`list_self`], [`leave`]), polling until a condition holds ([`eventually`]), and
 //! the [`Cluster`] guard that SIGKILLs every child it started when dropped, also while a failing
-//! test unwinds (and then prints each node's log tail).
+//! test unwinds (and then prints each node's log tail). Every cluster gets a fresh cluster key
+//! (`IDUNNO_CLUSTER_KEY`), so real-process tests run authenticated membership.
 //!
 //! The CLI contract it relies on:
 //! - `idunno-node start --bind ADDR [--join ADDR,..] [--data-dir DIR]` prints exactly one stdout
@@ -585,6 +586,20 @@ pub struct Cluster {
     scratch: PathBuf,
     nodes: Vec<Node>,
     starts: usize,
+    /// The cluster key every node gets (64 hex digits in `IDUNNO_CLUSTER_KEY`).
+    key: String,
+}
+
+/// A fresh cluster key as 64 hex digits (test-grade randomness: std's per-process hash keys).
+fn fresh_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4u8)
+        .map(|i| {
+            let mut hasher = std::hash::RandomState::new().build_hasher();
+            hasher.write_u8(i);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect()
 }
 
 impl Cluster {
@@ -600,6 +615,7 @@ impl Cluster {
             scratch,
             nodes: Vec::new(),
             starts: 0,
+            key: fresh_key(),
         }
     }
 
@@ -643,6 +659,9 @@ impl Cluster {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        // Every test cluster is authenticated, as a production one should be.
+        command.env("IDUNNO_CLUSTER_KEY", &self.key);
+        command.env_remove("IDUNNO_CLUSTER_KEY_FILE");
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot spawn {}: {e}", node_binary().display()))?;
