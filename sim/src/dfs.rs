@@ -704,6 +704,9 @@ impl<L: MetadataLog> DfsSim<L> {
         };
         let ns = leader.dfs();
         let nodes = &self.nodes;
+        self.checker.check_listed_copies(now, ns, |id, h| {
+            index_on(nodes, id).map(|i| nodes[i].disk.contains_key(h))
+        })?;
         self.checker.check_readable(
             now,
             ns,

@@ -12,6 +12,9 @@
 //! - `no_acked_file_lost`: every acknowledged version the namespace keeps is readable (a
 //!   listed, reachable replica holds its exact bytes) while fewer than `replication` of its
 //!   copies were lost since it was last fully replicated;
+//! - `listed_copy_exists`: every replica the namespace lists, while that incarnation runs or
+//!   lies crashed, has the blob on its disk (a commit or `ReplicaAdded` never names a node
+//!   that does not hold the bytes);
 //! - the final pass: every acknowledged version is still kept (unless its name saw a delete or
 //!   `versions_kept` newer versions) and readable.
 //!   Must never: look inside a machine's private state, or change what it observes.
@@ -258,6 +261,29 @@ impl DfsChecker {
                             ack.hash,
                             ns.blob(&ack.hash).map(|b| &b.replicas)
                         ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per tick, on the leader's namespace: every listed replica whose incarnation still exists
+    /// (running or crashed, not restarted) has the blob on disk. `on_disk(id, h)` is `None`
+    /// when `id` is no current incarnation.
+    pub fn check_listed_copies(
+        &mut self,
+        now: Instant,
+        ns: &Namespace,
+        on_disk: impl Fn(&NodeId, &ContentHash) -> Option<bool>,
+    ) -> Result<(), Violation> {
+        for (hash, blob) in ns.blobs() {
+            for id in &blob.replicas {
+                if on_disk(id, hash) == Some(false) {
+                    return Err(violation(
+                        "listed_copy_exists",
+                        now,
+                        format!("{id} is listed for {hash} but has no copy on disk"),
                     ));
                 }
             }
