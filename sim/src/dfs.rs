@@ -35,7 +35,7 @@ use std::time::Duration;
 use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterState};
 use idunno_core::dfs::placement::{Candidate, place};
 use idunno_core::dfs::repair::{Repair, plan_repairs};
-use idunno_core::dfs::{ContentHash, DfsCommand, DfsConfig, DfsResult, Namespace, RequestId};
+use idunno_core::dfs::{ContentHash, DfsCommand, DfsConfig, DfsResult, RequestId};
 use idunno_core::membership::NodeId;
 use idunno_core::time::Instant;
 use rand::{Rng, SeedableRng};
@@ -347,6 +347,8 @@ pub struct DfsStats {
     pub corrupt_reported: u64,
     /// Node failures committed.
     pub failures_committed: u64,
+    /// Requests proposed again (same request id) because no answer came in time.
+    pub requests_retried: u64,
 }
 
 /// The file-system cluster under a workload and faults. See the module docs.
@@ -876,6 +878,7 @@ impl<L: MetadataLog> DfsSim<L> {
                 match answer {
                     Some(answer) => self.answered(c, command, first_at, answer),
                     None if now >= proposed_at + self.options.retry_after => {
+                        self.stats.requests_retried += 1;
                         self.propose(command.clone());
                         self.clients[c].op = ClientOp::Waiting {
                             command,
@@ -1104,32 +1107,41 @@ impl<L: MetadataLog> DfsSim<L> {
 
     fn repair_step(&mut self) {
         let now = self.now;
-        let Some(state) = self.log.leader_state() else {
-            return;
-        };
-        let ns: Namespace = state.dfs().clone();
-        // A landed copy counts as in flight until the namespace shows it (or a while passed).
         let settle = self.options.retry_after * 2;
-        self.landed.retain(|l| {
-            now < l.at + settle
-                && !ns
-                    .blob(&l.repair.hash)
-                    .is_some_and(|b| b.replicas.contains(&l.repair.to))
-        });
-        let mut in_flight: Vec<Repair> = self
-            .transfers
-            .iter()
-            .filter_map(|t| match t.purpose {
-                Purpose::Repair(r) => Some(r),
-                Purpose::Upload { .. } => None,
-            })
-            .collect();
-        in_flight.extend(self.landed.iter().map(|l| l.repair));
-        let loads = ns.loads();
-        let live = self.membership_live(&loads);
-        let plan = plan_repairs(&ns, &live, &in_flight, self.options.max_parallel);
-        for repair in plan.repairs {
-            let size = ns.blob(&repair.hash).map_or(0, |b| b.size);
+        let started: Vec<(Repair, u64)> = {
+            let Some(state) = self.log.leader_state() else {
+                return;
+            };
+            let ns = state.dfs();
+            // A landed copy counts as in flight until the namespace shows it (or a while
+            // passed).
+            self.landed.retain(|l| {
+                now < l.at + settle
+                    && !ns
+                        .blob(&l.repair.hash)
+                        .is_some_and(|b| b.replicas.contains(&l.repair.to))
+            });
+            let mut in_flight: Vec<Repair> = self
+                .transfers
+                .iter()
+                .filter_map(|t| match t.purpose {
+                    Purpose::Repair(r) => Some(r),
+                    Purpose::Upload { .. } => None,
+                })
+                .collect();
+            in_flight.extend(self.landed.iter().map(|l| l.repair));
+            if in_flight.len() >= self.options.max_parallel {
+                return;
+            }
+            let loads = ns.loads();
+            let live = self.membership_live(&loads);
+            plan_repairs(ns, &live, &in_flight, self.options.max_parallel)
+                .repairs
+                .into_iter()
+                .map(|r| (r, ns.blob(&r.hash).map_or(0, |b| b.size)))
+                .collect()
+        };
+        for (repair, size) in started {
             self.stats.repairs_started += 1;
             self.start_transfer(
                 Purpose::Repair(repair),
@@ -1145,6 +1157,9 @@ impl<L: MetadataLog> DfsSim<L> {
         let now = self.now;
         let interval = self.options.scrub_interval;
         let mut reports = Vec::new();
+        if !(0..self.nodes.len()).any(|i| self.reachable(i) && now >= self.nodes[i].next_scrub) {
+            return;
+        }
         let listed: BTreeSet<(ContentHash, NodeId)> = match self.log.leader_state() {
             Some(state) => state
                 .dfs()

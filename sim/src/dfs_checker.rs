@@ -6,6 +6,8 @@
 //! and per blob how many of its copies were lost since it was last fully replicated) and checks:
 //! - `committed_never_changes`: a (name, version) never shows two different hashes, on any
 //!   replica, at any time, and an acknowledged version shows the hash that was put;
+//! - `put_applied_once`: every put carries fresh content, so one name showing one hash under
+//!   two version numbers means a retried request was applied twice;
 //! - `versions_increase`: per name, the kept versions strictly increase on every replica;
 //! - `one_version_per_ack` / `acks_ordered`: two acknowledged puts never share a version, and a
 //!   put that started after another was acknowledged gets a higher version;
@@ -48,7 +50,10 @@ pub struct Ack {
 pub struct DfsChecker {
     config: DfsConfig,
     acks: BTreeMap<String, Vec<Ack>>,
-    seen: BTreeMap<(String, u64), ContentHash>,
+    /// name -> version -> hash, as any replica ever showed it.
+    seen: BTreeMap<String, BTreeMap<u64, ContentHash>>,
+    /// name -> hash -> version.
+    seen_hashes: BTreeMap<String, BTreeMap<ContentHash, u64>>,
     deletes: BTreeSet<String>,
     losses: BTreeMap<ContentHash, usize>,
     pending: Option<Violation>,
@@ -70,6 +75,7 @@ impl DfsChecker {
             config,
             acks: BTreeMap::new(),
             seen: BTreeMap::new(),
+            seen_hashes: BTreeMap::new(),
             deletes: BTreeSet::new(),
             losses: BTreeMap::new(),
             pending: None,
@@ -145,7 +151,7 @@ impl DfsChecker {
                 ),
             ));
         }
-        if let Some(seen) = self.seen.get(&(name.clone(), version))
+        if let Some(seen) = self.seen.get(&name).and_then(|s| s.get(&version))
             && *seen != hash
         {
             self.pending.get_or_insert(violation(
@@ -181,8 +187,28 @@ impl DfsChecker {
                         format!("{name}: {versions:?}"),
                     ));
                 }
+                if !self.seen.contains_key(name) {
+                    self.seen.insert(name.clone(), BTreeMap::new());
+                    self.seen_hashes.insert(name.clone(), BTreeMap::new());
+                }
+                let (Some(seen), Some(seen_hashes)) =
+                    (self.seen.get_mut(name), self.seen_hashes.get_mut(name))
+                else {
+                    continue;
+                };
                 for v in versions {
-                    let seen = self.seen.entry((name.clone(), v.number)).or_insert(v.hash);
+                    let number = *seen_hashes.entry(v.hash).or_insert(v.number);
+                    if number != v.number {
+                        return Err(violation(
+                            "put_applied_once",
+                            now,
+                            format!(
+                                "{name}: one put's content {} is v{number} and v{}",
+                                v.hash, v.number
+                            ),
+                        ));
+                    }
+                    let seen = seen.entry(v.number).or_insert(v.hash);
                     if *seen != v.hash {
                         return Err(violation(
                             "committed_never_changes",

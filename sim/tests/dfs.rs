@@ -236,6 +236,9 @@ fn raft_backed_with_leader_and_storage_crashes() {
             sim.checker().acked_count() > 5,
             "puts acknowledged",
         )?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}: {:?}", sim.stats());
+        }
         Ok::<_, Violation>(())
     });
 }
