@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine};
+use crate::dfs::{DfsCommand, DfsError, DfsResult, Namespace};
 use crate::membership::NodeId;
 use crate::time::Instant;
 use crate::wire::{self, WireError};
@@ -30,6 +31,8 @@ pub enum ClusterOp {
         /// The failed node (address and generation).
         node: NodeId,
     },
+    /// A file-system change (see [`crate::dfs`]).
+    Dfs(DfsCommand),
 }
 
 /// A proposal: an operation stamped with the proposing leader's clock.
@@ -70,6 +73,8 @@ pub enum ClusterResult {
     NodeFailed,
     /// The command did not decode; nothing changed.
     Invalid,
+    /// A file-system result.
+    Dfs(Result<DfsResult, DfsError>),
 }
 
 impl ClusterResult {
@@ -97,6 +102,8 @@ pub struct ClusterState {
     now: Instant,
     /// Nodes reported failed, oldest first, at most [`FAILED_NODES_KEPT`].
     failed: Vec<NodeId>,
+    /// The file-system namespace.
+    dfs: Namespace,
 }
 
 /// How many failed nodes the state remembers (for `list` commands and deduplication).
@@ -118,6 +125,11 @@ impl ClusterState {
         &self.failed
     }
 
+    /// The file-system namespace.
+    pub fn dfs(&self) -> &Namespace {
+        &self.dfs
+    }
+
     /// Applies one decoded command.
     pub fn execute(&mut self, command: ClusterCommand) -> ClusterResult {
         // A new leader's clock may lag the old one's: the replicated clock never goes back.
@@ -130,10 +142,12 @@ impl ClusterState {
                         self.failed.remove(0);
                     }
                     self.failed.push(node);
+                    self.dfs.node_failed(node);
                 }
                 debug_assert!(self.failed.len() <= FAILED_NODES_KEPT);
                 ClusterResult::NodeFailed
             }
+            ClusterOp::Dfs(command) => ClusterResult::Dfs(self.dfs.execute(self.now, command)),
         }
     }
 }
@@ -222,6 +236,35 @@ mod tests {
         }
         assert_eq!(state.failed_nodes().len(), FAILED_NODES_KEPT);
         assert_eq!(state.failed_nodes()[0], NodeId::new(addr, 10));
+    }
+
+    #[test]
+    fn dfs_commands_and_failures_reach_the_namespace() {
+        use crate::dfs::{ContentHash, RequestId};
+        let mut state = ClusterState::default();
+        let addr = "127.0.0.1:7000".parse().expect("addr");
+        let node = NodeId::new(addr, 1);
+        let commit = ClusterOp::Dfs(DfsCommand::Commit {
+            name: "f".into(),
+            size: 3,
+            hash: ContentHash([7; 32]),
+            replicas: vec![node],
+            request: RequestId { client: 1, seq: 1 },
+        });
+        let done = ClusterResult::decode(&state.apply(1, &at(9, commit))).expect("decodes");
+        assert_eq!(
+            done,
+            ClusterResult::Dfs(Ok(DfsResult::Committed { version: 1 }))
+        );
+        assert_eq!(
+            state.dfs().get("f").map(|v| v.created),
+            Some(Instant::from_micros(9))
+        );
+        state.apply(2, &at(10, ClusterOp::NodeFailed { node }));
+        assert_eq!(state.dfs().replicas("f").map(|r| r.len()), Some(0));
+        let mut copy = ClusterState::default();
+        copy.restore(&state.snapshot()).expect("restores");
+        assert_eq!(copy, state);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Owns: the wire codec ([`wire`]), virtual time ([`time`]), SWIM group membership
 //! ([`membership`]) and the Raft log that will replicate the coordinator's state
-//! ([`consensus`]). Later: the file-system namespace and the scheduler.
+//! ([`consensus`]), the file-system metadata and its placement and repair decisions ([`dfs`]).
+//! Later: the scheduler.
 //!
 //! Every machine here has one shape (see `docs/architecture.md`):
 //! `handle(now, Input)` feeds an event in, `poll_output()` drains what it wants done
@@ -14,6 +15,7 @@
 
 pub mod cluster;
 pub mod consensus;
+pub mod dfs;
 pub mod membership;
 pub mod time;
 pub mod wire;

@@ -5,7 +5,8 @@
 //! drives any sans-IO machine implementing [`machine::Machine`]; the membership layer on top of
 //! it ([`swim`]); the membership checkers ([`checker`]); and the seed loop that prints a
 //! failing seed with the command that replays it ([`scenario`]).
-//! Layers still to come (a consensus log, the file system, the scheduler) implement
+//! The file system ([`dfs`], checked by [`dfs_checker`]) drives the namespace through a
+//! metadata log (a sequencer or the Raft cluster). Layers still to come (the scheduler) implement
 //! [`machine::Machine`] and get their own cluster module and checkers beside [`swim`].
 //!
 //! Must never: read the wall clock, use randomness that is not drawn from the simulation seed,
@@ -20,6 +21,8 @@
 #![deny(missing_docs)]
 
 pub mod checker;
+pub mod dfs;
+pub mod dfs_checker;
 pub mod linearizability;
 pub mod machine;
 pub mod network;

@@ -1,0 +1,295 @@
+//! File-system fault scenarios: 10 storage nodes, clients putting, getting and deleting, the
+//! namespace applied through a metadata log (a sequencer for many seeds, the real Raft cluster
+//! for fewer), under 30% simultaneous crashes, partitions, crash-restarts, corrupt copies and a
+//! metadata-leader crash, checked after every tick by `idunno_sim::dfs_checker` (committed
+//! versions never change, versions increase, one version per acknowledged put in order, no
+//! acknowledged version lost while fewer than 4 of its copies failed) and, after the faults, by
+//! the convergence check (every file back at its replication factor on good copies) and the
+//! final pass.
+//!
+//! Owns: the scenario scripts and what must hold in each.
+//! Must never: use a seed that is not printed on failure, or run unbounded (every phase has a
+//! deadline).
+//!
+//! Run: `cargo test --features sim -p idunno-sim --test dfs` (100 seeds per sequencer scenario,
+//! 30 for Raft); `SIM_SEEDS=10000` for a long sweep, `SIM_SEED=n` to replay one seed. The
+//! restore-time measurement prints with `-- --nocapture restore_time`.
+#![cfg(feature = "sim")]
+
+use std::time::Duration;
+
+use idunno_core::time::Instant;
+use idunno_sim::checker::Violation;
+use idunno_sim::dfs::{DfsOptions, DfsSim, MetadataLog, RaftLog, Sequencer};
+use idunno_sim::{RaftOptions, RaftSim, scenario};
+
+/// Seeds per sequencer scenario in the default run.
+const SEEDS: u64 = 100;
+/// Seeds per Raft-backed scenario in the default run.
+const RAFT_SEEDS: u64 = 30;
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn setup(detail: String) -> Violation {
+    Violation {
+        checker: "setup",
+        at: Instant::ZERO,
+        detail,
+    }
+}
+
+fn sequenced(seed: u64, options: DfsOptions) -> Result<DfsSim<Sequencer>, Violation> {
+    DfsSim::new(seed, options, Sequencer::default()).map_err(setup)
+}
+
+fn raft_backed(seed: u64, options: DfsOptions) -> Result<DfsSim<RaftLog>, Violation> {
+    let mut raft = RaftSim::new(seed, RaftOptions::lan(7)).map_err(setup)?;
+    raft.set_workload(false);
+    raft.start_all()?;
+    let deadline = raft.now() + ms(5_000);
+    while raft.leader().is_none() {
+        if raft.now() >= deadline {
+            return Err(setup("no metadata leader".into()));
+        }
+        raft.run_for(ms(50))?;
+    }
+    DfsSim::new(seed, options, RaftLog::new(raft)).map_err(setup)
+}
+
+/// Heals, restarts every crashed node, and waits for convergence (bounded).
+fn settle<L: MetadataLog>(sim: &mut DfsSim<L>) -> Result<Instant, Violation> {
+    sim.heal();
+    for i in 0..sim.nodes().len() {
+        sim.restart(i);
+    }
+    let deadline = sim.now() + ms(60_000);
+    sim.run_until_converged(deadline)
+}
+
+fn expect(sim_now: Instant, ok: bool, what: &str) -> Result<(), Violation> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation {
+            checker: "scenario",
+            at: sim_now,
+            detail: what.into(),
+        })
+    }
+}
+
+#[test]
+fn steady_puts_and_gets() {
+    scenario!("steady_puts_and_gets", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(3_000))?;
+        settle(&mut sim)?;
+        let stats = sim.stats();
+        expect(sim.now(), stats.puts_acked > 10, "puts acknowledged")?;
+        expect(sim.now(), stats.gets_ok > 0, "gets served")?;
+        expect(
+            sim.now(),
+            stats.gets_failed == 0,
+            "no get fails without faults",
+        )?;
+        expect(
+            sim.now(),
+            stats.repairs_started == 0,
+            "no repairs without faults",
+        )?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn crash_30_percent_mid_writes() {
+    scenario!("crash_30_percent_mid_writes", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_500))?;
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(3_000))?;
+        expect(sim.now(), sim.stats().repairs_landed > 0, "repairs ran")?;
+        settle(&mut sim)?;
+        expect(
+            sim.now(),
+            sim.checker().acked_count() > 5,
+            "puts acknowledged",
+        )?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn concurrent_writers_to_one_name() {
+    scenario!("concurrent_writers_to_one_name", SEEDS).run(|seed| {
+        let options = DfsOptions {
+            clients: 6,
+            names: 1,
+            put_percent: 90,
+            delete_percent: 0,
+            think_time: ms(1),
+            file_bytes_max: 1 << 20,
+            ..DfsOptions::default()
+        };
+        let mut sim = sequenced(seed, options)?;
+        sim.run_for(ms(1_000))?;
+        let victims = sim.random_nodes(2);
+        sim.crash(&victims);
+        sim.run_for(ms(1_000))?;
+        settle(&mut sim)?;
+        let acks = sim.checker().acks().get("f0").map_or(0, Vec::len);
+        expect(sim.now(), acks > 20, "many acknowledged puts to one name")?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn partition_and_heal() {
+    scenario!("partition_and_heal", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_000))?;
+        let cut = sim.random_nodes(3);
+        sim.partition(&cut);
+        // Longer than detection: the cut nodes are declared failed and rejoin as new
+        // incarnations after the heal.
+        let span = 500 + sim.random_below(2_500);
+        sim.run_for(ms(span))?;
+        sim.heal();
+        sim.run_for(ms(1_000))?;
+        settle(&mut sim)?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn crash_restart_rounds() {
+    scenario!("crash_restart_rounds", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(500))?;
+        for _ in 0..6 {
+            let count = 1 + sim.random_below(3) as usize;
+            let victims = sim.random_nodes(count);
+            sim.crash(&victims);
+            let down = 100 + sim.random_below(2_000);
+            sim.run_for(ms(down))?;
+            for &v in &victims {
+                sim.restart(v);
+            }
+            // Let repair catch up before the next round (at most 3 copies lost at a time).
+            let deadline = sim.now() + ms(20_000);
+            while !sim.fully_replicated() && sim.now() < deadline {
+                sim.run_for(ms(100))?;
+            }
+        }
+        settle(&mut sim)?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn corrupt_copies_are_reported_and_replaced() {
+    scenario!("corrupt_copies_are_reported_and_replaced", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_500))?;
+        // Quiet first, so no overwrite or delete retires a corrupted blob before it is found.
+        sim.set_workload(false);
+        sim.run_for(ms(1_000))?;
+        let mut corrupted = 0;
+        for v in sim.random_nodes(3) {
+            corrupted += usize::from(sim.corrupt(v).is_some());
+        }
+        sim.run_for(ms(3_000))?;
+        // Convergence requires every listed copy to hash right: the bad ones were replaced.
+        settle(&mut sim)?;
+        let reported = sim.stats().corrupt_reported;
+        expect(
+            sim.now(),
+            corrupted == 0 || reported > 0,
+            "a corrupt copy was reported",
+        )?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn raft_backed_with_leader_and_storage_crashes() {
+    scenario!("raft_backed_with_leader_and_storage_crashes", RAFT_SEEDS).run(|seed| {
+        let mut sim = raft_backed(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_000))?;
+        let leader = sim.log_mut().raft().leader();
+        if let Some(leader) = leader {
+            sim.log_mut().raft().crash(&[leader]);
+        }
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(2_500))?;
+        if let Some(leader) = leader {
+            sim.log_mut().raft().restart(leader)?;
+        }
+        sim.run_for(ms(500))?;
+        settle(&mut sim)?;
+        expect(
+            sim.now(),
+            sim.checker().acked_count() > 5,
+            "puts acknowledged",
+        )?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}: {:?}", sim.stats());
+        }
+        Ok::<_, Violation>(())
+    });
+}
+
+/// Simulated time from the detection of a crash of 3 of 10 nodes to every file back at its
+/// replication factor (workload stopped, files already fully replicated before the crash).
+/// Prints median and p99 over the seeds.
+#[test]
+fn restore_time_after_crash_of_3() {
+    let results = scenario!("restore_time_after_crash_of_3", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(3_000))?;
+        sim.run_until_converged(sim.now() + ms(60_000))?;
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        let deadline = sim.now() + ms(60_000);
+        loop {
+            sim.run_for(ms(5))?;
+            let detected = sim.last_detection().is_some();
+            if detected && sim.fully_replicated() {
+                break;
+            }
+            expect(sim.now(), sim.now() < deadline, "restored within 60 s")?;
+        }
+        let detected = sim.last_detection().unwrap_or(Instant::ZERO);
+        let blobs = sim
+            .log()
+            .leader_state()
+            .map_or(0, |s| s.dfs().blobs().len());
+        Ok::<_, Violation>((
+            sim.now().saturating_duration_since(detected),
+            blobs,
+            sim.stats().repairs_landed,
+        ))
+    });
+    let mut times: Vec<Duration> = results.iter().map(|(_, (t, _, _))| *t).collect();
+    times.sort();
+    if times.is_empty() {
+        return;
+    }
+    let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let copies: u64 = results.iter().map(|(_, (_, _, c))| *c).sum();
+    let blobs: usize = results.iter().map(|(_, (_, b, _))| *b).sum();
+    eprintln!(
+        "restore after crash of 3/10 (simulated): seeds {}, median {:?}, p99 {:?}, max {:?}; \
+         mean blobs {:.1}, mean copies {:.1}",
+        times.len(),
+        p(0.5),
+        p(0.99),
+        times[times.len() - 1],
+        blobs as f64 / times.len() as f64,
+        copies as f64 / times.len() as f64,
+    );
+}
