@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine};
 use crate::membership::NodeId;
+use crate::scheduler::{SchedCommand, SchedResult, Scheduler};
 use crate::time::Instant;
 use crate::wire::{self, WireError};
 
@@ -30,6 +31,8 @@ pub enum ClusterOp {
         /// The failed node (address and generation).
         node: NodeId,
     },
+    /// A scheduler command (jobs, leases, completions).
+    Sched(SchedCommand),
 }
 
 /// A proposal: an operation stamped with the proposing leader's clock.
@@ -70,6 +73,8 @@ pub enum ClusterResult {
     NodeFailed,
     /// The command did not decode; nothing changed.
     Invalid,
+    /// A scheduler result.
+    Sched(SchedResult),
 }
 
 impl ClusterResult {
@@ -97,6 +102,8 @@ pub struct ClusterState {
     now: Instant,
     /// Nodes reported failed, oldest first, at most [`FAILED_NODES_KEPT`].
     failed: Vec<NodeId>,
+    /// Jobs and leases.
+    scheduler: Scheduler,
 }
 
 /// How many failed nodes the state remembers (for `list` commands and deduplication).
@@ -118,6 +125,11 @@ impl ClusterState {
         &self.failed
     }
 
+    /// The inference scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     /// Applies one decoded command.
     pub fn execute(&mut self, command: ClusterCommand) -> ClusterResult {
         // A new leader's clock may lag the old one's: the replicated clock never goes back.
@@ -125,6 +137,7 @@ impl ClusterState {
         match command.op {
             ClusterOp::Kv(kv) => ClusterResult::Kv(self.kv.execute(kv)),
             ClusterOp::NodeFailed { node } => {
+                self.scheduler.node_failed(self.now, node);
                 if !self.failed.contains(&node) {
                     if self.failed.len() >= FAILED_NODES_KEPT {
                         self.failed.remove(0);
@@ -133,6 +146,9 @@ impl ClusterState {
                 }
                 debug_assert!(self.failed.len() <= FAILED_NODES_KEPT);
                 ClusterResult::NodeFailed
+            }
+            ClusterOp::Sched(command) => {
+                ClusterResult::Sched(self.scheduler.apply(self.now, command))
             }
         }
     }
@@ -222,6 +238,36 @@ mod tests {
         }
         assert_eq!(state.failed_nodes().len(), FAILED_NODES_KEPT);
         assert_eq!(state.failed_nodes()[0], NodeId::new(addr, 10));
+    }
+
+    #[test]
+    fn scheduler_commands_and_node_failures_reach_the_scheduler() {
+        use crate::scheduler::{JobSpec, SchedCommand, SchedResult};
+        let mut state = ClusterState::default();
+        let worker = NodeId::new("127.0.0.1:7001".parse().expect("addr"), 1);
+        let spec = JobSpec {
+            model: "digits".into(),
+            inputs: vec!["a".into(), "b".into()],
+            batch_size: 2,
+            lease_millis: 1000,
+        };
+        let sched = |c| ClusterOp::Sched(c);
+        let submit = state.apply(1, &at(5, sched(SchedCommand::Submit { spec, request: 1 })));
+        assert!(matches!(
+            ClusterResult::decode(&submit).expect("decodes"),
+            ClusterResult::Sched(SchedResult::Submitted { .. })
+        ));
+        let lease = state.apply(2, &at(6, sched(SchedCommand::Lease { worker, request: 1 })));
+        assert!(matches!(
+            ClusterResult::decode(&lease).expect("decodes"),
+            ClusterResult::Sched(SchedResult::Granted(_))
+        ));
+        assert_eq!(state.scheduler().leases().len(), 1);
+        state.apply(3, &at(7, ClusterOp::NodeFailed { node: worker }));
+        assert_eq!(state.scheduler().leases().len(), 0);
+        let mut copy = ClusterState::default();
+        copy.restore(&state.snapshot()).expect("restores");
+        assert_eq!(copy, state);
     }
 
     #[test]

@@ -15,5 +15,6 @@
 pub mod cluster;
 pub mod consensus;
 pub mod membership;
+pub mod scheduler;
 pub mod time;
 pub mod wire;
