@@ -198,6 +198,11 @@ impl Job {
         self.id
     }
 
+    /// The client's submission request id.
+    pub fn request(&self) -> u64 {
+        self.request
+    }
+
     /// The spec it was submitted with (batch size as currently set).
     pub fn spec(&self) -> &JobSpec {
         &self.spec

@@ -307,6 +307,8 @@ pub struct SchedCounters {
     pub completions_accepted: u64,
     /// Commands refused.
     pub rejected: u64,
+    /// The stamp of the latest grant.
+    pub last_grant_at: Instant,
 }
 
 /// Per-job statistics read out at `now` (C1, C2, C5).
@@ -385,6 +387,16 @@ impl Scheduler {
             batch_size: j.spec.batch_size,
             workers_now,
         })
+    }
+
+    /// A worker's last lease request and the lease it was granted, if it is remembered.
+    pub fn last_request(&self, worker: NodeId) -> Option<(u64, Option<LeaseId>)> {
+        self.workers.get(&worker).map(|e| (e.request, e.granted))
+    }
+
+    /// The grant of a live lease (what its worker was told).
+    pub fn grant(&self, lease: LeaseId) -> Option<Grant> {
+        self.grant_of(self.leases.get(lease)?)
     }
 
     /// Worker-time shares that equal query rates need, per running job (see `fair`).
@@ -584,6 +596,7 @@ impl Scheduler {
             },
         );
         self.counters.leases_granted += 1;
+        self.counters.last_grant_at = now;
         Ok(grant.map_or(SchedResult::NoWork, SchedResult::Granted))
     }
 
