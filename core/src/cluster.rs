@@ -2,7 +2,8 @@
 //! Raft log on every voter.
 //!
 //! Owns: [`ClusterState`] (the one [`StateMachine`] the runtime and the simulator replicate: the
-//! key-value store, and beside it the file-system namespace and the scheduler as they land),
+//! key-value store, the failed-node list, the file-system namespace ([`crate::dfs`]) and the
+//! inference scheduler ([`crate::scheduler`])),
 //! [`ClusterCommand`] (a timestamped [`ClusterOp`], the bytes a leader proposes) and
 //! [`ClusterResult`] (what the proposer gets back).
 //! Time: the proposing leader stamps each command with its `now`; apply clamps it so the
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine};
 use crate::dfs::{DfsCommand, DfsError, DfsResult, Namespace};
 use crate::membership::NodeId;
+use crate::scheduler::{SchedCommand, SchedResult, Scheduler};
 use crate::time::Instant;
 use crate::wire::{self, WireError};
 
@@ -33,6 +35,8 @@ pub enum ClusterOp {
     },
     /// A file-system change (see [`crate::dfs`]).
     Dfs(DfsCommand),
+    /// A scheduler command (jobs, leases, completions).
+    Sched(SchedCommand),
 }
 
 /// A proposal: an operation stamped with the proposing leader's clock.
@@ -75,6 +79,8 @@ pub enum ClusterResult {
     Invalid,
     /// A file-system result.
     Dfs(Result<DfsResult, DfsError>),
+    /// A scheduler result.
+    Sched(SchedResult),
 }
 
 impl ClusterResult {
@@ -104,6 +110,8 @@ pub struct ClusterState {
     failed: Vec<NodeId>,
     /// The file-system namespace.
     dfs: Namespace,
+    /// Jobs and leases.
+    scheduler: Scheduler,
 }
 
 /// How many failed nodes the state remembers (for `list` commands and deduplication).
@@ -130,6 +138,11 @@ impl ClusterState {
         &self.dfs
     }
 
+    /// The inference scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
     /// Applies one decoded command.
     pub fn execute(&mut self, command: ClusterCommand) -> ClusterResult {
         // A new leader's clock may lag the old one's: the replicated clock never goes back.
@@ -137,6 +150,7 @@ impl ClusterState {
         match command.op {
             ClusterOp::Kv(kv) => ClusterResult::Kv(self.kv.execute(kv)),
             ClusterOp::NodeFailed { node } => {
+                self.scheduler.node_failed(self.now, node);
                 if !self.failed.contains(&node) {
                     if self.failed.len() >= FAILED_NODES_KEPT {
                         self.failed.remove(0);
@@ -148,6 +162,9 @@ impl ClusterState {
                 ClusterResult::NodeFailed
             }
             ClusterOp::Dfs(command) => ClusterResult::Dfs(self.dfs.execute(self.now, command)),
+            ClusterOp::Sched(command) => {
+                ClusterResult::Sched(self.scheduler.apply(self.now, command))
+            }
         }
     }
 }
@@ -262,6 +279,36 @@ mod tests {
         );
         state.apply(2, &at(10, ClusterOp::NodeFailed { node }));
         assert_eq!(state.dfs().replicas("f").map(|r| r.len()), Some(0));
+        let mut copy = ClusterState::default();
+        copy.restore(&state.snapshot()).expect("restores");
+        assert_eq!(copy, state);
+    }
+
+    #[test]
+    fn scheduler_commands_and_node_failures_reach_the_scheduler() {
+        use crate::scheduler::{JobSpec, SchedCommand, SchedResult};
+        let mut state = ClusterState::default();
+        let worker = NodeId::new("127.0.0.1:7001".parse().expect("addr"), 1);
+        let spec = JobSpec {
+            model: "digits".into(),
+            inputs: vec!["a".into(), "b".into()],
+            batch_size: 2,
+            lease_millis: 1000,
+        };
+        let sched = |c| ClusterOp::Sched(c);
+        let submit = state.apply(1, &at(5, sched(SchedCommand::Submit { spec, request: 1 })));
+        assert!(matches!(
+            ClusterResult::decode(&submit).expect("decodes"),
+            ClusterResult::Sched(SchedResult::Submitted { .. })
+        ));
+        let lease = state.apply(2, &at(6, sched(SchedCommand::Lease { worker, request: 1 })));
+        assert!(matches!(
+            ClusterResult::decode(&lease).expect("decodes"),
+            ClusterResult::Sched(SchedResult::Granted(_))
+        ));
+        assert_eq!(state.scheduler().leases().len(), 1);
+        state.apply(3, &at(7, ClusterOp::NodeFailed { node: worker }));
+        assert_eq!(state.scheduler().leases().len(), 0);
         let mut copy = ClusterState::default();
         copy.restore(&state.snapshot()).expect("restores");
         assert_eq!(copy, state);

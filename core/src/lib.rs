@@ -1,9 +1,10 @@
 //! idunno-core: the pure, deterministic state machines of the idunno cluster.
 //!
 //! Owns: the wire codec ([`wire`]), virtual time ([`time`]), SWIM group membership
-//! ([`membership`]) and the Raft log that will replicate the coordinator's state
-//! ([`consensus`]), the file-system metadata and its placement and repair decisions ([`dfs`]).
-//! Later: the scheduler.
+//! ([`membership`]), the Raft log that replicates the coordinator's state ([`consensus`]), that
+//! state itself ([`cluster`]), the file-system metadata and its placement and repair decisions
+//! ([`dfs`]), and the inference scheduler: jobs, leases, fair-time and statistics
+//! ([`scheduler`]).
 //!
 //! Every machine here has one shape (see `docs/architecture.md`):
 //! `handle(now, Input)` feeds an event in, `poll_output()` drains what it wants done
@@ -17,5 +18,6 @@ pub mod cluster;
 pub mod consensus;
 pub mod dfs;
 pub mod membership;
+pub mod scheduler;
 pub mod time;
 pub mod wire;

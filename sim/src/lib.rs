@@ -30,6 +30,7 @@ pub mod queue;
 pub mod raft;
 pub mod raft_checker;
 pub mod scenario;
+pub mod sched;
 pub mod swim;
 pub mod trace;
 pub mod world;

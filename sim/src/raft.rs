@@ -549,6 +549,20 @@ impl RaftSim {
         self.run_until(deadline)
     }
 
+    /// Proposes `command` to slot `index` (which must believe it leads), outside the workload.
+    /// Returns the proposal id, or `None` when the node refused it (not the leader).
+    pub fn propose(&mut self, index: usize, command: Vec<u8>) -> Result<Option<u64>, Violation> {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let accepted = self
+            .world
+            .command(index, RaftCommand::Propose { id, command })
+            .is_ok();
+        // Commands run outside `step`; their effects are checked like one.
+        self.after_step()?;
+        Ok(accepted.then_some(id))
+    }
+
     fn propose_once(&mut self) {
         // The client may hold stale leader information: any node that believes it leads.
         let leaders: Vec<usize> = self
