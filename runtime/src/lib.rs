@@ -11,6 +11,8 @@
 //! - [`driver`]: the event loop of one node's membership machine.
 //! - [`consensus`]: Raft on real processes: the voter's driver, its TCP transport and the
 //!   routing of `leader` / `kv-put` / `kv-get` (forwarded to the leader).
+//! - [`blobs`]: the DFS's bytes: the content-addressed blob store, chain-replicated transfers,
+//!   the blob client and the scrubber.
 //! - [`control`]: the TCP control server and the client side of the control protocol.
 //! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
 //! - [`node`]: binds the sockets and wires driver, control server and signals together.
@@ -22,6 +24,7 @@
 //! Must never: make a membership decision, panic on peer, user or disk input, or bind outside
 //! the addresses it is told to bind.
 
+pub mod blobs;
 pub mod cli;
 pub mod consensus;
 pub mod control;
