@@ -15,6 +15,9 @@ pub mod scrubber;
 pub mod store;
 pub mod transfer;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 
 pub use client::{GetReport, PutMode, get_blob, hash_file, put_blob, put_blob_from};
@@ -117,7 +120,7 @@ pub(crate) mod testutil {
 }
 
 #[cfg(test)]
-mod tests {
+mod hash_tests {
     use super::*;
 
     #[test]

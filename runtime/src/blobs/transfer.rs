@@ -207,10 +207,8 @@ impl BlobService {
                 .await
                 .unwrap_or_else(|e| Err((self.self_addr, e.to_string()))),
         };
-        if let Err(e) = pumped {
-            // The upstream is gone or broke the protocol: nobody to answer, nothing kept.
-            return Err(e);
-        }
+        // The upstream is gone or broke the protocol: nobody to answer, nothing kept.
+        pumped?;
         let answer = match (local, below) {
             (Err(reason), _) => self.failed(reason),
             (Ok(()), Err((replica, reason))) => ControlResponse::BlobFailed { replica, reason },
