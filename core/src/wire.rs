@@ -105,6 +105,27 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// Store the blob whose BLAKE3 hash is `hash` and forward it along `chain` (pipelined chain
+    /// replication). The node answers [`ControlResponse::BlobReady`] (or a refusal) once it and
+    /// every node of `chain` accepted the transfer; then exactly `size` raw bytes follow on the
+    /// connection, and the node answers once with [`ControlResponse::BlobStored`] (itself and the
+    /// whole chain have the blob fsynced and hash-checked) or [`ControlResponse::BlobFailed`].
+    BlobPut {
+        /// BLAKE3 hash of the bytes that follow.
+        hash: [u8; 32],
+        /// Number of raw bytes that follow.
+        size: u64,
+        /// The replicas after this one, in order; empty for the last (or a fan-out target).
+        chain: Vec<SocketAddr>,
+    },
+    /// Send the blob whose hash is `hash`, from byte `offset` on. The node answers
+    /// [`ControlResponse::BlobData`] followed by `size - offset` raw bytes, or an error.
+    BlobGet {
+        /// BLAKE3 hash of the blob.
+        hash: [u8; 32],
+        /// First byte to send.
+        offset: u64,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -147,6 +168,28 @@ pub enum ControlResponse {
     },
     /// Answer to [`ControlRequest::KvGet`]: the value (`None`: absent).
     KvValue(Option<Vec<u8>>),
+    /// First answer to [`ControlRequest::BlobPut`]: this node and its whole chain accepted the
+    /// transfer; send the bytes.
+    BlobReady,
+    /// Last answer to [`ControlRequest::BlobPut`]: these nodes (this one first, then the chain)
+    /// hold the blob, fsynced and hash-checked.
+    BlobStored {
+        /// Every replica that acknowledged, in chain order.
+        replicas: Vec<SocketAddr>,
+    },
+    /// A [`ControlRequest::BlobPut`] failed at `replica`; no acknowledgement covers the blob.
+    BlobFailed {
+        /// The replica that failed (or could not be reached).
+        replica: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Answer to [`ControlRequest::BlobGet`]: the blob's total size; `size - offset` raw bytes
+    /// follow. The sender closes the connection early if its copy turns out corrupt.
+    BlobData {
+        /// Total size of the blob in bytes.
+        size: u64,
+    },
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

@@ -6,7 +6,8 @@
 //! calls (`list_mem`, `list_self`, `leave`, and the Raft ones: `leader`, `kv-put`, `kv-get`,
 //! which follow a `NotLeader` answer to the leader a bounded number of times) with a
 //! connect-and-answer timeout. Raft requests are routed through [`consensus::route`]; a
-//! connection opening with `RaftHello` is handed to the voter's Raft transport.
+//! connection opening with `RaftHello` is handed to the voter's Raft transport, and a
+//! `BlobPut` / `BlobGet` request to the node's [`BlobService`] (raw bytes follow those frames).
 //! Must never: answer a request itself (the driver does), hold a connection open without a
 //! deadline, allocate more than a frame's cap for one message, or panic on what a peer sends.
 
@@ -26,6 +27,7 @@ use tracing::{Instrument, debug, warn};
 
 use idunno_core::consensus::VoterId;
 
+use crate::blobs::BlobService;
 use crate::consensus::{self, RaftRoute};
 use crate::driver::Request;
 
@@ -120,6 +122,18 @@ pub async fn serve_with(
     requests: mpsc::Sender<Request>,
     raft: Option<RaftRoute>,
 ) {
+    serve_full(listener, requests, raft, None).await;
+}
+
+/// [`serve_with`], and with `blobs`, the blob part of the protocol: a `BlobPut` or `BlobGet`
+/// request hands the connection to the blob service (which has its own cap on concurrent
+/// transfers). Without `blobs`, blob requests are answered with an error.
+pub async fn serve_full(
+    listener: TcpListener,
+    requests: mpsc::Sender<Request>,
+    raft: Option<RaftRoute>,
+    blobs: Option<Arc<BlobService>>,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -136,16 +150,25 @@ pub async fn serve_with(
         };
         let requests = requests.clone();
         let raft = raft.clone();
+        let blobs = blobs.clone();
         tokio::spawn(
             async move {
                 let mut stream = stream;
-                let hello = serve_requests(&mut stream, &requests, raft.as_ref()).await;
-                // The control slot is released here; a Raft connection takes a transport slot.
+                let handoff =
+                    serve_requests(&mut stream, &requests, raft.as_ref(), blobs.is_some()).await;
+                // The control slot is released here; a Raft connection takes a transport slot,
+                // a blob transfer one of the blob service's.
                 drop(permit);
-                if let Some(from) = hello {
-                    hand_to_raft(stream, from, peer, raft.as_ref());
-                } else {
-                    debug!(%peer, "control connection closed");
+                match (handoff, blobs) {
+                    (Some(Handoff::Raft(from)), _) => {
+                        hand_to_raft(stream, from, peer, raft.as_ref());
+                    }
+                    (Some(Handoff::Blob(request)), Some(blobs)) => {
+                        let _ = stream.set_nodelay(true);
+                        blobs.serve(&mut stream, request).await;
+                        debug!(%peer, "blob connection closed");
+                    }
+                    _ => debug!(%peer, "control connection closed"),
                 }
             }
             .in_current_span(),
@@ -168,21 +191,32 @@ pub async fn serve_connection<T>(mut stream: T, requests: mpsc::Sender<Request>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(from) = serve_requests(&mut stream, &requests, None).await {
+    if let Some(handoff) = serve_requests(&mut stream, &requests, None, false).await {
         debug!(
-            ?from,
+            ?handoff,
             "raft hello on a connection that cannot carry raft; closed"
         );
     }
 }
 
-/// Serves requests until the connection ends; returns the sender's voter id instead when the
-/// peer sends a `RaftHello` (the caller then owns the stream).
+/// A connection the request loop hands over to another part of the node.
+#[derive(Debug)]
+enum Handoff {
+    /// A `RaftHello` from this voter: the stream carries Raft frames from now on.
+    Raft(VoterId),
+    /// A blob request: raw bytes may follow its frame.
+    Blob(ControlRequest),
+}
+
+/// Serves requests until the connection ends; returns a [`Handoff`] instead when the peer
+/// sends a `RaftHello`, or a blob request while `blobs` is set (the caller then owns the
+/// stream).
 async fn serve_requests<T>(
     stream: &mut T,
     requests: &mpsc::Sender<Request>,
     raft: Option<&RaftRoute>,
-) -> Option<VoterId>
+    blobs: bool,
+) -> Option<Handoff>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -211,7 +245,10 @@ where
             }
         };
         if let ControlRequest::RaftHello { from } = request {
-            return Some(from);
+            return Some(Handoff::Raft(from));
+        }
+        if blobs && BlobService::is_blob_request(&request) {
+            return Some(Handoff::Blob(request));
         }
         debug!(?request, "control request");
         let answer = if consensus::is_raft_request(&request) {

@@ -208,6 +208,10 @@ impl<S: DatagramSocket> Driver<S> {
             | ControlRequest::KvGet { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
+            // Blob requests are served by the control server's blob service.
+            ControlRequest::BlobPut { .. } | ControlRequest::BlobGet { .. } => {
+                ControlResponse::Error("this node stores no blobs (no --data-dir)".to_owned())
+            }
         };
         // The asker may have given up (timeout, closed connection): nothing to do then.
         let _ = reply.send(response);

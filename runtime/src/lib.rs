@@ -6,11 +6,14 @@
 //! or command event goes into `handle`, and the machine's outputs are carried out in order.
 //!
 //! Modules, one job each:
+//! - [`auth`]: the cluster key and the authenticated membership socket.
 //! - [`net`]: the datagram socket seam (tokio's `UdpSocket` today, turmoil's in simulation).
 //! - [`timers`]: the timer queue that hands timers back to the machine when they are due.
 //! - [`driver`]: the event loop of one node's membership machine.
 //! - [`consensus`]: Raft on real processes: the voter's driver, its TCP transport and the
 //!   routing of `leader` / `kv-put` / `kv-get` (forwarded to the leader).
+//! - [`blobs`]: the DFS's bytes: the content-addressed blob store, chain-replicated transfers,
+//!   the blob client and the scrubber.
 //! - [`control`]: the TCP control server and the client side of the control protocol.
 //! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
 //! - [`node`]: binds the sockets and wires driver, control server and signals together.
@@ -23,6 +26,7 @@
 //! the addresses it is told to bind.
 
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod consensus;
 pub mod control;

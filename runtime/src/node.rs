@@ -10,6 +10,9 @@
 //! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get`.
 //! Membership datagrams go through [`AuthSocket`]: sealed with the cluster key when the node has
 //! one; without one the node warns that it is insecure.
+//! With a data dir it opens the blob store at `<data-dir>/blobs`, serves blob transfers on the
+//! control port and runs the scrubber; corrupt blobs are reported on a channel (logged for now,
+//! to be forwarded to the leader).
 //! Must never: print to stdout (main prints the `LISTENING` line), or make membership decisions.
 
 use std::future::Future;
@@ -27,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::auth::{AuthSocket, AuthStats, ClusterKey};
+use crate::blobs::scrubber::{self, ScrubOptions};
+use crate::blobs::{BlobHash, BlobService, BlobStore, StoreLimits};
 use crate::consensus::driver::{RaftDriver, RaftDriverError};
 use crate::consensus::transport::Inbound;
 use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftRequest, RaftRoute};
@@ -55,6 +60,17 @@ pub struct NodeOptions {
     /// The cluster key that authenticates every membership datagram; `None` runs insecure
     /// (and says so loudly).
     pub cluster_key: Option<ClusterKey>,
+    /// The blob store's limits and scrub schedule (used only with `data_dir`).
+    pub blobs: BlobOptions,
+}
+
+/// How a node with a data dir keeps blobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlobOptions {
+    /// Size limits of the store.
+    pub limits: StoreLimits,
+    /// When and how fast the scrubber re-hashes stored blobs.
+    pub scrub: ScrubOptions,
 }
 
 impl NodeOptions {
@@ -67,6 +83,7 @@ impl NodeOptions {
             config: Config::default(),
             raft: None,
             cluster_key: None,
+            blobs: BlobOptions::default(),
         }
     }
 }
@@ -94,6 +111,9 @@ pub enum NodeError {
     /// The Raft driver could not start (its store, or its persisted state).
     #[error(transparent)]
     Raft(#[from] RaftDriverError),
+    /// The blob store could not be opened.
+    #[error("blob store: {0}")]
+    Blobs(#[from] crate::blobs::StoreError),
 }
 
 /// Sends requests to a running node from inside the process (signals, tests).
@@ -123,7 +143,19 @@ pub struct BoundNode {
     span: tracing::Span,
     raft: Option<RaftParts>,
     route: Option<RaftRoute>,
+    blobs: Option<BlobParts>,
 }
+
+/// The blob service of a node with a data dir, not yet running.
+#[derive(Debug)]
+struct BlobParts {
+    service: Arc<BlobService>,
+    scrub: ScrubOptions,
+    corrupt: mpsc::Receiver<BlobHash>,
+}
+
+/// Name of the directory, inside `--data-dir`, that holds the blob store.
+pub const BLOBS_DIR: &str = "blobs";
 
 /// A voter's Raft driver and the channels that feed it, not yet running.
 #[derive(Debug)]
@@ -238,6 +270,18 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
         }
         None => (None, None),
     };
+    let blobs = match &options.data_dir {
+        Some(dir) => {
+            let store = BlobStore::open(&dir.join(BLOBS_DIR), options.blobs.limits)?;
+            let (service, corrupt) = BlobService::new(store, addr);
+            Some(BlobParts {
+                service: Arc::new(service),
+                scrub: options.blobs.scrub,
+                corrupt,
+            })
+        }
+        None => None,
+    };
     Ok(BoundNode {
         driver,
         auth,
@@ -248,6 +292,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
         span,
         raft,
         route,
+        blobs,
     })
 }
 
@@ -287,6 +332,11 @@ impl BoundNode {
         self.handle.clone()
     }
 
+    /// The node's blob store, if it has a data dir.
+    pub fn blob_store(&self) -> Option<BlobStore> {
+        self.blobs.as_ref().map(|b| b.service.store().clone())
+    }
+
     /// The `node{addr=..}` span all of this node's logs run in.
     pub fn span(&self) -> tracing::Span {
         self.span.clone()
@@ -304,10 +354,18 @@ impl BoundNode {
             raft,
             route,
             auth,
+            blobs,
         } = self;
         let id = driver.id();
+        let (service, blob_tasks) = match blobs {
+            Some(parts) => {
+                let (service, tasks) = spawn_blob_tasks(parts, &span);
+                (Some(service), tasks)
+            }
+            None => (None, Vec::new()),
+        };
         let server = tokio::spawn(
-            control::serve_with(listener, handle.requests, route).instrument(span.clone()),
+            control::serve_full(listener, handle.requests, route, service).instrument(span.clone()),
         );
         let raft_task = raft.map(|parts| {
             tokio::spawn(
@@ -344,8 +402,37 @@ impl BoundNode {
         .instrument(span)
         .await;
         server.abort();
+        for task in blob_tasks {
+            task.abort();
+        }
         (exit, metrics)
     }
+}
+
+/// Starts the scrubber and the task that takes corrupt-blob reports (logged until the leader
+/// takes them).
+fn spawn_blob_tasks(
+    parts: BlobParts,
+    span: &tracing::Span,
+) -> (Arc<BlobService>, Vec<tokio::task::JoinHandle<()>>) {
+    let BlobParts {
+        service,
+        scrub,
+        mut corrupt,
+    } = parts;
+    let scrubber = tokio::spawn(
+        scrubber::run(service.store().clone(), scrub, service.corrupt_reports())
+            .instrument(span.clone()),
+    );
+    let reports = tokio::spawn(
+        async move {
+            while let Some(hash) = corrupt.recv().await {
+                warn!(%hash, "corrupt blob removed from this node's store");
+            }
+        }
+        .instrument(span.clone()),
+    );
+    (service, vec![scrubber, reports])
 }
 
 /// Installs the SIGINT/SIGTERM handlers now (so a signal that arrives right after this call is
