@@ -126,6 +126,12 @@ pub enum ControlRequest {
         /// First byte to send.
         offset: u64,
     },
+    /// The nodes the replicated state has recorded as failed, oldest first (a linearizable read
+    /// at the leader; a follower forwards it).
+    FailedNodes {
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -189,6 +195,14 @@ pub enum ControlResponse {
     BlobData {
         /// Total size of the blob in bytes.
         size: u64,
+    },
+    /// Answer to [`ControlRequest::FailedNodes`].
+    FailedNodes(Vec<NodeId>),
+    /// A command of the replicated state applied at log `index` (an answer nobody needs to read,
+    /// like that of a `NodeFailed` proposal).
+    Applied {
+        /// The log index.
+        index: u64,
     },
 }
 

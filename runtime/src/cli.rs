@@ -11,6 +11,7 @@
 //! - `idunno-node client --node ADDR leader [--json]`
 //! - `idunno-node client --node ADDR kv-put KEY VALUE [--json]`
 //! - `idunno-node client --node ADDR kv-get KEY [--json]`
+//! - `idunno-node client --node ADDR failed [--json]`
 //! - `idunno-node demo [--nodes 10] [--kill 3]`
 //!
 //! Must never: act on the arguments (main.rs dispatches) or accept an argument it cannot honour.
@@ -200,6 +201,13 @@ pub enum ClientRequest {
     /// Who leads the Raft log: voter id, address and term (any node answers).
     Leader {
         /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes the cluster's replicated state has recorded as failed (their leases and
+    /// replicas were given up), oldest first; read through the leader.
+    Failed {
+        /// Print one JSON array of node ids instead of lines.
         #[arg(long)]
         json: bool,
     },

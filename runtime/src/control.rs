@@ -491,6 +491,15 @@ pub async fn kv_get(
     }
 }
 
+/// The nodes the replicated state recorded as failed, oldest first (read through the leader).
+pub async fn failed_nodes(node: SocketAddr, timeout: Duration) -> Result<Vec<NodeId>, ClientError> {
+    let request = ControlRequest::FailedNodes { forwarded: false };
+    match call_following_leader(node, &request, timeout).await? {
+        (_, ControlResponse::FailedNodes(nodes)) => Ok(nodes),
+        (at, other) => Err(unexpected(at, &other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,11 +15,12 @@ use std::time::Duration;
 use idunno_core::membership::{Config, Event, Input, Membership, Metrics, NodeId, Output, Timer};
 use idunno_core::time::Instant;
 use idunno_core::wire::{ControlRequest, ControlResponse};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::net::{DatagramSocket, RECV_BUFFER_BYTES};
 use crate::timers::TimerQueue;
+use crate::view::MembershipView;
 
 /// Most due timers handed in before the loop looks at the socket and requests again.
 const TIMERS_PER_TURN_MAX: usize = 1024;
@@ -71,6 +72,7 @@ pub struct Driver<S> {
     epoch: tokio::time::Instant,
     left: bool,
     leave_deadline: Option<tokio::time::Instant>,
+    view: Option<watch::Sender<MembershipView>>,
 }
 
 impl<S: DatagramSocket> Driver<S> {
@@ -93,7 +95,14 @@ impl<S: DatagramSocket> Driver<S> {
             epoch,
             left: false,
             leave_deadline: None,
+            view: None,
         })
+    }
+
+    /// Publishes the membership view on `view` from now on.
+    pub fn with_view(mut self, view: watch::Sender<MembershipView>) -> Self {
+        self.view = Some(view);
+        self
     }
 
     /// This node's identity.
@@ -205,7 +214,8 @@ impl<S: DatagramSocket> Driver<S> {
             ControlRequest::RaftHello { .. }
             | ControlRequest::Leader
             | ControlRequest::KvPut { .. }
-            | ControlRequest::KvGet { .. } => {
+            | ControlRequest::KvGet { .. }
+            | ControlRequest::FailedNodes { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
             // Blob requests are served by the control server's blob service.
@@ -237,6 +247,9 @@ impl<S: DatagramSocket> Driver<S> {
     }
 
     fn on_event(&mut self, event: Event) {
+        if let Some(view) = &self.view {
+            view.send_if_modified(|view| view.apply(&event));
+        }
         match event {
             Event::Joined(id) => info!(member = %id, "member joined"),
             Event::Suspect(id) => info!(member = %id, "member suspected"),

@@ -10,6 +10,7 @@
 //! - [`net`]: the datagram socket seam (tokio's `UdpSocket` today, turmoil's in simulation).
 //! - [`timers`]: the timer queue that hands timers back to the machine when they are due.
 //! - [`driver`]: the event loop of one node's membership machine.
+//! - [`view`]: the membership view (alive and gone members) the driver publishes.
 //! - [`consensus`]: Raft on real processes: the voter's driver, its TCP transport and the
 //!   routing of `leader` / `kv-put` / `kv-get` (forwarded to the leader).
 //! - [`blobs`]: the DFS's bytes: the content-addressed blob store, chain-replicated transfers,
@@ -39,3 +40,4 @@ pub mod node;
 pub mod render;
 pub mod storage;
 pub mod timers;
+pub mod view;

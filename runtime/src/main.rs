@@ -152,6 +152,10 @@ fn client(args: ClientArgs) -> ExitCode {
                 let value = control::kv_get(node, key.clone(), timeout).await?;
                 Ok(render_kv_get(&key, value.as_deref(), json))
             }
+            ClientRequest::Failed { json } => {
+                let nodes = control::failed_nodes(node, timeout).await?;
+                Ok(render_failed(&nodes, json))
+            }
         }
     });
     let text: Result<String, control::ClientError> = match result {
@@ -174,6 +178,18 @@ fn client(args: ClientArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `failed`: one node id (`addr#generation`) per line, or a JSON array of them.
+fn render_failed(nodes: &[idunno_core::membership::NodeId], json: bool) -> String {
+    let ids: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    if json {
+        return format!("{}\n", serde_json::json!(ids));
+    }
+    if ids.is_empty() {
+        return "no failed nodes recorded\n".to_owned();
+    }
+    ids.iter().map(|id| format!("{id}\n")).collect()
 }
 
 /// `leader`: `leader ID ADDR term T` (or `no leader known (term T)`), or

@@ -7,7 +7,9 @@
 //! (first SIGINT/SIGTERM: leave gracefully; second: stop at once).
 //! With Raft options it also sets up Raft: on a voter, the Raft driver (its store in
 //! `<data-dir>/raft`) runs beside the membership driver and the node stops if it fails; on every
-//! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get`.
+//! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get` / `failed`. The
+//! membership driver publishes its view ([`crate::view`]); the Raft driver reads it to propose
+//! the failures of members the view reports gone.
 //! Membership datagrams go through [`AuthSocket`]: sealed with the cluster key when the node has
 //! one; without one the node warns that it is insecure.
 //! With a data dir it opens the blob store at `<data-dir>/blobs`, serves blob transfers on the
@@ -38,6 +40,7 @@ use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftReq
 use crate::control;
 use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
+use crate::view;
 
 /// Tries at binding UDP and TCP to one free port when asked for port 0 (the port the UDP socket
 /// got may already be taken for TCP).
@@ -247,7 +250,8 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     let seed = identity::rng_seed(addr, generation);
     let socket = AuthSocket::new(socket, options.cluster_key.as_ref());
     let auth = socket.stats();
-    let driver = Driver::new(options.config, socket, generation, seed)?;
+    let (view_tx, view) = view::channel(NodeId::new(addr, generation));
+    let driver = Driver::new(options.config, socket, generation, seed)?.with_view(view_tx);
     debug_assert_eq!(driver.id(), NodeId::new(addr, generation));
     debug!(rng_seed = seed, "identity fixed");
     let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
@@ -266,6 +270,10 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
         Some(raft) => {
             let _entered = span.enter();
             let (route, parts) = setup_raft(raft, addr, options.data_dir.as_deref(), seed)?;
+            let parts = parts.map(|mut parts| {
+                parts.driver = parts.driver.with_view(view.clone());
+                parts
+            });
             (Some(route), parts)
         }
         None => (None, None),

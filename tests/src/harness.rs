@@ -19,6 +19,7 @@
 //! - `idunno-node client --node ADDR leader --json`: `{"id":N|null,"addr":"ADDR"|null,"term":T}`.
 //! - `idunno-node client --node ADDR kv-put KEY VALUE --json`: `{"key","index"}`.
 //! - `idunno-node client --node ADDR kv-get KEY --json`: `{"key","value":"V"|null}`.
+//! - `idunno-node client --node ADDR failed --json`: `["addr#generation", ...]`.
 //!
 //! Must never: bind or contact anything outside 127.0.0.0/8, wait without a deadline, or outlive
 //! a test with a child still running (short of the test runner itself being SIGKILLed).
@@ -467,6 +468,14 @@ pub fn kv_get(node: SocketAddr, key: &str) -> Result<Option<String>, String> {
         serde_json::Value::String(value) => Ok(Some(value.clone())),
         other => Err(format!("kv-get from {node}: bad value {other}")),
     }
+}
+
+/// `failed --json` against `node`: the node ids (`addr#generation`) the replicated state has
+/// recorded as failed, oldest first.
+pub fn failed_nodes(node: SocketAddr) -> Result<Vec<String>, String> {
+    let stdout = client_ok(node, &["--timeout-ms", "10000", "failed", "--json"])?;
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("failed from {node} is not a JSON array of ids ({e}): {stdout}"))
 }
 
 // ----- nodes -----

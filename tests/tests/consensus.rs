@@ -1,6 +1,7 @@
 //! Ten real `idunno-node` processes on 127.0.0.40-49: seven Raft voters and three non-voting
 //! members. Keys put through any node commit; SIGKILLing the leader and two followers leaves
-//! four voters, a quorum, which elect a new leader that commits new puts; after every killed
+//! four voters, a quorum, which elect a new leader that commits new puts and records the three
+//! deaths in the replicated state (`failed`); after every killed
 //! voter restarts from its data dir, every committed key reads back with its value from every
 //! node (kv-get is linearizable: a follower or member forwards it to the leader's ReadIndex).
 //!
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, eventually, kv_get, kv_put, leader,
+    CONVERGE_TIMEOUT, Cluster, NodeSpec, eventually, failed_nodes, kv_get, kv_put, leader,
 };
 
 const VOTERS: u8 = 7;
@@ -127,6 +128,10 @@ fn seven_voters_survive_killing_the_leader_and_two_followers() {
         .collect();
     let mut killed: Vec<usize> = vec![first_leader as usize];
     killed.extend(&followers);
+    let killed_ids: Vec<String> = killed
+        .iter()
+        .map(|&id| cluster.node(voter_index[&id]).id())
+        .collect();
     for &id in &killed {
         cluster.node_mut(voter_index[&id]).kill();
     }
@@ -152,6 +157,20 @@ fn seven_voters_survive_killing_the_leader_and_two_followers() {
         .collect();
     put_all(&survivors, after.iter().cloned());
     expected.extend(after);
+
+    // 4b. The new leader's membership detected the three deaths and recorded them in the
+    //     replicated state (where they release the dead nodes' leases and replicas).
+    eventually(
+        "the killed voters are recorded as failed",
+        CONVERGE_TIMEOUT,
+        || {
+            let failed = failed_nodes(survivors[0])?;
+            match killed_ids.iter().find(|id| !failed.contains(id)) {
+                Some(missing) => Err(format!("{missing} not in {failed:?}")),
+                None => Ok(()),
+            }
+        },
+    );
 
     // 5. Restart every killed voter from its data dir at the same address.
     for &id in &killed {

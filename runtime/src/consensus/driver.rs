@@ -25,15 +25,17 @@ use idunno_core::consensus::{
     self, Config, Input, KvCommand, KvResult, Message, Output, Payload, READS_PENDING_MAX, Raft,
     Snapshot, StateMachine, Timer, VoterId,
 };
+use idunno_core::membership::NodeId;
 use idunno_core::time::Instant;
 use idunno_core::wire::{ControlRequest, ControlResponse};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::RaftRequest;
 use super::transport::Outbound;
 use crate::storage::{Options as StoreOptions, StorageError, Store};
 use crate::timers::TimerQueue;
+use crate::view::MembershipView;
 
 /// Most proposals waiting for their entry to apply; more are refused as busy.
 pub const PROPOSALS_PENDING_MAX: usize = 4096;
@@ -80,6 +82,14 @@ fn answer_kv_put(index: u64, result: ClusterResult) -> ControlResponse {
     }
 }
 
+/// The answer to a node-failure proposal (nobody waits for it).
+fn answer_node_failed(index: u64, result: ClusterResult) -> ControlResponse {
+    match result {
+        ClusterResult::NodeFailed => ControlResponse::Applied { index },
+        other => ControlResponse::Error(format!("command failed: {other:?}")),
+    }
+}
+
 /// The replicated clock's reading for a proposal: wall-clock microseconds since the Unix epoch,
 /// the one epoch every node shares (up to clock skew, which the state's monotonic clamp absorbs).
 pub fn cluster_now() -> Instant {
@@ -87,6 +97,21 @@ pub fn cluster_now() -> Instant {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     Instant::from_micros(micros)
+}
+
+/// Answers a linearizable read from the applied state.
+pub type QueryFn = Box<dyn FnOnce(&ClusterState) -> ControlResponse + Send>;
+
+/// A read waiting for its confirmation and its index to apply.
+struct PendingRead {
+    query: QueryFn,
+    reply: oneshot::Sender<ControlResponse>,
+}
+
+impl std::fmt::Debug for PendingRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRead").finish_non_exhaustive()
+    }
 }
 
 /// One voter's Raft machine wired to its store, transport and clock.
@@ -102,9 +127,14 @@ pub struct RaftDriver {
     /// Proposals by the log index they were appended at.
     proposals: BTreeMap<u64, PendingProposal>,
     /// Reads by id, waiting for the leader's confirmation.
-    reads: BTreeMap<u64, (String, oneshot::Sender<ControlResponse>)>,
-    /// Confirmed reads waiting for their index to apply: (index, key, reply).
-    ready_reads: Vec<(u64, String, oneshot::Sender<ControlResponse>)>,
+    reads: BTreeMap<u64, PendingRead>,
+    /// Confirmed reads waiting for their index to apply.
+    ready_reads: Vec<(u64, PendingRead)>,
+    /// The node's membership view (absent in tests that run Raft alone).
+    view: Option<watch::Receiver<MembershipView>>,
+    /// `NodeFailed` proposals made, with the term they were made in (retried in a later term
+    /// if they did not apply).
+    failure_proposals: BTreeMap<NodeId, u64>,
     next_read_id: u64,
     next_proposal_id: u64,
     applied: u64,
@@ -155,6 +185,8 @@ impl RaftDriver {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             ready_reads: Vec::new(),
+            view: None,
+            failure_proposals: BTreeMap::new(),
             next_read_id: 0,
             next_proposal_id: 0,
             applied,
@@ -170,10 +202,17 @@ impl RaftDriver {
         self.drain()?;
         let mut requests_open = true;
         let mut messages_open = true;
+        let mut view = self.view.clone();
         while requests_open || messages_open {
+            self.propose_failures()?;
             let wake = self.timers.next_deadline().map(|at| self.deadline_of(at));
             tokio::select! {
                 biased;
+                changed = changed_opt(view.as_mut()), if view.is_some() => {
+                    if changed.is_err() {
+                        view = None;
+                    }
+                }
                 () = sleep_until_opt(wake), if wake.is_some() => self.on_timers()?,
                 message = messages.recv(), if messages_open => match message {
                     Some((from, msg)) => {
@@ -190,6 +229,46 @@ impl RaftDriver {
                     None => requests_open = false,
                 },
             }
+        }
+        Ok(())
+    }
+
+    /// Uses `view` to propose `NodeFailed` for members it reports failed or left.
+    pub fn with_view(mut self, view: watch::Receiver<MembershipView>) -> Self {
+        self.view = Some(view);
+        self
+    }
+
+    /// As leader, proposes `NodeFailed` for every member the membership view reports gone that
+    /// the state has not recorded, once per term (so a proposal lost to a leader change is
+    /// made again by the next leader, which runs this on its own view).
+    fn propose_failures(&mut self) -> Result<(), RaftDriverError> {
+        if !self.raft.is_leader() {
+            return Ok(());
+        }
+        let Some(view) = &self.view else {
+            return Ok(());
+        };
+        let recorded = self.state.failed_nodes();
+        self.failure_proposals
+            .retain(|node, _| !recorded.contains(node));
+        let term = self.raft.term();
+        let due: Vec<NodeId> = view
+            .borrow()
+            .gone()
+            .filter(|node| !recorded.contains(node))
+            .filter(|node| self.failure_proposals.get(node) != Some(&term))
+            .copied()
+            .collect();
+        for node in due {
+            if self.proposals.len() >= PROPOSALS_PENDING_MAX {
+                break;
+            }
+            info!(%node, "proposing the node's failure");
+            // Nobody waits for this answer; the next run of this check sees whether it applied.
+            let (reply, _) = oneshot::channel();
+            self.propose(ClusterOp::NodeFailed { node }, reply, answer_node_failed)?;
+            self.failure_proposals.insert(node, term);
         }
         Ok(())
     }
@@ -252,7 +331,18 @@ impl RaftDriver {
                 let op = ClusterOp::Kv(KvCommand::Put { key, value });
                 self.propose(op, reply, answer_kv_put)?;
             }
-            ControlRequest::KvGet { key, .. } => self.read(key, reply)?,
+            ControlRequest::KvGet { key, .. } => {
+                let query: QueryFn = Box::new(move |state: &ClusterState| {
+                    ControlResponse::KvValue(state.kv().get(&key).map(<[u8]>::to_vec))
+                });
+                self.read(query, reply)?;
+            }
+            ControlRequest::FailedNodes { .. } => {
+                let query: QueryFn = Box::new(|state: &ClusterState| {
+                    ControlResponse::FailedNodes(state.failed_nodes().to_vec())
+                });
+                self.read(query, reply)?;
+            }
             other => {
                 let _ = reply.send(ControlResponse::Error(format!(
                     "not a raft request: {other:?}"
@@ -316,9 +406,11 @@ impl RaftDriver {
         self.drain()
     }
 
+    /// Answers `query` from the state once the leader has confirmed its leadership and applied
+    /// everything committed before the read arrived (ReadIndex): a linearizable read.
     fn read(
         &mut self,
-        key: String,
+        query: QueryFn,
         reply: oneshot::Sender<ControlResponse>,
     ) -> Result<(), RaftDriverError> {
         if !self.raft.is_leader() {
@@ -326,8 +418,8 @@ impl RaftDriver {
             return Ok(());
         }
         if self.reads.len() + self.ready_reads.len() >= READS_PENDING_MAX {
-            self.reads.retain(|_, (_, r)| !r.is_closed());
-            self.ready_reads.retain(|(_, _, r)| !r.is_closed());
+            self.reads.retain(|_, r| !r.reply.is_closed());
+            self.ready_reads.retain(|(_, r)| !r.reply.is_closed());
             if self.reads.len() + self.ready_reads.len() >= READS_PENDING_MAX {
                 let _ = reply.send(ControlResponse::Error("too many pending reads".into()));
                 return Ok(());
@@ -338,7 +430,7 @@ impl RaftDriver {
         let now = self.now();
         match self.raft.handle(now, Input::ReadIndex { id }) {
             Ok(()) => {
-                self.reads.insert(id, (key, reply));
+                self.reads.insert(id, PendingRead { query, reply });
             }
             Err(consensus::Error::NotLeader { .. }) => {
                 let _ = reply.send(self.not_leader());
@@ -376,13 +468,13 @@ impl RaftDriver {
                     self.serve_ready_reads();
                 }
                 Output::ReadReady { id, index } => {
-                    if let Some((key, reply)) = self.reads.remove(&id) {
-                        self.ready_reads.push((index, key, reply));
+                    if let Some(read) = self.reads.remove(&id) {
+                        self.ready_reads.push((index, read));
                         self.serve_ready_reads();
                     }
                 }
                 Output::ReadFailed { id, .. } => {
-                    if let Some((_, reply)) = self.reads.remove(&id) {
+                    if let Some(PendingRead { reply, .. }) = self.reads.remove(&id) {
                         let _ = reply.send(self.not_leader());
                     }
                 }
@@ -436,11 +528,10 @@ impl RaftDriver {
         let applied = self.applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
             .into_iter()
-            .partition(|(index, _, _)| *index <= applied);
+            .partition(|(index, _)| *index <= applied);
         self.ready_reads = waiting;
-        for (_, key, reply) in ready {
-            let value = self.state.kv().get(&key).map(<[u8]>::to_vec);
-            let _ = reply.send(ControlResponse::KvValue(value));
+        for (_, PendingRead { query, reply }) in ready {
+            let _ = reply.send(query(&self.state));
         }
     }
 
@@ -461,6 +552,16 @@ fn restore_state(state: &mut ClusterState, snapshot: &Snapshot) -> Result<(), Ra
 }
 
 /// Sleeps until `deadline`; never completes for `None` (callers also guard the branch).
+/// Waits for the view to change; never completes for `None` (callers also guard the branch).
+async fn changed_opt(
+    view: Option<&mut watch::Receiver<MembershipView>>,
+) -> Result<(), watch::error::RecvError> {
+    match view {
+        Some(view) => view.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,

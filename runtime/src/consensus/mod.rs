@@ -48,7 +48,7 @@ pub struct RaftOptions {
 /// A Raft control request for the driver, with the channel its answer goes back on.
 #[derive(Debug)]
 pub struct RaftRequest {
-    /// What is asked (`Leader`, `KvPut` or `KvGet`).
+    /// What is asked (`Leader`, `KvPut`, `KvGet` or `FailedNodes`).
     pub request: ControlRequest,
     /// Where the answer goes; a dropped receiver is ignored.
     pub reply: oneshot::Sender<ControlResponse>,
@@ -78,7 +78,10 @@ pub struct RaftRoute {
 pub fn is_raft_request(request: &ControlRequest) -> bool {
     matches!(
         request,
-        ControlRequest::Leader | ControlRequest::KvPut { .. } | ControlRequest::KvGet { .. }
+        ControlRequest::Leader
+            | ControlRequest::KvPut { .. }
+            | ControlRequest::KvGet { .. }
+            | ControlRequest::FailedNodes { .. }
     )
 }
 
@@ -93,7 +96,7 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
         } | ControlRequest::KvGet {
             forwarded: true,
             ..
-        }
+        } | ControlRequest::FailedNodes { forwarded: true }
     );
     let answer = match &route.local {
         Some(local) => ask_local(local, request.clone()).await,
@@ -118,6 +121,7 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             key,
             forwarded: true,
         },
+        ControlRequest::FailedNodes { .. } => ControlRequest::FailedNodes { forwarded: true },
         _ => return answer,
     };
     match control::call(leader, &onward, FORWARD_TIMEOUT).await {
