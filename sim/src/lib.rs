@@ -3,8 +3,10 @@
 //! Owns: a generic simulated world ([`world::World`]: virtual clock, one seeded RNG, an event
 //! queue ordered by `(time, sequence number)`, a faulty network, node crash and restart) that
 //! drives any sans-IO machine implementing [`machine::Machine`]; the membership layer on top of
-//! it ([`swim`]); the membership checkers ([`checker`]); and the seed loop that prints a
-//! failing seed with the command that replays it ([`scenario`]).
+//! it ([`swim`]); the membership checkers ([`checker`]); the Raft layer ([`raft`]) and the
+//! scheduler layer over it ([`sched`]: workers pulling batches, failure detection, its
+//! checker); and the seed loop that prints a failing seed with the command that replays it
+//! ([`scenario`]).
 //! Layers still to come (a consensus log, the file system, the scheduler) implement
 //! [`machine::Machine`] and get their own cluster module and checkers beside [`swim`].
 //!
@@ -14,7 +16,8 @@
 //!
 //! The fault scenarios live in `sim/tests/` behind the `sim` cargo feature:
 //! `cargo test --features sim` (add `SIM_SEEDS=10000` for a long sweep, or `SIM_SEED=n` to
-//! replay one seed). The benchmark is `cargo run --release -p idunno-sim --bin swim-bench`.
+//! replay one seed). The benchmarks are `cargo run --release -p idunno-sim --bin swim-bench`
+//! and `--bin sched-bench`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
