@@ -3,11 +3,12 @@
 //! Owns: a generic simulated world ([`world::World`]: virtual clock, one seeded RNG, an event
 //! queue ordered by `(time, sequence number)`, a faulty network, node crash and restart) that
 //! drives any sans-IO machine implementing [`machine::Machine`]; the membership layer on top of
-//! it ([`swim`]); the membership checkers ([`checker`]); and the seed loop that prints a
-//! failing seed with the command that replays it ([`scenario`]).
-//! The file system ([`dfs`], checked by [`dfs_checker`]) drives the namespace through a
-//! metadata log (a sequencer or the Raft cluster). Layers still to come (the scheduler) implement
-//! [`machine::Machine`] and get their own cluster module and checkers beside [`swim`].
+//! it ([`swim`]); the membership checkers ([`checker`]); the Raft layer ([`raft`], checked by
+//! [`raft_checker`] and [`linearizability`]); the file system ([`dfs`], checked by
+//! [`dfs_checker`]: the namespace through a metadata log, a sequencer or the Raft cluster); the
+//! scheduler over Raft ([`sched`]: workers pulling batches, failure detection, its checker); and
+//! the seed loop that prints a failing seed with the command that replays it ([`scenario`]).
+//! A new layer implements [`machine::Machine`] and gets its own cluster module and checkers.
 //!
 //! Must never: read the wall clock, use randomness that is not drawn from the simulation seed,
 //! iterate a hash map, really send anything, or run an unbounded loop. Same seed, same run, bit
@@ -15,7 +16,8 @@
 //!
 //! The fault scenarios live in `sim/tests/` behind the `sim` cargo feature:
 //! `cargo test --features sim` (add `SIM_SEEDS=10000` for a long sweep, or `SIM_SEED=n` to
-//! replay one seed). The benchmark is `cargo run --release -p idunno-sim --bin swim-bench`.
+//! replay one seed). The benchmarks are `cargo run --release -p idunno-sim --bin swim-bench`
+//! and `--bin sched-bench`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

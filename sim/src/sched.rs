@@ -411,6 +411,11 @@ impl SchedSim {
 
     /// The live node state with the most applied (a committed prefix of the log).
     pub fn best_state(&self) -> Option<&ClusterState> {
+        let slot = self.best_slot()?;
+        self.raft.world().machine(slot).map(|n| n.state())
+    }
+
+    fn best_slot(&self) -> Option<usize> {
         self.states()
             .into_iter()
             .max_by_key(|(i, _, s)| {
@@ -419,7 +424,7 @@ impl SchedSim {
                     std::cmp::Reverse(*i),
                 )
             })
-            .map(|(_, _, s)| s)
+            .map(|(i, _, _)| i)
     }
 
     /// The job a submission created, once applied.
@@ -944,10 +949,14 @@ impl SchedSim {
     }
 
     fn measure(&mut self, now: Instant) {
-        let Some(state) = self.best_state().cloned() else {
+        // Borrow the best node's state and the metric fields separately (no clone per tick).
+        let Some(slot) = self.best_slot() else {
             return;
         };
-        let sched = state.scheduler();
+        let Some(node) = self.raft.world().machine(slot) else {
+            return;
+        };
+        let sched = node.state().scheduler();
         for sub in &mut self.submissions {
             if sub.first_batch_seen {
                 continue;

@@ -52,6 +52,11 @@ fn others(sim: &mut SchedSim, nodes: usize, count: usize, except: usize) -> Vec<
 }
 
 fn chaos(seed: u64) -> Result<SchedMetrics, Violation> {
+    chaos_run(seed).map(|(m, _)| m)
+}
+
+/// The chaos script; returns the metrics and the world's trace digest.
+fn chaos_run(seed: u64) -> Result<(SchedMetrics, u64), Violation> {
     let options = SchedOptions::lan();
     let nodes = options.nodes;
     let mut sim = SchedSim::new(seed, options)?;
@@ -83,7 +88,20 @@ fn chaos(seed: u64) -> Result<SchedMetrics, Violation> {
     let deadline = sim.now() + Duration::from_secs(60);
     sim.run_until_finished(deadline)?;
     sim.final_check()?;
-    Ok(sim.metrics().clone())
+    Ok((sim.metrics().clone(), sim.raft().world().trace_digest()))
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let s = scenario!("the_same_seed_gives_the_same_run", 1);
+    s.run(|seed| {
+        let (a, digest_a) = chaos_run(seed)?;
+        let (b, digest_b) = chaos_run(seed)?;
+        assert_eq!(digest_a, digest_b, "trace digests differ");
+        assert_eq!(a.moved_elsewhere, b.moved_elsewhere);
+        assert_eq!(a.completions, b.completions);
+        Ok::<_, Violation>(())
+    });
 }
 
 #[test]

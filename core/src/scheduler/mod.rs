@@ -45,7 +45,8 @@ pub const INPUTS_PER_JOB_MAX: usize = 10_000;
 pub const BATCH_SIZE_MAX: usize = 256;
 /// Most live leases one worker may hold.
 pub const LEASES_PER_WORKER_MAX: usize = 4;
-/// Most workers remembered (for lease-request deduplication).
+/// Most workers remembered (for lease-request deduplication); when full, a new worker
+/// displaces one that holds no lease.
 pub const WORKERS_MAX: usize = 1024;
 /// Longest model, input or result name, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;
@@ -271,7 +272,7 @@ pub enum SchedError {
     /// The worker holds [`LEASES_PER_WORKER_MAX`] leases already.
     #[error("worker holds too many leases")]
     TooManyLeases,
-    /// [`WORKERS_MAX`] workers are remembered.
+    /// [`WORKERS_MAX`] workers are remembered and every one holds a lease.
     #[error("too many workers")]
     TooManyWorkers,
     /// A lease request older than the worker's last one.
@@ -553,7 +554,16 @@ impl Scheduler {
                 return Ok(grant.map_or(SchedResult::NoWork, SchedResult::Granted));
             }
             Some(_) => {}
-            None if self.workers.len() >= WORKERS_MAX => return Err(SchedError::TooManyWorkers),
+            None if self.workers.len() >= WORKERS_MAX => {
+                // Forget a worker holding no lease (a dead one's late request left it here).
+                let idle = self
+                    .workers
+                    .keys()
+                    .find(|w| self.leases.of_worker(**w).next().is_none())
+                    .copied();
+                let idle = idle.ok_or(SchedError::TooManyWorkers)?;
+                self.workers.remove(&idle);
+            }
             None => {}
         }
         if self.leases.of_worker(worker).count() >= LEASES_PER_WORKER_MAX {

@@ -272,6 +272,23 @@ fn a_repeated_lease_request_gets_the_same_answer() {
 }
 
 #[test]
+fn workers_without_leases_make_room_for_new_ones() {
+    let mut s = Scheduler::default();
+    submit(&mut s, at(0), spec("m", 1, 1), 1);
+    let holder = lease(&mut s, at(0), node(0), 1).expect("work");
+    for i in 1..WORKERS_MAX as u64 {
+        assert!(lease(&mut s, at(0), node(i), 1).is_none());
+    }
+    // Full: a new worker displaces one without a lease, never the holder.
+    assert!(lease(&mut s, at(0), node(5000), 1).is_none());
+    assert!(s.last_request(node(5000)).is_some());
+    assert_eq!(s.last_request(node(0)), Some((1, Some(holder.lease))));
+    // The first idle one in id order: same address as node(0), next generation.
+    assert!(s.last_request(node(250)).is_none());
+    assert!(s.last_request(node(1)).is_some());
+}
+
+#[test]
 fn batch_size_changes_apply_to_later_leases() {
     let mut s = Scheduler::default();
     let job = submit(&mut s, at(0), spec("m", 20, 2), 1);
