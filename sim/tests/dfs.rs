@@ -64,7 +64,7 @@ fn settle<L: MetadataLog>(sim: &mut DfsSim<L>) -> Result<Instant, Violation> {
     for i in 0..sim.nodes().len() {
         sim.restart(i);
     }
-    let deadline = sim.now() + ms(60_000);
+    let deadline = sim.now() + ms(30_000);
     sim.run_until_converged(deadline)
 }
 
@@ -241,6 +241,57 @@ fn raft_backed_with_leader_and_storage_crashes() {
         }
         Ok::<_, Violation>(())
     });
+}
+
+#[test]
+fn raft_backed_with_partitions() {
+    scenario!("raft_backed_with_partitions", RAFT_SEEDS).run(|seed| {
+        let mut sim = raft_backed(seed, DfsOptions::default())?;
+        sim.run_for(ms(800))?;
+        // Cut the metadata leader off (it keeps believing it leads for a while) and three
+        // storage nodes; heal both after a random span.
+        if let Some(leader) = sim.log_mut().raft().leader() {
+            sim.log_mut()
+                .raft()
+                .world_mut()
+                .network_mut()
+                .partition(&[leader], true);
+        }
+        let cut = sim.random_nodes(3);
+        sim.partition(&cut);
+        let span = 300 + sim.random_below(2_500);
+        sim.run_for(ms(span))?;
+        sim.log_mut().raft().heal_network();
+        sim.heal();
+        sim.run_for(ms(500))?;
+        settle(&mut sim)?;
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = |seed: u64| -> Result<String, Violation> {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_000))?;
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(2_000))?;
+        let mut raft = raft_backed(seed, DfsOptions::default())?;
+        raft.run_for(ms(1_000))?;
+        Ok(format!(
+            "{:?} {:?} {:?} {:?}",
+            sim.stats(),
+            sim.checker().acks(),
+            raft.stats(),
+            raft.checker().acks()
+        ))
+    };
+    for seed in [1, 7] {
+        let a = run(seed).expect("runs");
+        let b = run(seed).expect("runs");
+        assert_eq!(a, b, "seed {seed} ran differently twice");
+    }
 }
 
 /// Simulated time from the detection of a crash of 3 of 10 nodes to every file back at its
