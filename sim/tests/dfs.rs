@@ -269,6 +269,109 @@ fn raft_backed_with_partitions() {
     });
 }
 
+/// Random faults for `rounds` rounds: crashes, partitions, restarts, heals and corrupt copies,
+/// never more than `replication - 1` storage faults between two moments of full replication
+/// (so no blob can lose every copy), plus `metadata_fault` (the Raft log's own faults) on some
+/// rounds.
+fn chaos<L: MetadataLog>(
+    sim: &mut DfsSim<L>,
+    rounds: usize,
+    mut metadata_fault: impl FnMut(&mut DfsSim<L>) -> Result<(), Violation>,
+) -> Result<(), Violation> {
+    let mut faults_since_full = 0;
+    for _ in 0..rounds {
+        if sim.fully_replicated() {
+            faults_since_full = 0;
+        }
+        let down: Vec<usize> = (0..sim.nodes().len())
+            .filter(|&i| !sim.nodes()[i].up)
+            .collect();
+        match sim.random_below(6) {
+            0 | 1 => {
+                let k = 1 + sim.random_below(3) as usize;
+                if faults_since_full + k <= 3 {
+                    let victims = sim.random_nodes(k);
+                    faults_since_full += victims.iter().filter(|&&v| sim.reachable(v)).count();
+                    if sim.random_below(2) == 0 {
+                        sim.crash(&victims);
+                    } else {
+                        sim.partition(&victims);
+                    }
+                }
+            }
+            2 => {
+                for v in down {
+                    sim.restart(v);
+                }
+            }
+            3 => sim.heal(),
+            4 => {
+                if faults_since_full < 3 {
+                    let victim = sim.random_nodes(1);
+                    if let Some(&v) = victim.first()
+                        && sim.corrupt(v).is_some()
+                    {
+                        faults_since_full += 1;
+                    }
+                }
+            }
+            _ => metadata_fault(sim)?,
+        }
+        let span = 100 + sim.random_below(1_500);
+        sim.run_for(ms(span))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn chaos_sequenced() {
+    scenario!("chaos_sequenced", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(500))?;
+        chaos(&mut sim, 12, |_| Ok(()))?;
+        settle(&mut sim)?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}: {:?}", sim.stats());
+        }
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn chaos_raft_backed() {
+    scenario!("chaos_raft_backed", RAFT_SEEDS).run(|seed| {
+        let mut sim = raft_backed(seed, DfsOptions::default())?;
+        sim.run_for(ms(500))?;
+        chaos(&mut sim, 12, |sim| {
+            // Crash the metadata leader if at most two voters are down, else restart them all.
+            let raft = sim.log_mut().raft();
+            let down: Vec<usize> = (0..7).filter(|i| !raft.live().contains(i)).collect();
+            if down.len() < 3
+                && let Some(leader) = raft.leader()
+            {
+                raft.crash(&[leader]);
+                return Ok(());
+            }
+            down.into_iter().try_for_each(|i| raft.restart(i))
+        })?;
+        for i in 0..7 {
+            if !sim.log_mut().raft().live().contains(&i) {
+                sim.log_mut().raft().restart(i)?;
+            }
+        }
+        sim.log_mut().raft().heal_network();
+        settle(&mut sim)?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!(
+                "seed {seed}: {:?} {:?}",
+                sim.stats(),
+                sim.log_mut().raft().outcome()
+            );
+        }
+        Ok::<_, Violation>(())
+    });
+}
+
 #[test]
 fn same_seed_same_run() {
     let run = |seed: u64| -> Result<String, Violation> {
