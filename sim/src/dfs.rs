@@ -263,11 +263,14 @@ fn good_on(nodes: &[StorageNode], index: usize, hash: &ContentHash) -> bool {
 
 /// The node whose current incarnation is `id`.
 fn index_on(nodes: &[StorageNode], id: &NodeId) -> Option<usize> {
-    let index = nodes
-        .iter()
-        .enumerate()
-        .position(|(i, n)| storage_id(i, n.generation) == *id)?;
-    Some(index)
+    // The inverse of `storage_id`: the index is in the address's last two octets.
+    let SocketAddr::V4(addr) = id.addr else {
+        return None;
+    };
+    let [_, _, high, low] = addr.ip().octets();
+    let index = usize::from(high) * 256 + usize::from(low);
+    let node = nodes.get(index)?;
+    (storage_id(index, node.generation) == *id).then_some(index)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

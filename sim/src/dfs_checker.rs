@@ -259,14 +259,14 @@ impl DfsChecker {
                 self.losses.remove(hash);
             }
         }
-        for (name, acks) in &self.acks {
-            let Some(versions) = ns.files().get(name) else {
+        for (name, versions) in ns.files() {
+            let Some(acks) = self.acks.get(name) else {
                 continue;
             };
-            for ack in acks {
-                if !versions.iter().any(|v| v.number == ack.version) {
+            for version in versions {
+                let Some(ack) = acks.iter().rev().find(|a| a.version == version.number) else {
                     continue;
-                }
+                };
                 let lost = self.losses.get(&ack.hash).copied().unwrap_or(0);
                 if lost >= self.config.replication {
                     continue;
