@@ -914,13 +914,14 @@ impl<L: MetadataLog> DfsSim<L> {
                     name,
                     hash,
                     request,
+                    replicas,
                     ..
                 },
                 Ok(DfsResult::Committed { version }),
             ) => {
                 self.stats.puts_acked += 1;
                 self.checker
-                    .acked(name, version, hash, request, first_at, now);
+                    .acked(name, version, hash, request, replicas.len(), first_at, now);
             }
             (DfsCommand::Commit { .. }, _) => self.stats.puts_refused += 1,
             (DfsCommand::Delete { .. }, _) => self.stats.deletes += 1,

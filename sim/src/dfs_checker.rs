@@ -13,7 +13,8 @@
 //!   put that started after another was acknowledged gets a higher version;
 //! - `no_acked_file_lost`: every acknowledged version the namespace keeps is readable (a
 //!   listed, reachable replica holds its exact bytes) while fewer than `replication` of its
-//!   copies were lost since it was last fully replicated;
+//!   copies were lost since it was last fully replicated (fewer than the copies its commit
+//!   named, if placement was degraded and it was never fully replicated yet);
 //! - `listed_copy_exists`: every replica the namespace lists, while that incarnation runs or
 //!   lies crashed, has the blob on its disk (a commit or `ReplicaAdded` never names a node
 //!   that does not hold the bytes);
@@ -43,6 +44,8 @@ pub struct Ack {
     pub started: Instant,
     /// When the client got the answer.
     pub acked: Instant,
+    /// Replicas the commit named (fewer than the factor when placement was degraded).
+    pub copies: usize,
 }
 
 /// See the module docs.
@@ -56,6 +59,9 @@ pub struct DfsChecker {
     seen_hashes: BTreeMap<String, BTreeMap<ContentHash, u64>>,
     deletes: BTreeSet<String>,
     losses: BTreeMap<ContentHash, usize>,
+    /// Blobs seen fully replicated at least once (a degraded commit tolerates fewer losses
+    /// until then).
+    fully_replicated: BTreeSet<ContentHash>,
     pending: Option<Violation>,
     checks: u64,
 }
@@ -78,6 +84,7 @@ impl DfsChecker {
             seen_hashes: BTreeMap::new(),
             deletes: BTreeSet::new(),
             losses: BTreeMap::new(),
+            fully_replicated: BTreeSet::new(),
             pending: None,
             checks: 0,
         }
@@ -120,6 +127,7 @@ impl DfsChecker {
         version: u64,
         hash: ContentHash,
         request: RequestId,
+        copies: usize,
         started: Instant,
         now: Instant,
     ) {
@@ -166,6 +174,7 @@ impl DfsChecker {
             request,
             started,
             acked: now,
+            copies,
         });
     }
 
@@ -257,6 +266,7 @@ impl DfsChecker {
                     .all(|id| index_of(id).is_some_and(|i| good(i, hash)))
             {
                 self.losses.remove(hash);
+                self.fully_replicated.insert(*hash);
             }
         }
         for (name, versions) in ns.files() {
@@ -268,7 +278,12 @@ impl DfsChecker {
                     continue;
                 };
                 let lost = self.losses.get(&ack.hash).copied().unwrap_or(0);
-                if lost >= self.config.replication {
+                let tolerated = if self.fully_replicated.contains(&ack.hash) {
+                    self.config.replication
+                } else {
+                    ack.copies.min(self.config.replication)
+                };
+                if lost >= tolerated {
                     continue;
                 }
                 self.checks += 1;

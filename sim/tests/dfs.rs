@@ -286,10 +286,14 @@ fn chaos<L: MetadataLog>(
         let down: Vec<usize> = (0..sim.nodes().len())
             .filter(|&i| !sim.nodes()[i].up)
             .collect();
+        let unreachable = (0..sim.nodes().len())
+            .filter(|&i| !sim.reachable(i))
+            .count();
         match sim.random_below(6) {
             0 | 1 => {
                 let k = 1 + sim.random_below(3) as usize;
-                if faults_since_full + k <= 3 {
+                // At most 30% of the nodes out at once, and at most 3 copies lost per blob.
+                if faults_since_full + k <= 3 && unreachable + k <= 3 {
                     let victims = sim.random_nodes(k);
                     faults_since_full += victims.iter().filter(|&&v| sim.reachable(v)).count();
                     if sim.random_below(2) == 0 {
