@@ -42,7 +42,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker::Violation;
-use crate::dfs_checker::DfsChecker;
+use crate::dfs_checker::{Ack, DfsChecker};
 use crate::raft::{RaftCommand, RaftSim};
 
 /// Most ticks one `run_until` may take.
@@ -920,8 +920,17 @@ impl<L: MetadataLog> DfsSim<L> {
                 Ok(DfsResult::Committed { version }),
             ) => {
                 self.stats.puts_acked += 1;
-                self.checker
-                    .acked(name, version, hash, request, replicas.len(), first_at, now);
+                self.checker.acked(
+                    name,
+                    Ack {
+                        version,
+                        hash,
+                        request,
+                        started: first_at,
+                        acked: now,
+                        copies: replicas.len(),
+                    },
+                );
             }
             (DfsCommand::Commit { .. }, _) => self.stats.puts_refused += 1,
             (DfsCommand::Delete { .. }, _) => self.stats.deletes += 1,

@@ -120,17 +120,16 @@ impl DfsChecker {
     /// A node failure was committed to the namespace.
     pub fn failure_committed(&mut self, _now: Instant, _node: NodeId) {}
 
-    /// A client got `version` for its put of `hash` to `name`.
-    pub fn acked(
-        &mut self,
-        name: String,
-        version: u64,
-        hash: ContentHash,
-        request: RequestId,
-        copies: usize,
-        started: Instant,
-        now: Instant,
-    ) {
+    /// A client got `ack.version` for its put of `ack.hash` to `name`, at `ack.acked`.
+    pub fn acked(&mut self, name: String, ack: Ack) {
+        let Ack {
+            version,
+            hash,
+            request,
+            started,
+            acked: now,
+            ..
+        } = ack;
         let acks = self.acks.entry(name.clone()).or_default();
         if let Some(other) = acks
             .iter()
@@ -168,14 +167,7 @@ impl DfsChecker {
                 format!("{name} v{version} acknowledged as {hash} but committed as {seen}"),
             ));
         }
-        acks.push(Ack {
-            version,
-            hash,
-            request,
-            started,
-            acked: now,
-            copies,
-        });
+        acks.push(ack);
     }
 
     /// Per tick: every replica's namespace agrees with the history.
