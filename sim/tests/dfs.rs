@@ -403,11 +403,20 @@ fn same_seed_same_run() {
 
 /// Simulated time from the detection of a crash of 3 of 10 nodes to every file back at its
 /// replication factor (workload stopped, files already fully replicated before the crash).
-/// Prints median and p99 over the seeds.
+/// Prints median and p99 over the seeds. `SIM_DFS_MAX_PARALLEL=n` overrides the bound on
+/// parallel copies (default 8).
 #[test]
 fn restore_time_after_crash_of_3() {
+    let mut options = DfsOptions::default();
+    if let Some(n) = std::env::var("SIM_DFS_MAX_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.max_parallel = n;
+    }
+    let max_parallel = options.max_parallel;
     let results = scenario!("restore_time_after_crash_of_3", SEEDS).run(|seed| {
-        let mut sim = sequenced(seed, DfsOptions::default())?;
+        let mut sim = sequenced(seed, options.clone())?;
         sim.run_for(ms(3_000))?;
         sim.run_until_converged(sim.now() + ms(60_000))?;
         let victims = sim.random_nodes(3);
@@ -441,8 +450,8 @@ fn restore_time_after_crash_of_3() {
     let copies: u64 = results.iter().map(|(_, (_, _, c))| *c).sum();
     let blobs: usize = results.iter().map(|(_, (_, b, _))| *b).sum();
     eprintln!(
-        "restore after crash of 3/10 (simulated): seeds {}, median {:?}, p99 {:?}, max {:?}; \
-         mean blobs {:.1}, mean copies {:.1}",
+        "restore after crash of 3/10 (simulated, max_parallel {max_parallel}): seeds {}, \
+         median {:?}, p99 {:?}, max {:?}; mean blobs {:.1}, mean copies {:.1}",
         times.len(),
         p(0.5),
         p(0.99),
