@@ -42,7 +42,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker::Violation;
-use crate::dfs_checker::DfsChecker;
+use crate::dfs_checker::{Ack, DfsChecker};
 use crate::raft::{RaftCommand, RaftSim};
 
 /// Most ticks one `run_until` may take.
@@ -263,11 +263,14 @@ fn good_on(nodes: &[StorageNode], index: usize, hash: &ContentHash) -> bool {
 
 /// The node whose current incarnation is `id`.
 fn index_on(nodes: &[StorageNode], id: &NodeId) -> Option<usize> {
-    let index = nodes
-        .iter()
-        .enumerate()
-        .position(|(i, n)| storage_id(i, n.generation) == *id)?;
-    Some(index)
+    // The inverse of `storage_id`: the index is in the address's last two octets.
+    let SocketAddr::V4(addr) = id.addr else {
+        return None;
+    };
+    let [_, _, high, low] = addr.ip().octets();
+    let index = usize::from(high) * 256 + usize::from(low);
+    let node = nodes.get(index)?;
+    (storage_id(index, node.generation) == *id).then_some(index)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -911,13 +914,23 @@ impl<L: MetadataLog> DfsSim<L> {
                     name,
                     hash,
                     request,
+                    replicas,
                     ..
                 },
                 Ok(DfsResult::Committed { version }),
             ) => {
                 self.stats.puts_acked += 1;
-                self.checker
-                    .acked(name, version, hash, request, first_at, now);
+                self.checker.acked(
+                    name,
+                    Ack {
+                        version,
+                        hash,
+                        request,
+                        started: first_at,
+                        acked: now,
+                        copies: replicas.len(),
+                    },
+                );
             }
             (DfsCommand::Commit { .. }, _) => self.stats.puts_refused += 1,
             (DfsCommand::Delete { .. }, _) => self.stats.deletes += 1,

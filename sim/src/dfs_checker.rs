@@ -13,7 +13,8 @@
 //!   put that started after another was acknowledged gets a higher version;
 //! - `no_acked_file_lost`: every acknowledged version the namespace keeps is readable (a
 //!   listed, reachable replica holds its exact bytes) while fewer than `replication` of its
-//!   copies were lost since it was last fully replicated;
+//!   copies were lost since it was last fully replicated (fewer than the copies its commit
+//!   named, if placement was degraded and it was never fully replicated yet);
 //! - `listed_copy_exists`: every replica the namespace lists, while that incarnation runs or
 //!   lies crashed, has the blob on its disk (a commit or `ReplicaAdded` never names a node
 //!   that does not hold the bytes);
@@ -43,6 +44,8 @@ pub struct Ack {
     pub started: Instant,
     /// When the client got the answer.
     pub acked: Instant,
+    /// Replicas the commit named (fewer than the factor when placement was degraded).
+    pub copies: usize,
 }
 
 /// See the module docs.
@@ -56,6 +59,9 @@ pub struct DfsChecker {
     seen_hashes: BTreeMap<String, BTreeMap<ContentHash, u64>>,
     deletes: BTreeSet<String>,
     losses: BTreeMap<ContentHash, usize>,
+    /// Blobs seen fully replicated at least once (a degraded commit tolerates fewer losses
+    /// until then).
+    fully_replicated: BTreeSet<ContentHash>,
     pending: Option<Violation>,
     checks: u64,
 }
@@ -78,6 +84,7 @@ impl DfsChecker {
             seen_hashes: BTreeMap::new(),
             deletes: BTreeSet::new(),
             losses: BTreeMap::new(),
+            fully_replicated: BTreeSet::new(),
             pending: None,
             checks: 0,
         }
@@ -113,16 +120,16 @@ impl DfsChecker {
     /// A node failure was committed to the namespace.
     pub fn failure_committed(&mut self, _now: Instant, _node: NodeId) {}
 
-    /// A client got `version` for its put of `hash` to `name`.
-    pub fn acked(
-        &mut self,
-        name: String,
-        version: u64,
-        hash: ContentHash,
-        request: RequestId,
-        started: Instant,
-        now: Instant,
-    ) {
+    /// A client got `ack.version` for its put of `ack.hash` to `name`, at `ack.acked`.
+    pub fn acked(&mut self, name: String, ack: Ack) {
+        let Ack {
+            version,
+            hash,
+            request,
+            started,
+            acked: now,
+            ..
+        } = ack;
         let acks = self.acks.entry(name.clone()).or_default();
         if let Some(other) = acks
             .iter()
@@ -160,13 +167,7 @@ impl DfsChecker {
                 format!("{name} v{version} acknowledged as {hash} but committed as {seen}"),
             ));
         }
-        acks.push(Ack {
-            version,
-            hash,
-            request,
-            started,
-            acked: now,
-        });
+        acks.push(ack);
     }
 
     /// Per tick: every replica's namespace agrees with the history.
@@ -257,18 +258,24 @@ impl DfsChecker {
                     .all(|id| index_of(id).is_some_and(|i| good(i, hash)))
             {
                 self.losses.remove(hash);
+                self.fully_replicated.insert(*hash);
             }
         }
-        for (name, acks) in &self.acks {
-            let Some(versions) = ns.files().get(name) else {
+        for (name, versions) in ns.files() {
+            let Some(acks) = self.acks.get(name) else {
                 continue;
             };
-            for ack in acks {
-                if !versions.iter().any(|v| v.number == ack.version) {
+            for version in versions {
+                let Some(ack) = acks.iter().rev().find(|a| a.version == version.number) else {
                     continue;
-                }
+                };
                 let lost = self.losses.get(&ack.hash).copied().unwrap_or(0);
-                if lost >= self.config.replication {
+                let tolerated = if self.fully_replicated.contains(&ack.hash) {
+                    self.config.replication
+                } else {
+                    ack.copies.min(self.config.replication)
+                };
+                if lost >= tolerated {
                     continue;
                 }
                 self.checks += 1;

@@ -12,7 +12,7 @@
 //! deadline).
 //!
 //! Run: `cargo test --features sim -p idunno-sim --test dfs` (100 seeds per sequencer scenario,
-//! 30 for Raft); `SIM_SEEDS=10000` for a long sweep, `SIM_SEED=n` to replay one seed. The
+//! 50 for the sequencer chaos, 30 per Raft-backed scenario); `SIM_SEEDS=10000` for a long sweep, `SIM_SEED=n` to replay one seed. The
 //! restore-time measurement prints with `-- --nocapture restore_time`.
 #![cfg(feature = "sim")]
 
@@ -64,7 +64,7 @@ fn settle<L: MetadataLog>(sim: &mut DfsSim<L>) -> Result<Instant, Violation> {
     for i in 0..sim.nodes().len() {
         sim.restart(i);
     }
-    let deadline = sim.now() + ms(60_000);
+    let deadline = sim.now() + ms(30_000);
     sim.run_until_converged(deadline)
 }
 
@@ -243,13 +243,180 @@ fn raft_backed_with_leader_and_storage_crashes() {
     });
 }
 
+#[test]
+fn raft_backed_with_partitions() {
+    scenario!("raft_backed_with_partitions", RAFT_SEEDS).run(|seed| {
+        let mut sim = raft_backed(seed, DfsOptions::default())?;
+        sim.run_for(ms(800))?;
+        // Cut the metadata leader off (it keeps believing it leads for a while) and three
+        // storage nodes; heal both after a random span.
+        if let Some(leader) = sim.log_mut().raft().leader() {
+            sim.log_mut()
+                .raft()
+                .world_mut()
+                .network_mut()
+                .partition(&[leader], true);
+        }
+        let cut = sim.random_nodes(3);
+        sim.partition(&cut);
+        let span = 300 + sim.random_below(2_500);
+        sim.run_for(ms(span))?;
+        sim.log_mut().raft().heal_network();
+        sim.heal();
+        sim.run_for(ms(500))?;
+        settle(&mut sim)?;
+        Ok::<_, Violation>(())
+    });
+}
+
+/// Random faults for `rounds` rounds: crashes, partitions, restarts, heals and corrupt copies,
+/// never more than `replication - 1` storage faults between two moments of full replication
+/// (so no blob can lose every copy), plus `metadata_fault` (the Raft log's own faults) on some
+/// rounds.
+fn chaos<L: MetadataLog>(
+    sim: &mut DfsSim<L>,
+    rounds: usize,
+    mut metadata_fault: impl FnMut(&mut DfsSim<L>) -> Result<(), Violation>,
+) -> Result<(), Violation> {
+    let mut faults_since_full = 0;
+    for _ in 0..rounds {
+        if sim.fully_replicated() {
+            faults_since_full = 0;
+        }
+        let down: Vec<usize> = (0..sim.nodes().len())
+            .filter(|&i| !sim.nodes()[i].up)
+            .collect();
+        let unreachable = (0..sim.nodes().len())
+            .filter(|&i| !sim.reachable(i))
+            .count();
+        match sim.random_below(6) {
+            0 | 1 => {
+                let k = 1 + sim.random_below(3) as usize;
+                // At most 30% of the nodes out at once, and at most 3 copies lost per blob.
+                if faults_since_full + k <= 3 && unreachable + k <= 3 {
+                    let victims = sim.random_nodes(k);
+                    faults_since_full += victims.iter().filter(|&&v| sim.reachable(v)).count();
+                    if sim.random_below(2) == 0 {
+                        sim.crash(&victims);
+                    } else {
+                        sim.partition(&victims);
+                    }
+                }
+            }
+            2 => {
+                for v in down {
+                    sim.restart(v);
+                }
+            }
+            3 => sim.heal(),
+            4 => {
+                if faults_since_full < 3 {
+                    let victim = sim.random_nodes(1);
+                    if let Some(&v) = victim.first()
+                        && sim.corrupt(v).is_some()
+                    {
+                        faults_since_full += 1;
+                    }
+                }
+            }
+            _ => metadata_fault(sim)?,
+        }
+        let span = 100 + sim.random_below(1_500);
+        sim.run_for(ms(span))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn chaos_sequenced() {
+    scenario!("chaos_sequenced", SEEDS / 2).run(|seed| {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(500))?;
+        chaos(&mut sim, 12, |_| Ok(()))?;
+        settle(&mut sim)?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!("seed {seed}: {:?}", sim.stats());
+        }
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn chaos_raft_backed() {
+    scenario!("chaos_raft_backed", RAFT_SEEDS).run(|seed| {
+        let mut sim = raft_backed(seed, DfsOptions::default())?;
+        sim.run_for(ms(500))?;
+        chaos(&mut sim, 12, |sim| {
+            // Crash the metadata leader if at most two voters are down, else restart them all.
+            let raft = sim.log_mut().raft();
+            let down: Vec<usize> = (0..7).filter(|i| !raft.live().contains(i)).collect();
+            if down.len() < 3
+                && let Some(leader) = raft.leader()
+            {
+                raft.crash(&[leader]);
+                return Ok(());
+            }
+            down.into_iter().try_for_each(|i| raft.restart(i))
+        })?;
+        for i in 0..7 {
+            if !sim.log_mut().raft().live().contains(&i) {
+                sim.log_mut().raft().restart(i)?;
+            }
+        }
+        sim.log_mut().raft().heal_network();
+        settle(&mut sim)?;
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            eprintln!(
+                "seed {seed}: {:?} {:?}",
+                sim.stats(),
+                sim.log_mut().raft().outcome()
+            );
+        }
+        Ok::<_, Violation>(())
+    });
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = |seed: u64| -> Result<String, Violation> {
+        let mut sim = sequenced(seed, DfsOptions::default())?;
+        sim.run_for(ms(1_000))?;
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(2_000))?;
+        let mut raft = raft_backed(seed, DfsOptions::default())?;
+        raft.run_for(ms(1_000))?;
+        Ok(format!(
+            "{:?} {:?} {:?} {:?}",
+            sim.stats(),
+            sim.checker().acks(),
+            raft.stats(),
+            raft.checker().acks()
+        ))
+    };
+    for seed in [1, 7] {
+        let a = run(seed).expect("runs");
+        let b = run(seed).expect("runs");
+        assert_eq!(a, b, "seed {seed} ran differently twice");
+    }
+}
+
 /// Simulated time from the detection of a crash of 3 of 10 nodes to every file back at its
 /// replication factor (workload stopped, files already fully replicated before the crash).
-/// Prints median and p99 over the seeds.
+/// Prints median and p99 over the seeds. `SIM_DFS_MAX_PARALLEL=n` overrides the bound on
+/// parallel copies (default 8).
 #[test]
 fn restore_time_after_crash_of_3() {
+    let mut options = DfsOptions::default();
+    if let Some(n) = std::env::var("SIM_DFS_MAX_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.max_parallel = n;
+    }
+    let max_parallel = options.max_parallel;
     let results = scenario!("restore_time_after_crash_of_3", SEEDS).run(|seed| {
-        let mut sim = sequenced(seed, DfsOptions::default())?;
+        let mut sim = sequenced(seed, options.clone())?;
         sim.run_for(ms(3_000))?;
         sim.run_until_converged(sim.now() + ms(60_000))?;
         let victims = sim.random_nodes(3);
@@ -283,8 +450,8 @@ fn restore_time_after_crash_of_3() {
     let copies: u64 = results.iter().map(|(_, (_, _, c))| *c).sum();
     let blobs: usize = results.iter().map(|(_, (_, b, _))| *b).sum();
     eprintln!(
-        "restore after crash of 3/10 (simulated): seeds {}, median {:?}, p99 {:?}, max {:?}; \
-         mean blobs {:.1}, mean copies {:.1}",
+        "restore after crash of 3/10 (simulated, max_parallel {max_parallel}): seeds {}, \
+         median {:?}, p99 {:?}, max {:?}; mean blobs {:.1}, mean copies {:.1}",
         times.len(),
         p(0.5),
         p(0.99),

@@ -24,8 +24,13 @@ use super::{
 use crate::membership::NodeId;
 use crate::time::Instant;
 
-/// Most names the namespace holds.
-pub const FILES_MAX: usize = 1 << 20;
+/// Most names the namespace holds. With [`NAME_BYTES_TOTAL_MAX`] this keeps the whole
+/// replicated state (it travels as one Raft snapshot frame of at most
+/// `wire::FRAME_BYTES_MAX` = 16 MiB) within bounds: about 1 KiB per name with 5 versions and
+/// 4 replicas each.
+pub const FILES_MAX: usize = 10_000;
+/// Most bytes all names together may take.
+pub const NAME_BYTES_TOTAL_MAX: usize = 2 << 20;
 /// Most clients whose last answer is remembered (the least recently served is forgotten; its
 /// retry after that would apply again).
 pub const CLIENTS_REMEMBERED_MAX: usize = 4096;
@@ -87,6 +92,8 @@ struct ClientEntry {
 pub struct Namespace {
     config: DfsConfig,
     files: BTreeMap<String, Vec<Version>>,
+    /// Sum of the lengths of the names in `files`.
+    name_bytes: usize,
     blobs: BTreeMap<ContentHash, Blob>,
     /// Deleted name -> (its last version number, `executed` at deletion).
     tombstones: BTreeMap<String, (u64, u64)>,
@@ -119,6 +126,7 @@ impl Namespace {
         Namespace {
             config,
             files: BTreeMap::new(),
+            name_bytes: 0,
             blobs: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             version_floor: 0,
@@ -373,7 +381,9 @@ impl Namespace {
         }
         let last = match self.files.get(name) {
             Some(versions) => versions.last().map_or(self.version_floor, |v| v.number),
-            None if self.files.len() >= FILES_MAX => {
+            None if self.files.len() >= FILES_MAX
+                || self.name_bytes + name.len() > NAME_BYTES_TOTAL_MAX =>
+            {
                 return Err(DfsError::NamespaceFull { max: FILES_MAX });
             }
             None => self
@@ -392,6 +402,9 @@ impl Namespace {
         });
         blob.replicas.extend(live);
         blob.references = blob.references.saturating_add(1);
+        if !self.files.contains_key(name) {
+            self.name_bytes += name.len();
+        }
         let versions = self.files.entry(name.to_owned()).or_default();
         debug_assert!(versions.last().is_none_or(|v| v.number < number));
         versions.push(Version {
@@ -417,6 +430,7 @@ impl Namespace {
         let versions = self.files.remove(name).ok_or_else(|| DfsError::NotFound {
             name: name.to_owned(),
         })?;
+        self.name_bytes = self.name_bytes.saturating_sub(name.len());
         let last = versions.last().map_or(self.version_floor, |v| v.number);
         if self.tombstones.len() >= TOMBSTONES_MAX
             && let Some((evict, (evicted_last, _))) = self
@@ -506,6 +520,10 @@ impl Namespace {
             debug_assert!(blob.replicas.iter().all(|n| !self.failed.contains(n)));
         }
         debug_assert!(self.garbage.len() <= GARBAGE_KEPT_MAX);
+        debug_assert_eq!(
+            self.name_bytes,
+            self.files.keys().map(String::len).sum::<usize>()
+        );
     }
 }
 
@@ -713,6 +731,58 @@ mod tests {
         assert_eq!(ns.list("in"), vec!["in/a", "in/b", "inx"]);
         assert_eq!(ns.list("").len(), 4);
         assert_eq!(ns.loads().get(&node(1)), Some(&400));
+    }
+
+    #[test]
+    fn the_namespace_is_bounded_and_a_snapshot_fits_a_frame() {
+        let mut ns = Namespace::default();
+        let replicas: Vec<NodeId> = (1..=4).map(node).collect();
+        for i in 0..=FILES_MAX as u64 {
+            let r = ns.execute(
+                at(1),
+                DfsCommand::Commit {
+                    name: format!("inputs/batch-{i:06}/image.jpg"),
+                    size: 1 << 20,
+                    hash: ContentHash([(i % 251) as u8; 32]),
+                    replicas: replicas.clone(),
+                    request: RequestId { client: i, seq: 1 },
+                },
+            );
+            if i < FILES_MAX as u64 {
+                assert!(r.is_ok(), "{i}: {r:?}");
+            } else {
+                assert_eq!(r, Err(DfsError::NamespaceFull { max: FILES_MAX }));
+            }
+        }
+        assert_eq!(ns.files().len(), FILES_MAX);
+        // Overwrites of an existing name still go through.
+        let r = ns.execute(at(2), commit("inputs/batch-000000/image.jpg", 1, 1, &[1]));
+        assert!(r.is_ok(), "{r:?}");
+        let encoded = crate::wire::encode_frame(&ns).expect("fits one frame");
+        assert!(encoded.len() < crate::wire::FRAME_BYTES_MAX);
+        // Long names hit the byte budget first.
+        let mut ns = Namespace::default();
+        let long = "n".repeat(crate::dfs::names::COMPONENT_BYTES_MAX);
+        let mut accepted = 0usize;
+        for i in 0..FILES_MAX as u64 {
+            let name = format!("{long}/{long}/{long}/{i}");
+            let r = ns.execute(
+                at(1),
+                DfsCommand::Commit {
+                    name,
+                    size: 1,
+                    hash: ContentHash([1; 32]),
+                    replicas: vec![node(1)],
+                    request: RequestId { client: i, seq: 1 },
+                },
+            );
+            if r.is_err() {
+                break;
+            }
+            accepted += 1;
+        }
+        assert!(accepted * 3 * crate::dfs::names::COMPONENT_BYTES_MAX <= NAME_BYTES_TOTAL_MAX);
+        assert!(accepted < FILES_MAX);
     }
 
     #[test]

@@ -171,6 +171,29 @@ mod tests {
         assert_eq!(p.nodes.len(), 4);
     }
 
+    proptest::proptest! {
+        /// Any candidates and factor: distinct nodes, all candidates, as many as possible, and
+        /// never a more loaded node while a less loaded one on a new host is left out.
+        #[test]
+        fn placements_are_distinct_candidates(
+            loads in proptest::collection::vec((0u8..6, 7000u16..7003, 0u64..5), 0..20),
+            replication in 1usize..8,
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let c: Vec<Candidate> = loads
+                .iter()
+                .map(|&(host, port, load)| Candidate { node: node(host, port), stored_bytes: load })
+                .collect();
+            let distinct: BTreeSet<NodeId> = c.iter().map(|c| c.node).collect();
+            let p = place(&ContentHash([seed; 32]), &c, replication);
+            proptest::prop_assert_eq!(p.nodes.len(), replication.min(distinct.len()));
+            proptest::prop_assert_eq!(p.degraded, distinct.len() < replication);
+            let chosen: BTreeSet<NodeId> = p.nodes.iter().copied().collect();
+            proptest::prop_assert_eq!(chosen.len(), p.nodes.len());
+            proptest::prop_assert!(chosen.is_subset(&distinct));
+        }
+    }
+
     #[test]
     fn equal_loads_spread_blobs_deterministically() {
         let c = candidates(&[0; 10]);

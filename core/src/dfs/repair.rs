@@ -201,6 +201,33 @@ mod tests {
         assert_eq!(plan.lost, vec![ContentHash([1; 32])]);
     }
 
+    proptest::proptest! {
+        /// Any namespace, live set and bound: copies go from a live holder to a live
+        /// non-holder, never twice to one node for one blob, and within the bound.
+        #[test]
+        fn plans_respect_liveness_and_the_bound(
+            files in proptest::collection::vec((0u8..12, proptest::collection::btree_set(1u8..10, 1..5)), 1..12),
+            alive in proptest::collection::btree_set(1u8..10, 0..9),
+            max_parallel in 0usize..10,
+        ) {
+            let files: Vec<(u8, Vec<u8>)> =
+                files.into_iter().map(|(h, r)| (h, r.into_iter().collect())).collect();
+            let borrowed: Vec<(u8, &[u8])> = files.iter().map(|(h, r)| (*h, r.as_slice())).collect();
+            let ns = namespace(&borrowed);
+            let alive: Vec<u8> = alive.into_iter().collect();
+            let plan = plan_repairs(&ns, &live(&alive), &[], max_parallel);
+            proptest::prop_assert!(plan.repairs.len() <= max_parallel);
+            let live_nodes: BTreeSet<NodeId> = alive.iter().map(|&i| node(i)).collect();
+            let mut seen = BTreeSet::new();
+            for r in &plan.repairs {
+                let blob = ns.blob(&r.hash).expect("planned blob exists");
+                proptest::prop_assert!(live_nodes.contains(&r.from) && blob.replicas.contains(&r.from));
+                proptest::prop_assert!(live_nodes.contains(&r.to) && !blob.replicas.contains(&r.to));
+                proptest::prop_assert!(seen.insert((r.hash, r.to)));
+            }
+        }
+    }
+
     #[test]
     fn too_few_nodes_repairs_what_it_can() {
         let ns = namespace(&[(1, &[1, 2])]);
