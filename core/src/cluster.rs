@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine};
+use crate::consensus::{KvCommand, KvResult, KvStore, StateMachine, encode_snapshot};
 use crate::dfs::{DfsCommand, DfsError, DfsResult, Namespace};
 use crate::membership::NodeId;
 use crate::scheduler::{SchedCommand, SchedResult, Scheduler};
@@ -184,8 +184,8 @@ impl StateMachine for ClusterState {
         self.applied
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        wire::encode_frame(self).unwrap_or_default()
+    fn snapshot(&self) -> Result<Vec<u8>, WireError> {
+        encode_snapshot(self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), WireError> {
@@ -280,7 +280,8 @@ mod tests {
         state.apply(2, &at(10, ClusterOp::NodeFailed { node }));
         assert_eq!(state.dfs().replicas("f").map(|r| r.len()), Some(0));
         let mut copy = ClusterState::default();
-        copy.restore(&state.snapshot()).expect("restores");
+        copy.restore(&state.snapshot().expect("encodes"))
+            .expect("restores");
         assert_eq!(copy, state);
     }
 
@@ -310,7 +311,8 @@ mod tests {
         state.apply(3, &at(7, ClusterOp::NodeFailed { node: worker }));
         assert_eq!(state.scheduler().leases().len(), 0);
         let mut copy = ClusterState::default();
-        copy.restore(&state.snapshot()).expect("restores");
+        copy.restore(&state.snapshot().expect("encodes"))
+            .expect("restores");
         assert_eq!(copy, state);
     }
 
@@ -319,7 +321,8 @@ mod tests {
         let mut state = ClusterState::default();
         state.apply(1, &at(7, put("a")));
         let mut copy = ClusterState::default();
-        copy.restore(&state.snapshot()).expect("restores");
+        copy.restore(&state.snapshot().expect("encodes"))
+            .expect("restores");
         assert_eq!(copy, state);
         assert!(copy.restore(b"junk").is_err());
         assert_eq!(copy, state);

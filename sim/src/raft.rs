@@ -194,7 +194,10 @@ impl RaftNode {
             false
         });
         if applied >= self.raft.first_index() + COMPACT_EVERY_ENTRIES {
-            let data = self.state.snapshot();
+            // A state too large to snapshot keeps its log (never an empty snapshot).
+            let Ok(data) = self.state.snapshot() else {
+                return result.map_err(|e| e.to_string());
+            };
             let compacted = self.raft.handle(
                 now,
                 Input::Compact {

@@ -23,11 +23,27 @@ pub trait StateMachine {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
     /// The index of the last applied command (0 if none).
     fn applied_index(&self) -> u64;
-    /// A snapshot of the applied state.
-    fn snapshot(&self) -> Vec<u8>;
+    /// A snapshot of the applied state, or an error when it cannot be encoded within
+    /// [`SNAPSHOT_BYTES_MAX`](super::SNAPSHOT_BYTES_MAX): then the caller must not compact
+    /// the log (an empty or truncated snapshot would lose the state).
+    fn snapshot(&self) -> Result<Vec<u8>, WireError>;
     /// Replaces the state with a snapshot made by [`StateMachine::snapshot`]. On error the
     /// state is unchanged.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), WireError>;
+}
+
+/// Encodes a state machine's snapshot as a frame of at most
+/// [`SNAPSHOT_BYTES_MAX`](super::SNAPSHOT_BYTES_MAX) bytes.
+pub fn encode_snapshot<T: Serialize>(state: &T) -> Result<Vec<u8>, WireError> {
+    let bytes = wire::encode_frame(state)?;
+    let max = super::SNAPSHOT_BYTES_MAX;
+    if bytes.len() > max {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// A key-value command.
@@ -171,8 +187,8 @@ impl StateMachine for KvStore {
         self.applied
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        wire::encode_frame(self).unwrap_or_default()
+    fn snapshot(&self) -> Result<Vec<u8>, WireError> {
+        encode_snapshot(self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), WireError> {
@@ -187,6 +203,16 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_over_the_cap_is_an_error_never_an_empty_snapshot() {
+        let big = vec![0u8; super::super::SNAPSHOT_BYTES_MAX + 1];
+        assert!(matches!(
+            encode_snapshot(&big),
+            Err(WireError::Oversized { .. })
+        ));
+        assert!(encode_snapshot(&vec![0u8; 1024]).is_ok_and(|bytes| !bytes.is_empty()));
+    }
 
     fn put(key: &str, value: &[u8]) -> Vec<u8> {
         KvCommand::Put {
@@ -243,7 +269,8 @@ mod tests {
         }
         assert_eq!(a, b);
         let mut c = KvStore::default();
-        c.restore(&a.snapshot()).expect("restores");
+        c.restore(&a.snapshot().expect("encodes"))
+            .expect("restores");
         assert_eq!(c, a);
         assert!(c.restore(b"\0\0\0\x01junk").is_err());
         assert_eq!(c, a, "a failed restore changes nothing");
