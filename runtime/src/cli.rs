@@ -99,6 +99,11 @@ pub struct StartArgs {
     /// taken on the command line.
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
+    /// A voter snapshots the replicated state and drops the log before it every N applied
+    /// entries.
+    #[arg(long, value_name = "N", default_value_t = crate::consensus::COMPACT_EVERY_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_compact_every: u64,
 }
 
 /// One `--voters` item: `ID=ADDR`.
@@ -132,6 +137,7 @@ impl StartArgs {
             return None;
         }
         Some(RaftOptions {
+            compact_every: self.raft_compact_every,
             id: self.raft_id.map(VoterId),
             voters: self
                 .voters

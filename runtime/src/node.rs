@@ -213,7 +213,8 @@ fn setup_raft(
         Arc::clone(&voters),
         &data_dir.join(RAFT_DIR),
         rng_seed ^ me.0,
-    )?;
+    )?
+    .with_compaction(options.compact_every);
     let (inbound, messages) = Inbound::new(me, Arc::clone(&voters));
     let (tx, requests) = mpsc::channel(RAFT_REQUESTS_QUEUE_MAX);
     let route = RaftRoute {

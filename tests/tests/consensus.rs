@@ -5,6 +5,9 @@
 //! voter restarts from its data dir, every committed key reads back with its value from every
 //! node (kv-get is linearizable: a follower or member forwards it to the leader's ReadIndex).
 //!
+//! Voters compact their logs every few entries, so restarted voters recover from snapshots and
+//! catch up through InstallSnapshot.
+//!
 //! Every wait is an `eventually` with a generous deadline: the test asserts what the cluster
 //! ends up doing, never how fast (failover time is benchmarked elsewhere).
 
@@ -16,6 +19,8 @@ use idunno_tests::harness::{
 };
 
 const VOTERS: u8 = 7;
+/// Snapshot every this many applied entries (the default is thousands).
+const COMPACT_EVERY: u64 = 8;
 const MEMBERS: u8 = 3;
 /// This test's addresses start here (unique among the tests in this crate).
 const FIRST_HOST: u8 = 40;
@@ -86,6 +91,10 @@ fn seven_voters_survive_killing_the_leader_and_two_followers() {
             (i + 1).to_string(),
             "--voters".to_owned(),
             voters_arg.clone(),
+            // Compact often, so that restarts recover from snapshots and lagging voters
+            // catch up through InstallSnapshot.
+            "--raft-compact-every".to_owned(),
+            COMPACT_EVERY.to_string(),
         ]);
         if i == 0 { spec } else { spec.join(&others) }
     };

@@ -135,6 +135,10 @@ pub struct RaftDriver {
     /// `NodeFailed` proposals made, with the term they were made in (retried in a later term
     /// if they did not apply).
     failure_proposals: BTreeMap<NodeId, u64>,
+    /// Compact every this many applied entries.
+    compact_every: u64,
+    /// The applied index of the last compaction attempt (made or refused).
+    compacted_at: u64,
     next_read_id: u64,
     next_proposal_id: u64,
     applied: u64,
@@ -187,6 +191,8 @@ impl RaftDriver {
             ready_reads: Vec::new(),
             view: None,
             failure_proposals: BTreeMap::new(),
+            compact_every: super::COMPACT_EVERY_DEFAULT,
+            compacted_at: applied,
             next_read_id: 0,
             next_proposal_id: 0,
             applied,
@@ -205,6 +211,7 @@ impl RaftDriver {
         let mut view = self.view.clone();
         while requests_open || messages_open {
             self.propose_failures()?;
+            self.maybe_compact()?;
             let wake = self.timers.next_deadline().map(|at| self.deadline_of(at));
             tokio::select! {
                 biased;
@@ -231,6 +238,38 @@ impl RaftDriver {
             }
         }
         Ok(())
+    }
+
+    /// Compacts the log every `every` applied entries (at least 1).
+    pub fn with_compaction(mut self, every: u64) -> Self {
+        self.compact_every = every.max(1);
+        self
+    }
+
+    /// Snapshots the state and compacts the log when `compact_every` entries applied since the
+    /// last attempt. A state too large for a snapshot keeps its log (and says so).
+    fn maybe_compact(&mut self) -> Result<(), RaftDriverError> {
+        if self.applied < self.compacted_at.saturating_add(self.compact_every) {
+            return Ok(());
+        }
+        self.compacted_at = self.applied;
+        match self.state.snapshot() {
+            Ok(data) => {
+                debug!(
+                    index = self.applied,
+                    bytes = data.len(),
+                    "compacting the log"
+                );
+                self.input(Input::Compact {
+                    index: self.applied,
+                    data,
+                })
+            }
+            Err(e) => {
+                warn!(index = self.applied, error = %e, "the state is too large to snapshot; the log is kept");
+                Ok(())
+            }
+        }
     }
 
     /// Uses `view` to propose `NodeFailed` for members it reports failed or left.

@@ -43,7 +43,12 @@ pub struct RaftOptions {
     pub id: Option<VoterId>,
     /// Every voter's node address (its `--bind` address), by id.
     pub voters: BTreeMap<VoterId, SocketAddr>,
+    /// Compact the log into a snapshot of the state every this many applied entries.
+    pub compact_every: u64,
 }
+
+/// Default of [`RaftOptions::compact_every`].
+pub const COMPACT_EVERY_DEFAULT: u64 = 4096;
 
 /// A Raft control request for the driver, with the channel its answer goes back on.
 #[derive(Debug)]
