@@ -8,8 +8,9 @@
 //! - raw copy (the baseline): one TCP stream, the sender reads the source file in 512 KiB
 //!   chunks, the receiver writes them to a file in the same directory and fsyncs it;
 //! - raw copy to memory: the same, the receiver discards the bytes;
-//! - put with R replicas, chain (pipelined) and fan-out (the client sends to each replica), the
-//!   hash known beforehand (hashing the file is timed separately);
+//! - put with 1 replica (the protocol's own cost over the raw copy), and with R replicas, chain
+//!   (pipelined) and fan-out (the client sends to each replica); the hash is known beforehand
+//!   (hashing the file is timed separately);
 //! - get from one replica into a file (fsynced, hash-checked).
 //!
 //! Then, in a child process (the same executable with `--rss-child`), it starts the R servers
@@ -258,6 +259,7 @@ async fn raw_copy(source: &Path, dest: &Path, sink: Sink) -> Result<Duration, St
 
 async fn put_once(
     servers: &Servers,
+    replicas: usize,
     source: &Path,
     hash: BlobHash,
     size: u64,
@@ -270,7 +272,7 @@ async fn put_once(
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    put_blob_from(&servers.addrs, hash, size, file, mode)
+    put_blob_from(&servers.addrs[..replicas], hash, size, file, mode)
         .await
         .map_err(|e| e.to_string())?;
     Ok(started.elapsed())
@@ -290,6 +292,7 @@ struct Row {
     hash: Duration,
     raw_disk: Duration,
     raw_memory: Duration,
+    single: Duration,
     chain: Duration,
     fan_out: Duration,
     get: Duration,
@@ -311,6 +314,7 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
         debug_assert_eq!(hashed_size, size);
         let mut raw_disk = Vec::new();
         let mut raw_memory = Vec::new();
+        let mut single = Vec::new();
         let mut chain = Vec::new();
         let mut fan_out = Vec::new();
         let mut get = Vec::new();
@@ -320,8 +324,10 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
             raw_disk.push(raw_copy(&source, &copy, Sink::Disk).await?);
             let _ = fs::remove_file(&copy);
             raw_memory.push(raw_copy(&source, &copy, Sink::Memory).await?);
-            fan_out.push(put_once(&servers, &source, hash, size, PutMode::FanOut).await?);
-            chain.push(put_once(&servers, &source, hash, size, PutMode::Chain).await?);
+            let all = args.replicas;
+            single.push(put_once(&servers, 1, &source, hash, size, PutMode::Chain).await?);
+            fan_out.push(put_once(&servers, all, &source, hash, size, PutMode::FanOut).await?);
+            chain.push(put_once(&servers, all, &source, hash, size, PutMode::Chain).await?);
             let started = Instant::now();
             get_blob(&servers.addrs, hash, &dest)
                 .await
@@ -338,6 +344,7 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
             hash: hash_time,
             raw_disk: median(raw_disk),
             raw_memory: median(raw_memory),
+            single: median(single),
             chain: median(chain),
             fan_out: median(fan_out),
             get: median(get),
@@ -368,10 +375,10 @@ fn report(args: &Args, root: &Path, rows: &[Row], rss: Option<&str>) -> String {
     );
     let _ = writeln!(
         out,
-        "| size | raw TCP copy to disk (baseline) | raw TCP copy to memory | put chain x{r} | put fan-out x{r} | get | hash the file |",
+        "| size | raw TCP copy to disk (baseline) | raw TCP copy to memory | put x1 | put chain x{r} | put fan-out x{r} | get | hash the file |",
         r = args.replicas
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for row in rows {
         let size = row.size_mb * MB;
         let raw = mb_per_s(size, row.raw_disk);
@@ -385,10 +392,11 @@ fn report(args: &Args, root: &Path, rows: &[Row], rss: Option<&str>) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} MB | {raw:.0} MB/s ({:.2}s) | {} | {} | {} | {} | {:.0} MB/s |",
+            "| {} MB | {raw:.0} MB/s ({:.2}s) | {} | {} | {} | {} | {} | {:.0} MB/s |",
             row.size_mb,
             row.raw_disk.as_secs_f64(),
             cell(row.raw_memory),
+            cell(row.single),
             cell(row.chain),
             cell(row.fan_out),
             cell(row.get),
@@ -463,9 +471,9 @@ async fn rss_child(root: &Path, size_mb: u64, replicas: usize) -> Result<(), Str
     write_source(&source, size, 99)?;
     let (hash, _) = hash_file(&source).await.map_err(|e| e.to_string())?;
     let before = vm_hwm_kb().unwrap_or(0);
-    let chain = put_once(&servers, &source, hash, size, PutMode::Chain).await?;
+    let chain = put_once(&servers, replicas, &source, hash, size, PutMode::Chain).await?;
     let after_chain = vm_hwm_kb().unwrap_or(0);
-    let fan_out = put_once(&servers, &source, hash, size, PutMode::FanOut).await?;
+    let fan_out = put_once(&servers, replicas, &source, hash, size, PutMode::FanOut).await?;
     let after_fan_out = vm_hwm_kb().unwrap_or(0);
     let mut check = File::open(&source).map_err(|e| e.to_string())?;
     let mut first = [0u8; 1];

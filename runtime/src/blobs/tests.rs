@@ -384,3 +384,46 @@ async fn garbage_and_bad_requests_get_clear_errors() {
     assert_eq!(cluster[0].store.size_of(&hash), Some(1000));
     settle(&cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_data_dir_serves_blobs_and_one_without_refuses() {
+    use crate::node::{BLOBS_DIR, NodeOptions, bind};
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let dir = TempDir::new("node-wiring");
+    let with = bind(NodeOptions::new(
+        loopback,
+        vec![],
+        Some(dir.path().to_owned()),
+    ))
+    .await
+    .expect("bind");
+    let with_addr = with.id().addr;
+    let store = with.blob_store().expect("a data dir opens a store");
+    assert_eq!(store.dir(), dir.path().join(BLOBS_DIR));
+    let without = bind(NodeOptions::new(loopback, vec![], None))
+        .await
+        .expect("bind");
+    let without_addr = without.id().addr;
+    assert!(without.blob_store().is_none());
+    let running = [tokio::spawn(with.run()), tokio::spawn(without.run())];
+    let data = bytes(CHUNK_BYTES + 3, 10);
+    let hash = put(&[with_addr], &data, PutMode::Chain)
+        .await
+        .expect("put to the node");
+    assert!(store.contains(&hash));
+    match put(&[without_addr], &data, PutMode::Chain).await {
+        Err(PutError::Replica { replica, reason }) => {
+            assert_eq!(replica, without_addr);
+            assert!(reason.contains("no blobs"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let dest = dir.path().join("out");
+    get_blob(&[without_addr, with_addr], hash, &dest)
+        .await
+        .expect("get falls back to the node with blobs");
+    assert_eq!(std::fs::read(&dest).expect("dest"), data);
+    for task in running {
+        task.abort();
+    }
+}
