@@ -287,15 +287,60 @@ fn mb_per_s(size: u64, time: Duration) -> f64 {
     size as f64 / MB as f64 / time.as_secs_f64().max(1e-9)
 }
 
+/// This process's CPU time (user + system, all threads) so far, from `/proc/self/stat` (in
+/// 10 ms ticks: `CLK_TCK` is 100 on Linux); zero where unavailable.
+fn cpu_time() -> Duration {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces) start at `state`, field 3;
+    // utime and stime are fields 14 and 15.
+    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Wall time and CPU time of one measured operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Runs `op` (which returns its own wall time) and adds the CPU time it took.
+async fn measure(op: impl Future<Output = Result<Duration, String>>) -> Result<Cost, String> {
+    let before = cpu_time();
+    let wall = op.await?;
+    Ok(Cost {
+        wall,
+        cpu: cpu_time().saturating_sub(before),
+    })
+}
+
+fn median_cost(costs: Vec<Cost>) -> Cost {
+    Cost {
+        wall: median(costs.iter().map(|c| c.wall).collect()),
+        cpu: median(costs.iter().map(|c| c.cpu).collect()),
+    }
+}
+
 struct Row {
     size_mb: u64,
     hash: Duration,
-    raw_disk: Duration,
-    raw_memory: Duration,
-    single: Duration,
-    chain: Duration,
-    fan_out: Duration,
-    get: Duration,
+    raw_disk: Cost,
+    raw_memory: Cost,
+    single: Cost,
+    chain: Cost,
+    fan_out: Cost,
+    get: Cost,
 }
 
 async fn bench(args: &Args, root: &Path) -> Result<(), String> {
@@ -321,18 +366,24 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
         let copy = root.join("raw-copy");
         let dest = root.join("got");
         for _ in 0..args.reps {
-            raw_disk.push(raw_copy(&source, &copy, Sink::Disk).await?);
+            raw_disk.push(measure(raw_copy(&source, &copy, Sink::Disk)).await?);
             let _ = fs::remove_file(&copy);
-            raw_memory.push(raw_copy(&source, &copy, Sink::Memory).await?);
+            raw_memory.push(measure(raw_copy(&source, &copy, Sink::Memory)).await?);
             let all = args.replicas;
-            single.push(put_once(&servers, 1, &source, hash, size, PutMode::Chain).await?);
-            fan_out.push(put_once(&servers, all, &source, hash, size, PutMode::FanOut).await?);
-            chain.push(put_once(&servers, all, &source, hash, size, PutMode::Chain).await?);
-            let started = Instant::now();
-            get_blob(&servers.addrs, hash, &dest)
-                .await
-                .map_err(|e| e.to_string())?;
-            get.push(started.elapsed());
+            let s = &servers;
+            single.push(measure(put_once(s, 1, &source, hash, size, PutMode::Chain)).await?);
+            fan_out.push(measure(put_once(s, all, &source, hash, size, PutMode::FanOut)).await?);
+            chain.push(measure(put_once(s, all, &source, hash, size, PutMode::Chain)).await?);
+            get.push(
+                measure(async {
+                    let started = Instant::now();
+                    get_blob(&servers.addrs, hash, &dest)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(started.elapsed())
+                })
+                .await?,
+            );
             let _ = fs::remove_file(&dest);
         }
         for store in &servers.stores {
@@ -342,12 +393,12 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
         rows.push(Row {
             size_mb,
             hash: hash_time,
-            raw_disk: median(raw_disk),
-            raw_memory: median(raw_memory),
-            single: median(single),
-            chain: median(chain),
-            fan_out: median(fan_out),
-            get: median(get),
+            raw_disk: median_cost(raw_disk),
+            raw_memory: median_cost(raw_memory),
+            single: median_cost(single),
+            chain: median_cost(chain),
+            fan_out: median_cost(fan_out),
+            get: median_cost(get),
         });
     }
     drop(servers);
@@ -381,26 +432,52 @@ fn report(args: &Args, root: &Path, rows: &[Row], rss: Option<&str>) -> String {
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for row in rows {
         let size = row.size_mb * MB;
-        let raw = mb_per_s(size, row.raw_disk);
-        let cell = |time: Duration| {
-            let rate = mb_per_s(size, time);
+        let raw = mb_per_s(size, row.raw_disk.wall);
+        let cell = |cost: Cost| {
+            let rate = mb_per_s(size, cost.wall);
             format!(
                 "{rate:.0} MB/s ({:.0}%, {:.2}s)",
                 100.0 * rate / raw,
-                time.as_secs_f64()
+                cost.wall.as_secs_f64()
             )
         };
         let _ = writeln!(
             out,
             "| {} MB | {raw:.0} MB/s ({:.2}s) | {} | {} | {} | {} | {} | {:.0} MB/s |",
             row.size_mb,
-            row.raw_disk.as_secs_f64(),
+            row.raw_disk.wall.as_secs_f64(),
             cell(row.raw_memory),
             cell(row.single),
             cell(row.chain),
             cell(row.fan_out),
             cell(row.get),
             mb_per_s(size, row.hash),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU time of the whole process (every replica, the client and the raw receiver \
+         run in it; user + system, 10 ms ticks), seconds per GB moved, median:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| size | raw copy to disk | raw copy to memory | put x1 | put chain x{r} | put fan-out x{r} | get |",
+        r = args.replicas
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for row in rows {
+        let gb = (row.size_mb * MB) as f64 / 1e9;
+        let per_gb = |cost: Cost| format!("{:.2}", cost.cpu.as_secs_f64() / gb);
+        let _ = writeln!(
+            out,
+            "| {} MB | {} | {} | {} | {} | {} | {} |",
+            row.size_mb,
+            per_gb(row.raw_disk),
+            per_gb(row.raw_memory),
+            per_gb(row.single),
+            per_gb(row.chain),
+            per_gb(row.fan_out),
+            per_gb(row.get),
         );
     }
     if let Some(rss) = rss {
