@@ -372,18 +372,19 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
             let all = args.replicas;
             let s = &servers;
             single.push(measure(put_once(s, 1, &source, hash, size, PutMode::Chain)).await?);
-            fan_out.push(measure(put_once(s, all, &source, hash, size, PutMode::FanOut)).await?);
-            chain.push(measure(put_once(s, all, &source, hash, size, PutMode::Chain)).await?);
+            // Get right after the single-replica put: from the replica that has it.
             get.push(
                 measure(async {
                     let started = Instant::now();
-                    get_blob(&servers.addrs, hash, &dest)
+                    get_blob(&servers.addrs[..1], hash, &dest)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(started.elapsed())
                 })
                 .await?,
             );
+            fan_out.push(measure(put_once(s, all, &source, hash, size, PutMode::FanOut)).await?);
+            chain.push(measure(put_once(s, all, &source, hash, size, PutMode::Chain)).await?);
             let _ = fs::remove_file(&dest);
         }
         for store in &servers.stores {
