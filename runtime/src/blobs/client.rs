@@ -326,7 +326,7 @@ pub async fn get_blob(
     hash: BlobHash,
     dest: &Path,
 ) -> Result<GetReport, GetError> {
-    let partial = dest.with_extension("partial");
+    let partial = partial_path(dest);
     let mut bad = Vec::new();
     for &replica in replicas {
         match get_from(replica, hash, &partial).await {
@@ -355,6 +355,17 @@ pub async fn get_blob(
     }
     let _ = tokio::fs::remove_file(&partial).await;
     Err(GetError::NoGoodReplica { bad })
+}
+
+/// `dest` with `.partial` appended to its file name (never replacing its extension, so
+/// `a.txt` and `a.partial` stay distinct).
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    dest.with_file_name(name)
 }
 
 enum Attempt {

@@ -362,7 +362,7 @@ impl BlobStore {
     /// only once every byte hashed right, so a caller never sees unverified bytes there.
     pub fn copy_verified_to(&self, hash: BlobHash, dest: &Path) -> Result<u64, StoreError> {
         let mut reader = self.reader(hash, 0)?;
-        let partial = dest.with_extension("partial");
+        let partial = super::client::partial_path(dest);
         let result = (|| {
             let mut out =
                 File::create(&partial).map_err(|e| StoreError::io("create", &partial, e))?;

@@ -313,7 +313,9 @@ where
 }
 
 /// Connects to the next hop and sets up its part of the chain; on failure, the answer to pass
-/// upstream (naming the replica that failed).
+/// upstream (naming the replica that failed). The whole setup is bounded by
+/// [`READY_TIMEOUT_PER_HOP`] per hop from `next` down, so a hop always gives up on its own
+/// downstream before its upstream gives up on it, and the failure names the right replica.
 pub(crate) async fn open_hop(
     next: SocketAddr,
     hash: BlobHash,
@@ -324,25 +326,31 @@ pub(crate) async fn open_hop(
         replica: next,
         reason,
     };
-    let mut stream = timed(IO_TIMEOUT, TcpStream::connect(next))
-        .await
-        .map_err(|e| failed(format!("cannot connect: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let request = ControlRequest::BlobPut {
-        hash: hash.0,
-        size,
-        chain: rest.to_vec(),
+    let budget = READY_TIMEOUT_PER_HOP * u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
+    let setup = async {
+        let mut stream = TcpStream::connect(next)
+            .await
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let request = ControlRequest::BlobPut {
+            hash: hash.0,
+            size,
+            chain: rest.to_vec(),
+        };
+        write_frame(&mut stream, &request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match read_answer(&mut stream, budget).await {
+            Ok(ControlResponse::BlobReady) => Ok(stream),
+            Ok(refusal @ ControlResponse::BlobFailed { .. }) => Err(refusal),
+            Ok(ControlResponse::Error(message)) => Err(failed(message)),
+            Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
+            Err(reason) => Err(failed(reason)),
+        }
     };
-    timed(IO_TIMEOUT, write_frame(&mut stream, &request))
-        .await
-        .map_err(failed)?;
-    let ready_timeout = READY_TIMEOUT_PER_HOP * u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
-    match read_answer(&mut stream, ready_timeout).await {
-        Ok(ControlResponse::BlobReady) => Ok(stream),
-        Ok(refusal @ ControlResponse::BlobFailed { .. }) => Err(refusal),
-        Ok(ControlResponse::Error(message)) => Err(failed(message)),
-        Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
-        Err(reason) => Err(failed(reason)),
+    match tokio::time::timeout(budget, setup).await {
+        Ok(result) => result,
+        Err(_) => Err(failed(format!("not ready within {}ms", budget.as_millis()))),
     }
 }
 
