@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::pool::{ChunkPool, Recycler};
 use super::transfer::{self, Chunk, IO_TIMEOUT, QUEUE_CHUNKS, ack_timeout, read_answer};
 use super::{BlobHash, CHUNK_BYTES};
 use crate::control::write_frame;
@@ -174,14 +175,14 @@ where
     }
     let mut senders = Vec::with_capacity(streams.len());
     let mut tasks = JoinSet::new();
+    let pool = ChunkPool::new();
     for (index, (target, hops_below, stream)) in streams.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
         senders.push(Some(tx));
+        let recycler = pool.recycler();
         tasks.spawn(async move {
-            (
-                index,
-                send_and_wait(stream, target, size, hops_below, rx).await,
-            )
+            let sent = send_and_wait(stream, target, size, hops_below, rx, recycler);
+            (index, sent.await)
         });
     }
     let mut left = size;
@@ -189,7 +190,7 @@ where
         let len = usize::try_from(left)
             .unwrap_or(CHUNK_BYTES)
             .min(CHUNK_BYTES);
-        let mut chunk = vec![0u8; len];
+        let mut chunk = pool.take(len);
         if let Err(e) = source.read_exact(&mut chunk).await {
             return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 PutError::SourceChanged { expected: size }
@@ -277,6 +278,7 @@ async fn send_and_wait(
     size: u64,
     hops_below: usize,
     mut chunks: mpsc::Receiver<Chunk>,
+    recycler: Recycler,
 ) -> Result<(), PutError> {
     let failed = |reason: String| PutError::Replica {
         replica: target,
@@ -285,7 +287,10 @@ async fn send_and_wait(
     let mut sent = 0u64;
     while let Some(chunk) = chunks.recv().await {
         match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&chunk)).await {
-            Ok(Ok(())) => sent += chunk.len() as u64,
+            Ok(Ok(())) => {
+                sent += chunk.len() as u64;
+                recycler.give_shared(chunk);
+            }
             // The replica may have answered why before it stopped reading.
             Ok(Err(e)) => {
                 let fallback = failed(format!("send: {e}"));
@@ -404,14 +409,16 @@ async fn get_from(replica: SocketAddr, hash: BlobHash, partial: &Path) -> Result
     };
     let file = std::fs::File::create(partial).map_err(Attempt::Destination)?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
-    let disk = tokio::task::spawn_blocking(move || hash_and_write(file, rx));
+    let pool = ChunkPool::new();
+    let recycler = pool.recycler();
+    let disk = tokio::task::spawn_blocking(move || hash_and_write(file, rx, recycler));
     let mut left = size;
     let mut received: Result<(), String> = Ok(());
     while left > 0 {
         let len = usize::try_from(left)
             .unwrap_or(CHUNK_BYTES)
             .min(CHUNK_BYTES);
-        let mut chunk = vec![0u8; len];
+        let mut chunk = pool.take(len);
         match tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut chunk)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -453,6 +460,7 @@ async fn get_from(replica: SocketAddr, hash: BlobHash, partial: &Path) -> Result
 fn hash_and_write(
     mut file: std::fs::File,
     mut chunks: mpsc::Receiver<Vec<u8>>,
+    recycler: Recycler,
 ) -> Result<(BlobHash, u64), std::io::Error> {
     use std::io::Write;
     let mut hasher = blake3::Hasher::new();
@@ -461,6 +469,7 @@ fn hash_and_write(
         hasher.update(&chunk);
         file.write_all(&chunk)?;
         bytes += chunk.len() as u64;
+        recycler.give(chunk);
     }
     file.sync_all()?;
     Ok((BlobHash::from(hasher.finalize()), bytes))

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
+use super::pool::{ChunkPool, Recycler};
 use super::store::{BlobStore, StoreError};
 use super::{BlobHash, CHUNK_BYTES};
 use crate::control::{FrameError, read_frame, write_frame};
@@ -188,18 +189,22 @@ impl BlobService {
         };
         send(upstream, &ControlResponse::BlobReady).await?;
 
+        let pool = ChunkPool::new();
         let (disk_tx, disk_rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
-        let disk = tokio::task::spawn_blocking(move || write_chunks(writer, disk_rx));
+        let recycler = pool.recycler();
+        let disk = tokio::task::spawn_blocking(move || write_chunks(writer, disk_rx, recycler));
         let (forward, hop) = match downstream {
             None => (None, None),
             Some((next, stream)) => {
                 let (tx, rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
                 let hops_below = chain.len() - 1;
-                let task = tokio::spawn(forward_chunks(stream, next, size, hops_below, rx));
+                let recycler = pool.recycler();
+                let task =
+                    tokio::spawn(forward_chunks(stream, next, size, hops_below, rx, recycler));
                 (Some(tx), Some(task))
             }
         };
-        let pumped = pump(upstream, size, Some(disk_tx), forward).await;
+        let pumped = pump(upstream, size, &pool, Some(disk_tx), forward).await;
         let local = disk.await.map_err(|e| e.to_string()).and_then(|r| r);
         let below = match hop {
             None => Ok(Vec::new()),
@@ -243,11 +248,14 @@ impl BlobService {
         let size = reader.size();
         send(stream, &ControlResponse::BlobData { size }).await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
-        let read = tokio::task::spawn_blocking(move || read_chunks(reader, tx));
+        let pool = ChunkPool::new();
+        let recycler = pool.recycler();
+        let read = tokio::task::spawn_blocking(move || read_chunks(reader, tx, &pool));
         let mut sent = offset;
         while let Some(chunk) = rx.recv().await {
             timed(IO_TIMEOUT, stream.write_all(&chunk)).await?;
             sent += chunk.len() as u64;
+            recycler.give(chunk);
         }
         let finished = read.await.map_err(|e| e.to_string())?;
         if let Err(e) = finished {
@@ -359,6 +367,7 @@ pub(crate) async fn open_hop(
 pub(crate) async fn pump<R>(
     upstream: &mut R,
     size: u64,
+    pool: &ChunkPool,
     mut disk: Option<mpsc::Sender<Chunk>>,
     mut forward: Option<mpsc::Sender<Chunk>>,
 ) -> Result<(), Failure>
@@ -370,7 +379,7 @@ where
         let len = usize::try_from(left)
             .unwrap_or(CHUNK_BYTES)
             .min(CHUNK_BYTES);
-        let mut chunk = vec![0u8; len];
+        let mut chunk = pool.take(len);
         timed(IO_TIMEOUT, upstream.read_exact(&mut chunk)).await?;
         left -= len as u64;
         let chunk = Arc::new(chunk);
@@ -394,9 +403,11 @@ where
 fn write_chunks(
     mut writer: super::store::BlobWriter,
     mut chunks: mpsc::Receiver<Chunk>,
+    recycler: Recycler,
 ) -> Result<(), String> {
     while let Some(chunk) = chunks.blocking_recv() {
         writer.write(&chunk).map_err(|e| e.to_string())?;
+        recycler.give_shared(chunk);
     }
     writer.finish().map(|_| ()).map_err(|e| e.to_string())
 }
@@ -409,6 +420,7 @@ async fn forward_chunks(
     size: u64,
     hops_below: usize,
     mut chunks: mpsc::Receiver<Chunk>,
+    recycler: Recycler,
 ) -> Result<Vec<SocketAddr>, (SocketAddr, String)> {
     let mut sent = 0u64;
     while let Some(chunk) = chunks.recv().await {
@@ -416,6 +428,7 @@ async fn forward_chunks(
             .await
             .map_err(|e| (next, format!("sending failed: {e}")))?;
         sent += chunk.len() as u64;
+        recycler.give_shared(chunk);
     }
     if sent != size {
         // The upstream broke off: dropping the connection short of `size` makes every hop
@@ -440,9 +453,10 @@ async fn forward_chunks(
 fn read_chunks(
     mut reader: super::store::BlobReader,
     chunks: mpsc::Sender<Vec<u8>>,
+    pool: &ChunkPool,
 ) -> Result<(), StoreError> {
     loop {
-        let mut chunk = vec![0u8; CHUNK_BYTES];
+        let mut chunk = pool.take(CHUNK_BYTES);
         let read = reader.read(&mut chunk)?;
         if read == 0 {
             return Ok(());
