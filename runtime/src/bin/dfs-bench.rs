@@ -5,8 +5,9 @@
 //! service; each store in its own directory under `--dir`, so every replica writes to the same
 //! disk and fsyncs), writes a source file of each size, and measures in the same run, `--reps`
 //! times each (the median is reported):
-//! - raw copy (the baseline): one TCP stream, the sender reads the source file in 512 KiB
-//!   chunks, the receiver writes them to a file in the same directory and fsyncs it;
+//! - raw copy (the baseline): one TCP stream between two blocking threads with one reused
+//!   512 KiB buffer each; the sender reads the source file, the receiver writes a file in the
+//!   same directory and fsyncs it;
 //! - raw copy to memory: the same, the receiver discards the bytes;
 //! - put with 1 replica (the protocol's own cost over the raw copy), and with R replicas, chain
 //!   (pipelined) and fan-out (the client sends to each replica); the hash is known beforehand
@@ -39,8 +40,7 @@ use idunno_runtime::blobs::{
     put_blob_from,
 };
 use idunno_runtime::control;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// Blob put/get throughput vs a raw TCP copy, and peak memory of a large put.
@@ -177,83 +177,65 @@ enum Sink {
     Memory,
 }
 
-/// One single-stream TCP copy of `source` on loopback; returns the time from the first byte
-/// sent to the receiver's confirmation (after its fsync, for `Sink::Disk`).
+/// One single-stream TCP copy of `source` on loopback, the plainest there is: two blocking
+/// threads, each with one reused 512 KiB buffer (sender: read the file, write the socket;
+/// receiver: read the socket, write the file, fsync). Returns the time from connecting to the
+/// receiver's confirmation (sent after its fsync, for `Sink::Disk`).
 async fn raw_copy(source: &Path, dest: &Path, sink: Sink) -> Result<Duration, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let source = source.to_owned();
+    let dest = dest.to_owned();
+    tokio::task::spawn_blocking(move || raw_copy_blocking(&source, &dest, sink))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+}
+
+fn raw_copy_blocking(source: &Path, dest: &Path, sink: Sink) -> Result<Duration, String> {
+    use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+    let listener = StdListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let dest = dest.to_owned();
-    let receiver = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-        let disk = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut file = match sink {
-                Sink::Disk => Some(File::create(&dest).map_err(|e| e.to_string())?),
-                Sink::Memory => None,
-            };
-            while let Some(chunk) = rx.blocking_recv() {
-                if let Some(file) = &mut file {
-                    file.write_all(&chunk).map_err(|e| e.to_string())?;
-                }
-            }
-            if let Some(file) = file {
-                file.sync_all().map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
+    let receiver = std::thread::spawn(move || -> Result<(), String> {
+        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut file = match sink {
+            Sink::Disk => Some(File::create(&dest).map_err(|e| e.to_string())?),
+            Sink::Memory => None,
+        };
+        let mut buf = vec![0u8; CHUNK_BYTES];
         loop {
-            let mut chunk = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < chunk.len() {
-                let read = stream
-                    .read(&mut chunk[filled..])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if read == 0 {
-                    break;
-                }
-                filled += read;
-            }
-            if filled == 0 {
+            let read = stream.read(&mut buf).map_err(|e| e.to_string())?;
+            if read == 0 {
                 break;
             }
-            chunk.truncate(filled);
-            if tx.send(chunk).await.is_err() {
-                break;
+            if let Some(file) = &mut file {
+                file.write_all(&buf[..read]).map_err(|e| e.to_string())?;
             }
         }
-        drop(tx);
-        disk.await.map_err(|e| e.to_string())??;
-        stream.write_all(b"k").await.map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
+        if let Some(file) = file {
+            file.sync_all().map_err(|e| e.to_string())?;
+        }
+        stream.write_all(b"k").map_err(|e| e.to_string())
     });
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut stream = StdStream::connect(addr).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut file = tokio::fs::File::open(source)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut chunk = vec![0u8; CHUNK_BYTES];
+    let mut file = File::open(source).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
-        let read = file.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let read = file.read(&mut buf).map_err(|e| e.to_string())?;
         if read == 0 {
             break;
         }
-        stream
-            .write_all(&chunk[..read])
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(&buf[..read]).map_err(|e| e.to_string())?;
     }
-    stream.shutdown().await.map_err(|e| e.to_string())?;
-    let mut ack = [0u8; 1];
     stream
-        .read_exact(&mut ack)
-        .await
+        .shutdown(std::net::Shutdown::Write)
         .map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 1];
+    stream.read_exact(&mut ack).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
-    receiver.await.map_err(|e| e.to_string())??;
+    receiver
+        .join()
+        .map_err(|_| "raw receiver panicked".to_owned())??;
     Ok(elapsed)
 }
 
