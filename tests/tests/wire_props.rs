@@ -169,6 +169,21 @@ fn any_request() -> impl Strategy<Value = ControlRequest> {
         Just(ControlRequest::ListMembers),
         Just(ControlRequest::ListSelf),
         Just(ControlRequest::Leave),
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            prop::collection::vec(any::<u16>(), 0..5)
+        )
+            .prop_map(|(hash, size, ports)| ControlRequest::BlobPut {
+                hash,
+                size,
+                chain: ports
+                    .into_iter()
+                    .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+                    .collect(),
+            }),
+        (any::<[u8; 32]>(), any::<u64>())
+            .prop_map(|(hash, offset)| ControlRequest::BlobGet { hash, offset }),
     ]
 }
 

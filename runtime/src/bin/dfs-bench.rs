@@ -5,11 +5,13 @@
 //! service; each store in its own directory under `--dir`, so every replica writes to the same
 //! disk and fsyncs), writes a source file of each size, and measures in the same run, `--reps`
 //! times each (the median is reported):
-//! - raw copy (the baseline): one TCP stream, the sender reads the source file in 512 KiB
-//!   chunks, the receiver writes them to a file in the same directory and fsyncs it;
+//! - raw copy (the baseline): one TCP stream between two blocking threads with one reused
+//!   512 KiB buffer each; the sender reads the source file, the receiver writes a file in the
+//!   same directory and fsyncs it;
 //! - raw copy to memory: the same, the receiver discards the bytes;
-//! - put with R replicas, chain (pipelined) and fan-out (the client sends to each replica), the
-//!   hash known beforehand (hashing the file is timed separately);
+//! - put with 1 replica (the protocol's own cost over the raw copy), and with R replicas, chain
+//!   (pipelined) and fan-out (the client sends to each replica); the hash is known beforehand
+//!   (hashing the file is timed separately);
 //! - get from one replica into a file (fsynced, hash-checked).
 //!
 //! Then, in a child process (the same executable with `--rss-child`), it starts the R servers
@@ -38,8 +40,7 @@ use idunno_runtime::blobs::{
     put_blob_from,
 };
 use idunno_runtime::control;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// Blob put/get throughput vs a raw TCP copy, and peak memory of a large put.
@@ -176,88 +177,71 @@ enum Sink {
     Memory,
 }
 
-/// One single-stream TCP copy of `source` on loopback; returns the time from the first byte
-/// sent to the receiver's confirmation (after its fsync, for `Sink::Disk`).
+/// One single-stream TCP copy of `source` on loopback, the plainest there is: two blocking
+/// threads, each with one reused 512 KiB buffer (sender: read the file, write the socket;
+/// receiver: read the socket, write the file, fsync). Returns the time from connecting to the
+/// receiver's confirmation (sent after its fsync, for `Sink::Disk`).
 async fn raw_copy(source: &Path, dest: &Path, sink: Sink) -> Result<Duration, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let source = source.to_owned();
+    let dest = dest.to_owned();
+    tokio::task::spawn_blocking(move || raw_copy_blocking(&source, &dest, sink))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+}
+
+fn raw_copy_blocking(source: &Path, dest: &Path, sink: Sink) -> Result<Duration, String> {
+    use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+    let listener = StdListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let dest = dest.to_owned();
-    let receiver = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-        let disk = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut file = match sink {
-                Sink::Disk => Some(File::create(&dest).map_err(|e| e.to_string())?),
-                Sink::Memory => None,
-            };
-            while let Some(chunk) = rx.blocking_recv() {
-                if let Some(file) = &mut file {
-                    file.write_all(&chunk).map_err(|e| e.to_string())?;
-                }
-            }
-            if let Some(file) = file {
-                file.sync_all().map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
+    let receiver = std::thread::spawn(move || -> Result<(), String> {
+        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut file = match sink {
+            Sink::Disk => Some(File::create(&dest).map_err(|e| e.to_string())?),
+            Sink::Memory => None,
+        };
+        let mut buf = vec![0u8; CHUNK_BYTES];
         loop {
-            let mut chunk = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < chunk.len() {
-                let read = stream
-                    .read(&mut chunk[filled..])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if read == 0 {
-                    break;
-                }
-                filled += read;
-            }
-            if filled == 0 {
+            let read = stream.read(&mut buf).map_err(|e| e.to_string())?;
+            if read == 0 {
                 break;
             }
-            chunk.truncate(filled);
-            if tx.send(chunk).await.is_err() {
-                break;
+            if let Some(file) = &mut file {
+                file.write_all(&buf[..read]).map_err(|e| e.to_string())?;
             }
         }
-        drop(tx);
-        disk.await.map_err(|e| e.to_string())??;
-        stream.write_all(b"k").await.map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
+        if let Some(file) = file {
+            file.sync_all().map_err(|e| e.to_string())?;
+        }
+        stream.write_all(b"k").map_err(|e| e.to_string())
     });
     let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut stream = StdStream::connect(addr).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut file = tokio::fs::File::open(source)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut chunk = vec![0u8; CHUNK_BYTES];
+    let mut file = File::open(source).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
-        let read = file.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let read = file.read(&mut buf).map_err(|e| e.to_string())?;
         if read == 0 {
             break;
         }
-        stream
-            .write_all(&chunk[..read])
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(&buf[..read]).map_err(|e| e.to_string())?;
     }
-    stream.shutdown().await.map_err(|e| e.to_string())?;
-    let mut ack = [0u8; 1];
     stream
-        .read_exact(&mut ack)
-        .await
+        .shutdown(std::net::Shutdown::Write)
         .map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 1];
+    stream.read_exact(&mut ack).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
-    receiver.await.map_err(|e| e.to_string())??;
+    receiver
+        .join()
+        .map_err(|_| "raw receiver panicked".to_owned())??;
     Ok(elapsed)
 }
 
 async fn put_once(
     servers: &Servers,
+    replicas: usize,
     source: &Path,
     hash: BlobHash,
     size: u64,
@@ -270,7 +254,7 @@ async fn put_once(
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    put_blob_from(&servers.addrs, hash, size, file, mode)
+    put_blob_from(&servers.addrs[..replicas], hash, size, file, mode)
         .await
         .map_err(|e| e.to_string())?;
     Ok(started.elapsed())
@@ -285,14 +269,60 @@ fn mb_per_s(size: u64, time: Duration) -> f64 {
     size as f64 / MB as f64 / time.as_secs_f64().max(1e-9)
 }
 
+/// This process's CPU time (user + system, all threads) so far, from `/proc/self/stat` (in
+/// 10 ms ticks: `CLK_TCK` is 100 on Linux); zero where unavailable.
+fn cpu_time() -> Duration {
+    let Ok(stat) = fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces) start at `state`, field 3;
+    // utime and stime are fields 14 and 15.
+    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Wall time and CPU time of one measured operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// Runs `op` (which returns its own wall time) and adds the CPU time it took.
+async fn measure(op: impl Future<Output = Result<Duration, String>>) -> Result<Cost, String> {
+    let before = cpu_time();
+    let wall = op.await?;
+    Ok(Cost {
+        wall,
+        cpu: cpu_time().saturating_sub(before),
+    })
+}
+
+fn median_cost(costs: Vec<Cost>) -> Cost {
+    Cost {
+        wall: median(costs.iter().map(|c| c.wall).collect()),
+        cpu: median(costs.iter().map(|c| c.cpu).collect()),
+    }
+}
+
 struct Row {
     size_mb: u64,
     hash: Duration,
-    raw_disk: Duration,
-    raw_memory: Duration,
-    chain: Duration,
-    fan_out: Duration,
-    get: Duration,
+    raw_disk: Cost,
+    raw_memory: Cost,
+    single: Cost,
+    chain: Cost,
+    fan_out: Cost,
+    get: Cost,
 }
 
 async fn bench(args: &Args, root: &Path) -> Result<(), String> {
@@ -311,22 +341,32 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
         debug_assert_eq!(hashed_size, size);
         let mut raw_disk = Vec::new();
         let mut raw_memory = Vec::new();
+        let mut single = Vec::new();
         let mut chain = Vec::new();
         let mut fan_out = Vec::new();
         let mut get = Vec::new();
         let copy = root.join("raw-copy");
         let dest = root.join("got");
         for _ in 0..args.reps {
-            raw_disk.push(raw_copy(&source, &copy, Sink::Disk).await?);
+            raw_disk.push(measure(raw_copy(&source, &copy, Sink::Disk)).await?);
             let _ = fs::remove_file(&copy);
-            raw_memory.push(raw_copy(&source, &copy, Sink::Memory).await?);
-            fan_out.push(put_once(&servers, &source, hash, size, PutMode::FanOut).await?);
-            chain.push(put_once(&servers, &source, hash, size, PutMode::Chain).await?);
-            let started = Instant::now();
-            get_blob(&servers.addrs, hash, &dest)
-                .await
-                .map_err(|e| e.to_string())?;
-            get.push(started.elapsed());
+            raw_memory.push(measure(raw_copy(&source, &copy, Sink::Memory)).await?);
+            let all = args.replicas;
+            let s = &servers;
+            single.push(measure(put_once(s, 1, &source, hash, size, PutMode::Chain)).await?);
+            // Get right after the single-replica put: from the replica that has it.
+            get.push(
+                measure(async {
+                    let started = Instant::now();
+                    get_blob(&servers.addrs[..1], hash, &dest)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(started.elapsed())
+                })
+                .await?,
+            );
+            fan_out.push(measure(put_once(s, all, &source, hash, size, PutMode::FanOut)).await?);
+            chain.push(measure(put_once(s, all, &source, hash, size, PutMode::Chain)).await?);
             let _ = fs::remove_file(&dest);
         }
         for store in &servers.stores {
@@ -336,11 +376,12 @@ async fn bench(args: &Args, root: &Path) -> Result<(), String> {
         rows.push(Row {
             size_mb,
             hash: hash_time,
-            raw_disk: median(raw_disk),
-            raw_memory: median(raw_memory),
-            chain: median(chain),
-            fan_out: median(fan_out),
-            get: median(get),
+            raw_disk: median_cost(raw_disk),
+            raw_memory: median_cost(raw_memory),
+            single: median_cost(single),
+            chain: median_cost(chain),
+            fan_out: median_cost(fan_out),
+            get: median_cost(get),
         });
     }
     drop(servers);
@@ -368,31 +409,58 @@ fn report(args: &Args, root: &Path, rows: &[Row], rss: Option<&str>) -> String {
     );
     let _ = writeln!(
         out,
-        "| size | raw TCP copy to disk (baseline) | raw TCP copy to memory | put chain x{r} | put fan-out x{r} | get | hash the file |",
+        "| size | raw TCP copy to disk (baseline) | raw TCP copy to memory | put x1 | put chain x{r} | put fan-out x{r} | get | hash the file |",
         r = args.replicas
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for row in rows {
         let size = row.size_mb * MB;
-        let raw = mb_per_s(size, row.raw_disk);
-        let cell = |time: Duration| {
-            let rate = mb_per_s(size, time);
+        let raw = mb_per_s(size, row.raw_disk.wall);
+        let cell = |cost: Cost| {
+            let rate = mb_per_s(size, cost.wall);
             format!(
                 "{rate:.0} MB/s ({:.0}%, {:.2}s)",
                 100.0 * rate / raw,
-                time.as_secs_f64()
+                cost.wall.as_secs_f64()
             )
         };
         let _ = writeln!(
             out,
-            "| {} MB | {raw:.0} MB/s ({:.2}s) | {} | {} | {} | {} | {:.0} MB/s |",
+            "| {} MB | {raw:.0} MB/s ({:.2}s) | {} | {} | {} | {} | {} | {:.0} MB/s |",
             row.size_mb,
-            row.raw_disk.as_secs_f64(),
+            row.raw_disk.wall.as_secs_f64(),
             cell(row.raw_memory),
+            cell(row.single),
             cell(row.chain),
             cell(row.fan_out),
             cell(row.get),
             mb_per_s(size, row.hash),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU time of the whole process (every replica, the client and the raw receiver \
+         run in it; user + system, 10 ms ticks), seconds per GB moved, median:\n"
+    );
+    let _ = writeln!(
+        out,
+        "| size | raw copy to disk | raw copy to memory | put x1 | put chain x{r} | put fan-out x{r} | get |",
+        r = args.replicas
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for row in rows {
+        let gb = (row.size_mb * MB) as f64 / 1e9;
+        let per_gb = |cost: Cost| format!("{:.2}", cost.cpu.as_secs_f64() / gb);
+        let _ = writeln!(
+            out,
+            "| {} MB | {} | {} | {} | {} | {} | {} |",
+            row.size_mb,
+            per_gb(row.raw_disk),
+            per_gb(row.raw_memory),
+            per_gb(row.single),
+            per_gb(row.chain),
+            per_gb(row.fan_out),
+            per_gb(row.get),
         );
     }
     if let Some(rss) = rss {
@@ -463,9 +531,9 @@ async fn rss_child(root: &Path, size_mb: u64, replicas: usize) -> Result<(), Str
     write_source(&source, size, 99)?;
     let (hash, _) = hash_file(&source).await.map_err(|e| e.to_string())?;
     let before = vm_hwm_kb().unwrap_or(0);
-    let chain = put_once(&servers, &source, hash, size, PutMode::Chain).await?;
+    let chain = put_once(&servers, replicas, &source, hash, size, PutMode::Chain).await?;
     let after_chain = vm_hwm_kb().unwrap_or(0);
-    let fan_out = put_once(&servers, &source, hash, size, PutMode::FanOut).await?;
+    let fan_out = put_once(&servers, replicas, &source, hash, size, PutMode::FanOut).await?;
     let after_fan_out = vm_hwm_kb().unwrap_or(0);
     let mut check = File::open(&source).map_err(|e| e.to_string())?;
     let mut first = [0u8; 1];

@@ -11,6 +11,7 @@
 //! peer or the disk hands it.
 
 pub mod client;
+mod pool;
 pub mod scrubber;
 pub mod store;
 pub mod transfer;

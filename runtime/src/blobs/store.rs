@@ -32,7 +32,7 @@ pub struct StoreLimits {
     pub blob_bytes_max: u64,
     /// Most bytes the store may hold, blobs being written included; a put that would pass it is
     /// refused as [`StoreError::DiskFull`] before a byte is written. The file system's own
-    /// ENOSPC is reported the same way.
+    /// ENOSPC is [`StoreError::FileSystemFull`], with the partial blob removed.
     pub disk_bytes_max: u64,
 }
 
@@ -58,7 +58,7 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
-    /// The store's limit or the file system is full; nothing of the blob was kept.
+    /// The store's limit would be passed; refused before anything was written.
     #[error("disk full: {needed} more bytes needed, the store holds {used} of at most {max}")]
     DiskFull {
         /// Bytes the put needed.
@@ -67,6 +67,13 @@ pub enum StoreError {
         used: u64,
         /// The store's limit (`u64::MAX` when only the file system limits it).
         max: u64,
+    },
+    /// The file system ran out of space (ENOSPC) or quota while writing; the partial blob was
+    /// removed.
+    #[error("disk full: no space left on the file system writing {path}")]
+    FileSystemFull {
+        /// The file being written.
+        path: PathBuf,
     },
     /// The blob is larger than [`StoreLimits::blob_bytes_max`].
     #[error("blob of {size} bytes exceeds the {max}-byte limit")]
@@ -108,11 +115,12 @@ pub enum StoreError {
 
 impl StoreError {
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        if source.kind() == io::ErrorKind::StorageFull {
-            return StoreError::DiskFull {
-                needed: 0,
-                used: 0,
-                max: u64::MAX,
+        if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        ) {
+            return StoreError::FileSystemFull {
+                path: path.to_owned(),
             };
         }
         StoreError::Io {
@@ -362,7 +370,7 @@ impl BlobStore {
     /// only once every byte hashed right, so a caller never sees unverified bytes there.
     pub fn copy_verified_to(&self, hash: BlobHash, dest: &Path) -> Result<u64, StoreError> {
         let mut reader = self.reader(hash, 0)?;
-        let partial = dest.with_extension("partial");
+        let partial = super::client::partial_path(dest);
         let result = (|| {
             let mut out =
                 File::create(&partial).map_err(|e| StoreError::io("create", &partial, e))?;
@@ -935,6 +943,22 @@ mod tests {
         store.writer(BlobHash::of(b"b"), 4000).expect("released");
         assert!(tmp_is_empty(&store));
         assert_eq!(store.list().expect("list").len(), 1);
+    }
+
+    #[test]
+    fn enospc_is_reported_as_a_full_file_system() {
+        // /dev/full answers every write with ENOSPC.
+        let path = Path::new("/dev/full");
+        let Ok(mut full) = File::options().write(true).open(path) else {
+            return;
+        };
+        let error = full.write_all(&[0u8; 4096]).expect_err("ENOSPC");
+        let mapped = StoreError::io("write", path, error);
+        assert!(
+            matches!(mapped, StoreError::FileSystemFull { .. }),
+            "{mapped:?}"
+        );
+        assert!(mapped.to_string().starts_with("disk full"));
     }
 
     #[test]

@@ -280,7 +280,7 @@ async fn get_falls_back_past_corrupt_missing_and_dead_replicas() {
     let failed = get_blob(&[cluster[0].addr, cluster[1].addr], hash, &nowhere).await;
     assert!(matches!(failed, Err(GetError::NoGoodReplica { ref bad }) if bad.len() == 2));
     assert!(!nowhere.exists());
-    assert!(!nowhere.with_extension("partial").exists());
+    assert!(!client::partial_path(&nowhere).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,5 +382,78 @@ async fn garbage_and_bad_requests_get_clear_errors() {
         Some(ControlResponse::BlobStored { replicas: vec![me] })
     );
     assert_eq!(cluster[0].store.size_of(&hash), Some(1000));
+    settle(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_data_dir_serves_blobs_and_one_without_refuses() {
+    use crate::node::{BLOBS_DIR, NodeOptions, bind};
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let dir = TempDir::new("node-wiring");
+    let with = bind(NodeOptions::new(
+        loopback,
+        vec![],
+        Some(dir.path().to_owned()),
+    ))
+    .await
+    .expect("bind");
+    let with_addr = with.id().addr;
+    let store = with.blob_store().expect("a data dir opens a store");
+    assert_eq!(store.dir(), dir.path().join(BLOBS_DIR));
+    let without = bind(NodeOptions::new(loopback, vec![], None))
+        .await
+        .expect("bind");
+    let without_addr = without.id().addr;
+    assert!(without.blob_store().is_none());
+    let running = [tokio::spawn(with.run()), tokio::spawn(without.run())];
+    let data = bytes(CHUNK_BYTES + 3, 10);
+    let hash = put(&[with_addr], &data, PutMode::Chain)
+        .await
+        .expect("put to the node");
+    assert!(store.contains(&hash));
+    match put(&[without_addr], &data, PutMode::Chain).await {
+        Err(PutError::Replica { replica, reason }) => {
+            assert_eq!(replica, without_addr);
+            assert!(reason.contains("no blobs"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let dest = dir.path().join("out");
+    get_blob(&[without_addr, with_addr], hash, &dest)
+        .await
+        .expect("get falls back to the node with blobs");
+    assert_eq!(std::fs::read(&dest).expect("dest"), data);
+    for task in running {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_gets_ready_is_named_by_its_upstream() {
+    let cluster = nodes(2).await;
+    // Accepts connections and reads the request, but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stalled = listener.local_addr().expect("addr");
+    let fake = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let data = bytes(1000, 11);
+    let started = std::time::Instant::now();
+    match put(
+        &[cluster[0].addr, cluster[1].addr, stalled],
+        &data,
+        PutMode::Chain,
+    )
+    .await
+    {
+        Err(PutError::Replica { replica, .. }) => assert_eq!(replica, stalled),
+        other => panic!("expected the stalled replica named, got {other:?}"),
+    }
+    // The hop right above it gave up first (one hop's budget), not the client (three hops').
+    assert!(started.elapsed() < transfer::READY_TIMEOUT_PER_HOP * 2);
+    fake.abort();
     settle(&cluster).await;
 }

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
+use super::pool::{ChunkPool, Recycler};
 use super::store::{BlobStore, StoreError};
 use super::{BlobHash, CHUNK_BYTES};
 use crate::control::{FrameError, read_frame, write_frame};
@@ -188,18 +189,22 @@ impl BlobService {
         };
         send(upstream, &ControlResponse::BlobReady).await?;
 
+        let pool = ChunkPool::new();
         let (disk_tx, disk_rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
-        let disk = tokio::task::spawn_blocking(move || write_chunks(writer, disk_rx));
+        let recycler = pool.recycler();
+        let disk = tokio::task::spawn_blocking(move || write_chunks(writer, disk_rx, recycler));
         let (forward, hop) = match downstream {
             None => (None, None),
             Some((next, stream)) => {
                 let (tx, rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
                 let hops_below = chain.len() - 1;
-                let task = tokio::spawn(forward_chunks(stream, next, size, hops_below, rx));
+                let recycler = pool.recycler();
+                let task =
+                    tokio::spawn(forward_chunks(stream, next, size, hops_below, rx, recycler));
                 (Some(tx), Some(task))
             }
         };
-        let pumped = pump(upstream, size, Some(disk_tx), forward).await;
+        let pumped = pump(upstream, size, &pool, Some(disk_tx), forward).await;
         let local = disk.await.map_err(|e| e.to_string()).and_then(|r| r);
         let below = match hop {
             None => Ok(Vec::new()),
@@ -243,11 +248,14 @@ impl BlobService {
         let size = reader.size();
         send(stream, &ControlResponse::BlobData { size }).await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
-        let read = tokio::task::spawn_blocking(move || read_chunks(reader, tx));
+        let pool = ChunkPool::new();
+        let recycler = pool.recycler();
+        let read = tokio::task::spawn_blocking(move || read_chunks(reader, tx, &pool));
         let mut sent = offset;
         while let Some(chunk) = rx.recv().await {
             timed(IO_TIMEOUT, stream.write_all(&chunk)).await?;
             sent += chunk.len() as u64;
+            recycler.give(chunk);
         }
         let finished = read.await.map_err(|e| e.to_string())?;
         if let Err(e) = finished {
@@ -313,7 +321,9 @@ where
 }
 
 /// Connects to the next hop and sets up its part of the chain; on failure, the answer to pass
-/// upstream (naming the replica that failed).
+/// upstream (naming the replica that failed). The whole setup is bounded by
+/// [`READY_TIMEOUT_PER_HOP`] per hop from `next` down, so a hop always gives up on its own
+/// downstream before its upstream gives up on it, and the failure names the right replica.
 pub(crate) async fn open_hop(
     next: SocketAddr,
     hash: BlobHash,
@@ -324,25 +334,31 @@ pub(crate) async fn open_hop(
         replica: next,
         reason,
     };
-    let mut stream = timed(IO_TIMEOUT, TcpStream::connect(next))
-        .await
-        .map_err(|e| failed(format!("cannot connect: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let request = ControlRequest::BlobPut {
-        hash: hash.0,
-        size,
-        chain: rest.to_vec(),
+    let budget = READY_TIMEOUT_PER_HOP * u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
+    let setup = async {
+        let mut stream = TcpStream::connect(next)
+            .await
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let request = ControlRequest::BlobPut {
+            hash: hash.0,
+            size,
+            chain: rest.to_vec(),
+        };
+        write_frame(&mut stream, &request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match read_answer(&mut stream, budget).await {
+            Ok(ControlResponse::BlobReady) => Ok(stream),
+            Ok(refusal @ ControlResponse::BlobFailed { .. }) => Err(refusal),
+            Ok(ControlResponse::Error(message)) => Err(failed(message)),
+            Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
+            Err(reason) => Err(failed(reason)),
+        }
     };
-    timed(IO_TIMEOUT, write_frame(&mut stream, &request))
-        .await
-        .map_err(failed)?;
-    let ready_timeout = READY_TIMEOUT_PER_HOP * u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
-    match read_answer(&mut stream, ready_timeout).await {
-        Ok(ControlResponse::BlobReady) => Ok(stream),
-        Ok(refusal @ ControlResponse::BlobFailed { .. }) => Err(refusal),
-        Ok(ControlResponse::Error(message)) => Err(failed(message)),
-        Ok(other) => Err(failed(format!("unexpected answer {other:?}"))),
-        Err(reason) => Err(failed(reason)),
+    match tokio::time::timeout(budget, setup).await {
+        Ok(result) => result,
+        Err(_) => Err(failed(format!("not ready within {}ms", budget.as_millis()))),
     }
 }
 
@@ -351,6 +367,7 @@ pub(crate) async fn open_hop(
 pub(crate) async fn pump<R>(
     upstream: &mut R,
     size: u64,
+    pool: &ChunkPool,
     mut disk: Option<mpsc::Sender<Chunk>>,
     mut forward: Option<mpsc::Sender<Chunk>>,
 ) -> Result<(), Failure>
@@ -362,7 +379,7 @@ where
         let len = usize::try_from(left)
             .unwrap_or(CHUNK_BYTES)
             .min(CHUNK_BYTES);
-        let mut chunk = vec![0u8; len];
+        let mut chunk = pool.take(len);
         timed(IO_TIMEOUT, upstream.read_exact(&mut chunk)).await?;
         left -= len as u64;
         let chunk = Arc::new(chunk);
@@ -386,9 +403,11 @@ where
 fn write_chunks(
     mut writer: super::store::BlobWriter,
     mut chunks: mpsc::Receiver<Chunk>,
+    recycler: Recycler,
 ) -> Result<(), String> {
     while let Some(chunk) = chunks.blocking_recv() {
         writer.write(&chunk).map_err(|e| e.to_string())?;
+        recycler.give_shared(chunk);
     }
     writer.finish().map(|_| ()).map_err(|e| e.to_string())
 }
@@ -401,6 +420,7 @@ async fn forward_chunks(
     size: u64,
     hops_below: usize,
     mut chunks: mpsc::Receiver<Chunk>,
+    recycler: Recycler,
 ) -> Result<Vec<SocketAddr>, (SocketAddr, String)> {
     let mut sent = 0u64;
     while let Some(chunk) = chunks.recv().await {
@@ -408,6 +428,7 @@ async fn forward_chunks(
             .await
             .map_err(|e| (next, format!("sending failed: {e}")))?;
         sent += chunk.len() as u64;
+        recycler.give_shared(chunk);
     }
     if sent != size {
         // The upstream broke off: dropping the connection short of `size` makes every hop
@@ -432,9 +453,10 @@ async fn forward_chunks(
 fn read_chunks(
     mut reader: super::store::BlobReader,
     chunks: mpsc::Sender<Vec<u8>>,
+    pool: &ChunkPool,
 ) -> Result<(), StoreError> {
     loop {
-        let mut chunk = vec![0u8; CHUNK_BYTES];
+        let mut chunk = pool.take(CHUNK_BYTES);
         let read = reader.read(&mut chunk)?;
         if read == 0 {
             return Ok(());
