@@ -59,7 +59,8 @@ pub const LEASE_MILLIS_MAX: u32 = 600_000;
 /// Default lease time.
 pub const LEASE_MILLIS_DEFAULT: u32 = 5_000;
 /// Bytes of state the scheduler may reserve (worst case of every kept job), so the cluster's
-/// snapshot stays under the Raft snapshot cap (8 MiB) with room for the other parts.
+/// snapshot stays under the Raft snapshot cap (15 MiB) with room for the other parts
+/// (`cluster::tests::a_full_state_fits_one_snapshot` checks the sum).
 pub const STATE_BYTES_MAX: u64 = 4 << 20;
 /// Workers remembered per job for C5.
 pub const WORKERS_PER_JOB_KEPT: usize = 64;
