@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterState};
 use idunno_core::consensus::{
     self, Config, Entry, Input, KvCommand, Output, Payload, PersistBatch, PersistedState,
     READS_PENDING_MAX, Raft, StateMachine, Timer, VoterId,
 };
-use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterState};
 use idunno_core::time::Instant;
 
 use crate::checker::Violation;
@@ -168,9 +168,7 @@ impl RaftNode {
                     for entry in entries {
                         let result = match &entry.payload {
                             Payload::Noop => Vec::new(),
-                            Payload::Command { bytes, .. } => {
-                                self.state.apply(entry.index, bytes)
-                            }
+                            Payload::Command { bytes, .. } => self.state.apply(entry.index, bytes),
                         };
                         self.effects
                             .push_back(Effect::Notify(RaftNote::Applied { entry, result }));
@@ -681,7 +679,7 @@ impl RaftSim {
                 };
                 let command = ClusterCommand::new(self.now(), ClusterOp::Kv(marker))
                     .encode()
-                .map_err(|e| self.violation("converge", e.to_string()))?;
+                    .map_err(|e| self.violation("converge", e.to_string()))?;
                 if self
                     .world
                     .command(leader, RaftCommand::Propose { id, command })
