@@ -132,6 +132,14 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// A scheduler command (proposed through the log) or query (a linearizable read) at the
+    /// leader; a follower forwards it.
+    Sched {
+        /// What is asked.
+        request: crate::scheduler::api::SchedRequest,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -204,6 +212,8 @@ pub enum ControlResponse {
         /// The log index.
         index: u64,
     },
+    /// Answer to [`ControlRequest::Sched`].
+    Sched(crate::scheduler::api::SchedAnswer),
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

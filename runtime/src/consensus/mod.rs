@@ -87,6 +87,7 @@ pub fn is_raft_request(request: &ControlRequest) -> bool {
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
+            | ControlRequest::Sched { .. }
     )
 }
 
@@ -102,6 +103,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
             ..
         } | ControlRequest::FailedNodes { forwarded: true }
+            | ControlRequest::Sched {
+                forwarded: true,
+                ..
+            }
     );
     let answer = match &route.local {
         Some(local) => ask_local(local, request.clone()).await,
@@ -127,6 +132,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
         },
         ControlRequest::FailedNodes { .. } => ControlRequest::FailedNodes { forwarded: true },
+        ControlRequest::Sched { request, .. } => ControlRequest::Sched {
+            request,
+            forwarded: true,
+        },
         _ => return answer,
     };
     match control::call(leader, &onward, FORWARD_TIMEOUT).await {
