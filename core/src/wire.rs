@@ -132,6 +132,14 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// A file-system request (see [`crate::dfs::request`]); the leader's part is forwarded to
+    /// the leader once.
+    Dfs {
+        /// What is asked.
+        request: crate::dfs::DfsRequest,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -204,6 +212,8 @@ pub enum ControlResponse {
         /// The log index.
         index: u64,
     },
+    /// Answer to [`ControlRequest::Dfs`].
+    Dfs(crate::dfs::DfsAnswer),
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

@@ -215,7 +215,8 @@ impl<S: DatagramSocket> Driver<S> {
             | ControlRequest::Leader
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
-            | ControlRequest::FailedNodes { .. } => {
+            | ControlRequest::FailedNodes { .. }
+            | ControlRequest::Dfs { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
             // Blob requests are served by the control server's blob service.

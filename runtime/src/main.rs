@@ -118,6 +118,9 @@ fn start(args: StartArgs) -> ExitCode {
 fn client(args: ClientArgs) -> ExitCode {
     let node = args.node;
     let timeout = Duration::from_millis(args.timeout_ms);
+    if let ClientRequest::Dfs(command) = args.request {
+        return idunno_runtime::dfs::client::main(node, timeout, command);
+    }
     let result = node::block_on(async {
         match args.request {
             ClientRequest::ListMem { json } => {
@@ -156,6 +159,8 @@ fn client(args: ClientArgs) -> ExitCode {
                 let nodes = control::failed_nodes(node, timeout).await?;
                 Ok(render_failed(&nodes, json))
             }
+            // Answered above, before the runtime starts.
+            ClientRequest::Dfs(_) => Ok(String::new()),
         }
     });
     let text: Result<String, control::ClientError> = match result {

@@ -87,7 +87,7 @@ pub fn is_raft_request(request: &ControlRequest) -> bool {
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
-    )
+    ) || crate::dfs::is_leader_request(request)
 }
 
 /// Answers a Raft request on this node: locally on a voter, through the voters on a
@@ -102,6 +102,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
             ..
         } | ControlRequest::FailedNodes { forwarded: true }
+            | ControlRequest::Dfs {
+                forwarded: true,
+                ..
+            }
     );
     let answer = match &route.local {
         Some(local) => ask_local(local, request.clone()).await,
@@ -127,6 +131,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
         },
         ControlRequest::FailedNodes { .. } => ControlRequest::FailedNodes { forwarded: true },
+        ControlRequest::Dfs { request, .. } => ControlRequest::Dfs {
+            request,
+            forwarded: true,
+        },
         _ => return answer,
     };
     match control::call(leader, &onward, FORWARD_TIMEOUT).await {
