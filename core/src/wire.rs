@@ -140,6 +140,14 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// A file-system request (see [`crate::dfs::request`]); the leader's part is forwarded to
+    /// the leader once.
+    Dfs {
+        /// What is asked.
+        request: crate::dfs::DfsRequest,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -214,6 +222,8 @@ pub enum ControlResponse {
     },
     /// Answer to [`ControlRequest::Sched`].
     Sched(crate::scheduler::api::SchedAnswer),
+    /// Answer to [`ControlRequest::Dfs`].
+    Dfs(crate::dfs::DfsAnswer),
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

@@ -19,6 +19,13 @@
 //! - `idunno-node client --node ADDR c2 JOB [--json]`, `c3 JOB B [--json]`,
 //!   `c4 JOB [N] [--json]`, `cancel JOB [--json]` (JOB: `N` or `job-N`; JSON shapes in
 //!   `jobs::cli`)
+//! - `idunno-node client --node ADDR put LOCAL NAME [--json]`
+//! - `idunno-node client --node ADDR get NAME LOCAL [--json]`
+//! - `idunno-node client --node ADDR delete NAME [--json]`
+//! - `idunno-node client --node ADDR ls NAME [--json]`
+//! - `idunno-node client --node ADDR store [--json]`
+//! - `idunno-node client --node ADDR get-versions NAME N LOCAL [--json]`
+//! - `idunno-node client --node ADDR list [PREFIX] [--json]`
 //! - `idunno-node demo [--nodes 10] [--kill 3]`
 //!
 //! Must never: act on the arguments (main.rs dispatches) or accept an argument it cannot honour.
@@ -251,6 +258,79 @@ pub enum ClientRequest {
     /// Inference jobs (submit, jobs, c1..c5, cancel).
     #[command(flatten)]
     Jobs(crate::jobs::cli::JobsRequest),
+    /// The distributed file system.
+    #[command(flatten)]
+    Dfs(DfsClientCommand),
+}
+
+/// File-system client commands (see [`crate::dfs::client`]).
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum DfsClientCommand {
+    /// Store the local file LOCAL as a new version of NAME (replicated before it is committed).
+    Put {
+        /// The local file.
+        local: PathBuf,
+        /// The name in the cluster.
+        name: String,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the newest version of NAME into the local file LOCAL.
+    Get {
+        /// The name in the cluster.
+        name: String,
+        /// The local file to write (replaced atomically once verified).
+        local: PathBuf,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every version of NAME.
+    Delete {
+        /// The name.
+        name: String,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which nodes hold the newest version of NAME.
+    Ls {
+        /// The name.
+        name: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the asked node stores: the file versions the namespace places on it and its blobs.
+    Store {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last N versions of NAME, newest first, into one local file with delimiter lines.
+    #[command(name = "get-versions")]
+    GetVersions {
+        /// The name.
+        name: String,
+        /// How many versions (1..=64).
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=64))]
+        n: u64,
+        /// The local file to write.
+        local: PathBuf,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// File names starting with PREFIX (all when omitted).
+    List {
+        /// The prefix.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print one JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `demo`.

@@ -163,6 +163,9 @@ pub async fn serve_full(
                     (Some(Handoff::Raft(from)), _) => {
                         hand_to_raft(stream, from, peer, raft.as_ref());
                     }
+                    (Some(Handoff::Dfs(request)), Some(blobs)) => {
+                        crate::dfs::service::serve(&blobs, &mut stream, request).await;
+                    }
                     (Some(Handoff::Blob(request)), Some(blobs)) => {
                         let _ = stream.set_nodelay(true);
                         blobs.serve(&mut stream, request).await;
@@ -206,6 +209,8 @@ enum Handoff {
     Raft(VoterId),
     /// A blob request: raw bytes may follow its frame.
     Blob(ControlRequest),
+    /// A node-local file-system request, answered with the blob store.
+    Dfs(ControlRequest),
 }
 
 /// Serves requests until the connection ends; returns a [`Handoff`] instead when the peer
@@ -249,6 +254,9 @@ where
         }
         if blobs && BlobService::is_blob_request(&request) {
             return Some(Handoff::Blob(request));
+        }
+        if blobs && crate::dfs::is_local_request(&request) {
+            return Some(Handoff::Dfs(request));
         }
         debug!(?request, "control request");
         let answer = if consensus::is_raft_request(&request) {
@@ -431,7 +439,7 @@ pub async fn leader(
 }
 
 /// Sends a Raft request, following `NotLeader` answers to the named leader.
-async fn call_following_leader(
+pub async fn call_following_leader(
     node: SocketAddr,
     request: &ControlRequest,
     timeout: Duration,

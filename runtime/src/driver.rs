@@ -216,7 +216,8 @@ impl<S: DatagramSocket> Driver<S> {
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
-            | ControlRequest::Sched { .. } => {
+            | ControlRequest::Sched { .. }
+            | ControlRequest::Dfs { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
             // Blob requests are served by the control server's blob service.

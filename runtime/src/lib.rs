@@ -33,6 +33,7 @@ pub mod cli;
 pub mod consensus;
 pub mod control;
 pub mod demo;
+pub mod dfs;
 pub mod driver;
 pub mod identity;
 pub mod jobs;

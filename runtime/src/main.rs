@@ -119,6 +119,9 @@ fn start(args: StartArgs) -> ExitCode {
 fn client(args: ClientArgs) -> ExitCode {
     let node = args.node;
     let timeout = Duration::from_millis(args.timeout_ms);
+    if let ClientRequest::Dfs(command) = args.request {
+        return idunno_runtime::dfs::client::main(node, timeout, command);
+    }
     let result = node::block_on(async {
         match args.request {
             ClientRequest::ListMem { json } => {
@@ -158,6 +161,8 @@ fn client(args: ClientArgs) -> ExitCode {
                 Ok(render_failed(&nodes, json))
             }
             ClientRequest::Jobs(request) => Ok(jobs::cli::run(node, timeout, request).await?),
+            // Answered above, before the runtime starts.
+            ClientRequest::Dfs(_) => Ok(String::new()),
         }
     });
     let text: Result<String, Box<dyn std::error::Error>> = match result {

@@ -391,13 +391,18 @@ impl BoundNode {
                 .instrument(span.clone()),
             )
         });
-        let (service, blob_tasks) = match blobs {
+        let (service, mut blob_tasks) = match blobs {
             Some(parts) => {
-                let (service, tasks) = spawn_blob_tasks(parts, &span);
+                let (service, tasks) = spawn_blob_tasks(parts, &span, id, route.is_some());
                 (Some(service), tasks)
             }
             None => (None, Vec::new()),
         };
+        if raft.is_some() && service.is_some() {
+            blob_tasks.push(tokio::spawn(
+                crate::dfs::tasks::repair_loop(id.addr).instrument(span.clone()),
+            ));
+        }
         let server = tokio::spawn(
             control::serve_full(listener, handle.requests, route, service).instrument(span.clone()),
         );
@@ -447,11 +452,14 @@ impl BoundNode {
     }
 }
 
-/// Starts the scrubber and the task that takes corrupt-blob reports (logged until the leader
-/// takes them).
+/// Starts the scrubber and the task that takes corrupt-blob reports (sent to the Raft leader
+/// as `ReplicaLost` when the node routes Raft requests, logged otherwise), and the garbage
+/// collector (with Raft only: it asks the leader what is referenced).
 fn spawn_blob_tasks(
     parts: BlobParts,
     span: &tracing::Span,
+    id: NodeId,
+    raft: bool,
 ) -> (Arc<BlobService>, Vec<tokio::task::JoinHandle<()>>) {
     let BlobParts {
         service,
@@ -462,6 +470,20 @@ fn spawn_blob_tasks(
         scrubber::run(service.store().clone(), scrub, service.corrupt_reports())
             .instrument(span.clone()),
     );
+    if raft {
+        let reports = tokio::spawn(
+            crate::dfs::tasks::report_corrupt(id.addr, id, corrupt).instrument(span.clone()),
+        );
+        let gc = tokio::spawn(
+            crate::dfs::tasks::gc_loop(
+                id.addr,
+                service.store().clone(),
+                crate::dfs::tasks::GC_GRACE,
+            )
+            .instrument(span.clone()),
+        );
+        return (service, vec![scrubber, reports, gc]);
+    }
     let reports = tokio::spawn(
         async move {
             while let Some(hash) = corrupt.recv().await {

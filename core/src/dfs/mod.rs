@@ -15,6 +15,7 @@ pub mod names;
 pub mod namespace;
 pub mod placement;
 pub mod repair;
+pub mod request;
 
 use std::fmt;
 
@@ -25,6 +26,7 @@ use crate::membership::NodeId;
 
 pub use names::{NameError, validate_name};
 pub use namespace::{Blob, Garbage, Namespace, Version};
+pub use request::{DfsAnswer, DfsRequest, VersionInfo};
 
 /// Most replicas one commit may name.
 pub const REPLICATION_MAX: usize = 16;

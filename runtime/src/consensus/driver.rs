@@ -36,6 +36,7 @@ use tracing::{debug, error, info, warn};
 
 use super::RaftRequest;
 use super::transport::Outbound;
+use crate::dfs::leader::Action as DfsAction;
 use crate::storage::{Options as StoreOptions, StorageError, Store};
 use crate::timers::TimerQueue;
 use crate::view::MembershipView;
@@ -435,6 +436,22 @@ impl RaftDriver {
                     self.read(query, reply)?;
                 }
             },
+            ControlRequest::Dfs { request, .. } if request.for_leader() => {
+                let alive = self
+                    .view
+                    .as_ref()
+                    .map(|view| view.borrow().alive().clone())
+                    .unwrap_or_default();
+                match crate::dfs::leader::action(request, alive) {
+                    DfsAction::Propose(op) => {
+                        self.propose(op, reply, crate::dfs::leader::answer_applied)?;
+                    }
+                    DfsAction::Read(query) => self.read(query, reply)?,
+                    DfsAction::Answer(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                }
+            }
             other => {
                 let _ = reply.send(ControlResponse::Error(format!(
                     "not a raft request: {other:?}"

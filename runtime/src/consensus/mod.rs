@@ -88,7 +88,7 @@ pub fn is_raft_request(request: &ControlRequest) -> bool {
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
             | ControlRequest::Sched { .. }
-    )
+    ) || crate::dfs::is_leader_request(request)
 }
 
 /// Answers a Raft request on this node: locally on a voter, through the voters on a
@@ -104,6 +104,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             ..
         } | ControlRequest::FailedNodes { forwarded: true }
             | ControlRequest::Sched {
+                forwarded: true,
+                ..
+            }
+            | ControlRequest::Dfs {
                 forwarded: true,
                 ..
             }
@@ -133,6 +137,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
         },
         ControlRequest::FailedNodes { .. } => ControlRequest::FailedNodes { forwarded: true },
         ControlRequest::Sched { request, .. } => ControlRequest::Sched {
+            request,
+            forwarded: true,
+        },
+        ControlRequest::Dfs { request, .. } => ControlRequest::Dfs {
             request,
             forwarded: true,
         },

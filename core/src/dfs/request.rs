@@ -1,0 +1,120 @@
+//! The file-system part of the control protocol: what a client (or the leader) asks a node
+//! about files, and what it answers. Carried by `ControlRequest::Dfs` / `ControlResponse::Dfs`.
+//!
+//! Owns: [`DfsRequest`], [`DfsAnswer`] and [`VersionInfo`] (a kept version with its replicas,
+//! as a client sees it).
+//! Must never: decide anything (the runtime routes requests, core's namespace and placement
+//! decide), or carry file bytes (those travel as blobs).
+
+use serde::{Deserialize, Serialize};
+
+use super::{ContentHash, DfsCommand, DfsError, DfsResult};
+use crate::membership::NodeId;
+
+/// Most versions one [`DfsRequest::Versions`] may ask for.
+pub const VERSIONS_ASKED_MAX: usize = super::VERSIONS_KEPT_MAX;
+
+/// A file-system request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DfsRequest {
+    /// Leader: where should a new blob of `size` bytes go (live nodes, least loaded first)?
+    Place {
+        /// The blob's hash (the placement tie-break).
+        hash: ContentHash,
+        /// Its size.
+        size: u64,
+    },
+    /// Leader: propose a namespace change and answer once it is applied.
+    Apply(DfsCommand),
+    /// Leader, linearizable read: up to `count` kept versions of `name`, newest first.
+    Versions {
+        /// The file name.
+        name: String,
+        /// How many (1..=[`VERSIONS_ASKED_MAX`]).
+        count: usize,
+    },
+    /// Leader, linearizable read: names starting with `prefix`.
+    List {
+        /// The prefix ("" lists everything).
+        prefix: String,
+    },
+    /// Leader, linearizable read: the (name, version) pairs the namespace says `node` holds.
+    FilesOn {
+        /// The node.
+        node: NodeId,
+    },
+    /// Leader, linearizable read: every blob a kept version refers to (what a node's garbage
+    /// collector must keep).
+    Referenced,
+    /// Leader only (never forwarded by the repair task that sends it): the copies to start now
+    /// to restore the replication factor, given the copies already running.
+    PlanRepairs {
+        /// Copies running: (blob, target node).
+        in_flight: Vec<(ContentHash, NodeId)>,
+        /// Most copies running at once.
+        max_parallel: usize,
+    },
+    /// The node that receives it: copy blob `hash` (`size` bytes) from one of `sources` into
+    /// its own store, verified; answered once it is durable (re-replication, sent by the
+    /// leader). Never forwarded.
+    Fetch {
+        /// The blob.
+        hash: ContentHash,
+        /// Nodes believed to hold a good copy, tried in order.
+        sources: Vec<NodeId>,
+    },
+    /// The node that receives it: the blobs in its own store (hash, size). Never forwarded.
+    Held,
+}
+
+impl DfsRequest {
+    /// Whether the leader answers it (it is forwarded there); the others are node-local.
+    pub fn for_leader(&self) -> bool {
+        !matches!(self, DfsRequest::Fetch { .. } | DfsRequest::Held)
+    }
+}
+
+/// One kept version of a file, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The file name.
+    pub name: String,
+    /// Its version number.
+    pub version: u64,
+    /// Bytes in it.
+    pub size: u64,
+    /// The BLAKE3 digest of its bytes.
+    pub hash: ContentHash,
+    /// The nodes the namespace says hold a verified copy (declared-failed ones excluded).
+    pub replicas: Vec<NodeId>,
+}
+
+/// The answer to a [`DfsRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DfsAnswer {
+    /// Answer to [`DfsRequest::Place`]: the chosen nodes, best first (fewer than the factor
+    /// when too few are alive).
+    Placed {
+        /// The nodes.
+        replicas: Vec<NodeId>,
+    },
+    /// Answer to [`DfsRequest::Apply`]: what the namespace did.
+    Applied(Result<DfsResult, DfsError>),
+    /// Answer to [`DfsRequest::Versions`].
+    Versions(Result<Vec<VersionInfo>, DfsError>),
+    /// Answer to [`DfsRequest::List`].
+    Names(Vec<String>),
+    /// Answer to [`DfsRequest::FilesOn`].
+    Files(Vec<(String, u64)>),
+    /// Answer to [`DfsRequest::Referenced`].
+    Referenced(Vec<ContentHash>),
+    /// Answer to [`DfsRequest::PlanRepairs`]: (blob, live source, target) per copy to start.
+    Repairs(Vec<(ContentHash, NodeId, NodeId)>),
+    /// Answer to [`DfsRequest::Fetch`]: the blob is durable here.
+    Fetched {
+        /// Its size.
+        size: u64,
+    },
+    /// Answer to [`DfsRequest::Held`].
+    Held(Vec<(ContentHash, u64)>),
+}

@@ -1,0 +1,660 @@
+//! The file-system client: `put`, `get`, `delete`, `ls`, `store`, `get-versions` and `list`
+//! against any node (leader-side requests follow `NotLeader` to the leader).
+//!
+//! Owns: [`DfsClient`] (a random client id per process and its request counter: a retried
+//! put or delete keeps its [`RequestId`] and is applied once), the put sequence (hash the
+//! local file, ask the leader where it goes, stream it to the replicas with the blob client,
+//! then propose `Commit`), the get sequence (a linearizable read of the metadata, the bytes
+//! from any replica with fallback, bad replicas reported as `ReplicaLost`), the output
+//! rendering (tables, or `--json`), and [`main`] for `idunno-node client`.
+//! Must never: hold a whole file in memory, commit before every replica acknowledged the
+//! bytes durable (a failed put leaves no version), or leave unverified bytes at a destination.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use idunno_core::dfs::{
+    ContentHash, DfsAnswer, DfsCommand, DfsError, DfsRequest, DfsResult, NameError, RequestId,
+    VersionInfo, validate_name,
+};
+use idunno_core::membership::NodeId;
+use idunno_core::wire::{ControlRequest, ControlResponse};
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+use super::{blob_hash, content_hash, to_leader};
+use crate::blobs::client::{GetError, PutError, ReplicaFault};
+use crate::blobs::{PutMode, get_blob, hash_file, put_blob_from};
+use crate::cli::DfsClientCommand;
+use crate::control::{self, ClientError};
+
+/// Tries at a put (placement + transfer) before giving up; a replica that died since the
+/// leader's view last changed fails one try.
+pub const PUT_TRIES: usize = 3;
+/// Tries at a proposal after a leader change or a lost answer (same request id each time).
+pub const PROPOSE_TRIES: usize = 8;
+/// Pause between tries.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Why a file-system command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DfsClientError {
+    /// The local file cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The name is not valid.
+    #[error("invalid name {name:?}: {source}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// The cluster could not be asked.
+    #[error(transparent)]
+    Control(#[from] ClientError),
+    /// The namespace refused.
+    #[error("{0}")]
+    Refused(DfsError),
+    /// No live node can take a replica.
+    #[error("no live node can take a replica right now")]
+    NoReplicas,
+    /// The bytes could not be stored on the chosen replicas.
+    #[error("put failed: {0}")]
+    Put(#[from] PutError),
+    /// No replica served a good copy.
+    #[error("get failed: {0}")]
+    Get(#[from] GetError),
+    /// An answer of the wrong kind.
+    #[error("unexpected answer from {node}: {answer}")]
+    Unexpected {
+        /// Who answered.
+        node: SocketAddr,
+        /// The answer.
+        answer: String,
+    },
+}
+
+/// A committed put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutDone {
+    /// The name.
+    pub name: String,
+    /// The version number it became.
+    pub version: u64,
+    /// Its size.
+    pub size: u64,
+    /// Its hash.
+    pub hash: ContentHash,
+    /// The replicas that acknowledged its bytes.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A finished get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetDone {
+    /// The version fetched.
+    pub version: VersionInfo,
+    /// The replica whose bytes were kept.
+    pub served_by: SocketAddr,
+    /// Replicas reported as holding a bad copy.
+    pub reported: Vec<SocketAddr>,
+}
+
+/// A file-system client bound to one entry node.
+#[derive(Debug)]
+pub struct DfsClient {
+    node: SocketAddr,
+    timeout: Duration,
+    client: u64,
+    seq: u64,
+}
+
+impl DfsClient {
+    /// A client with a fresh random id, asking `node` first.
+    pub fn new(node: SocketAddr, timeout: Duration) -> Self {
+        DfsClient {
+            node,
+            timeout,
+            client: random_client_id(),
+            seq: 0,
+        }
+    }
+
+    /// Asks the leader (through `node`).
+    async fn ask(&self, request: DfsRequest) -> Result<(SocketAddr, DfsAnswer), ClientError> {
+        let request = to_leader(request, false);
+        match control::call_following_leader(self.node, &request, self.timeout).await? {
+            (at, ControlResponse::Dfs(answer)) => Ok((at, answer)),
+            (at, other) => Err(ClientError::Unexpected {
+                node: at,
+                answer: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Proposes `command`, retrying (same request id) while no leader answers.
+    async fn apply(&self, command: DfsCommand) -> Result<DfsResult, DfsClientError> {
+        let mut last = None;
+        for attempt in 0..PROPOSE_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            match self.ask(DfsRequest::Apply(command.clone())).await {
+                Ok((_, DfsAnswer::Applied(Ok(DfsResult::Duplicate { earlier })))) => {
+                    return Ok(*earlier);
+                }
+                Ok((_, DfsAnswer::Applied(Ok(result)))) => return Ok(result),
+                Ok((_, DfsAnswer::Applied(Err(e)))) => return Err(DfsClientError::Refused(e)),
+                Ok((at, other)) => return Err(unexpected(at, &other)),
+                Err(e) => {
+                    debug!(error = %e, attempt, "proposal not answered; retrying");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or(DfsClientError::NoReplicas, DfsClientError::Control))
+    }
+
+    fn next_request(&mut self) -> RequestId {
+        self.seq += 1;
+        RequestId {
+            client: self.client,
+            seq: self.seq,
+        }
+    }
+
+    /// Stores `local` as a new version of `name`.
+    pub async fn put(&mut self, local: &Path, name: &str) -> Result<PutDone, DfsClientError> {
+        check_name(name)?;
+        let local_error = |source| DfsClientError::Local {
+            path: local.to_owned(),
+            source,
+        };
+        let meta = tokio::fs::metadata(local).await.map_err(local_error)?;
+        if !meta.is_file() {
+            return Err(local_error(std::io::Error::other("not a regular file")));
+        }
+        let (hash, size) = hash_file(local).await.map_err(local_error)?;
+        let mut tries = 0;
+        let replicas = loop {
+            tries += 1;
+            let (at, answer) = self
+                .ask(DfsRequest::Place {
+                    hash: content_hash(&hash),
+                    size,
+                })
+                .await?;
+            let DfsAnswer::Placed { replicas } = answer else {
+                return Err(unexpected(at, &answer));
+            };
+            if replicas.is_empty() {
+                return Err(DfsClientError::NoReplicas);
+            }
+            let addrs: Vec<SocketAddr> = replicas.iter().map(|n| n.addr).collect();
+            let file = tokio::fs::File::open(local).await.map_err(local_error)?;
+            match put_blob_from(&addrs, hash, size, file, PutMode::Chain).await {
+                Ok(()) => break replicas,
+                Err(e @ PutError::Replica { .. }) if tries < PUT_TRIES => {
+                    debug!(error = %e, "put failed on a replica; placing again");
+                    tokio::time::sleep(RETRY_PAUSE * 2).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let request = self.next_request();
+        let result = self
+            .apply(DfsCommand::Commit {
+                name: name.to_owned(),
+                size,
+                hash: content_hash(&hash),
+                replicas: replicas.clone(),
+                request,
+            })
+            .await?;
+        match result {
+            DfsResult::Committed { version } => Ok(PutDone {
+                name: name.to_owned(),
+                version,
+                size,
+                hash: content_hash(&hash),
+                replicas,
+            }),
+            other => Err(DfsClientError::Unexpected {
+                node: self.node,
+                answer: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Up to `count` kept versions of `name`, newest first.
+    pub async fn versions(
+        &self,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<VersionInfo>, DfsClientError> {
+        check_name(name)?;
+        let (at, answer) = self
+            .ask(DfsRequest::Versions {
+                name: name.to_owned(),
+                count,
+            })
+            .await?;
+        match answer {
+            DfsAnswer::Versions(Ok(versions)) => Ok(versions),
+            DfsAnswer::Versions(Err(e)) => Err(DfsClientError::Refused(e)),
+            other => Err(unexpected(at, &other)),
+        }
+    }
+
+    /// Fetches `version`'s bytes into `dest` (verified), reporting bad replicas.
+    async fn fetch(
+        &self,
+        version: &VersionInfo,
+        dest: &Path,
+    ) -> Result<(SocketAddr, Vec<SocketAddr>), DfsClientError> {
+        let addrs: Vec<SocketAddr> = version.replicas.iter().map(|n| n.addr).collect();
+        let outcome = get_blob(&addrs, blob_hash(&version.hash), dest).await;
+        let bad = match &outcome {
+            Ok(report) => report.bad.clone(),
+            Err(GetError::NoGoodReplica { bad }) => bad.clone(),
+            Err(_) => Vec::new(),
+        };
+        let mut reported = Vec::new();
+        for (addr, fault) in bad {
+            // An unreachable node is membership's business; a wrong or missing copy is ours.
+            if matches!(fault, ReplicaFault::Unreachable(_)) {
+                continue;
+            }
+            let Some(node) = version.replicas.iter().find(|n| n.addr == addr) else {
+                continue;
+            };
+            let lost = DfsCommand::ReplicaLost {
+                hash: version.hash,
+                node: *node,
+            };
+            match self.apply(lost).await {
+                Ok(_) => reported.push(addr),
+                Err(e) => debug!(%addr, error = %e, "cannot report a bad replica"),
+            }
+        }
+        let report = outcome?;
+        Ok((report.served_by, reported))
+    }
+
+    /// Fetches the newest version of `name` into `dest`.
+    pub async fn get(&self, name: &str, dest: &Path) -> Result<GetDone, DfsClientError> {
+        let versions = self.versions(name, 1).await?;
+        let Some(version) = versions.into_iter().next() else {
+            return Err(DfsClientError::Refused(DfsError::NotFound {
+                name: name.to_owned(),
+            }));
+        };
+        let (served_by, reported) = self.fetch(&version, dest).await?;
+        Ok(GetDone {
+            version,
+            served_by,
+            reported,
+        })
+    }
+
+    /// The last `count` versions of `name`, newest first, into `dest`, each between a
+    /// delimiter line `===== idunno NAME version V: SIZE bytes, blake3 HASH =====` and
+    /// `===== end of NAME version V =====`.
+    pub async fn get_versions(
+        &self,
+        name: &str,
+        count: usize,
+        dest: &Path,
+    ) -> Result<Vec<VersionInfo>, DfsClientError> {
+        let versions = self.versions(name, count).await?;
+        let local_error = |source| DfsClientError::Local {
+            path: dest.to_owned(),
+            source,
+        };
+        let partial = crate::blobs::client::partial_path(dest);
+        let mut out = tokio::fs::File::create(&partial)
+            .await
+            .map_err(local_error)?;
+        let scratch = partial.with_extension("version");
+        let result = async {
+            for v in &versions {
+                self.fetch(v, &scratch).await?;
+                let header = format!(
+                    "===== idunno {} version {}: {} bytes, blake3 {} =====\n",
+                    v.name, v.version, v.size, v.hash
+                );
+                out.write_all(header.as_bytes())
+                    .await
+                    .map_err(local_error)?;
+                let mut part = tokio::fs::File::open(&scratch).await.map_err(local_error)?;
+                tokio::io::copy(&mut part, &mut out)
+                    .await
+                    .map_err(local_error)?;
+                let footer = format!("\n===== end of {} version {} =====\n", v.name, v.version);
+                out.write_all(footer.as_bytes())
+                    .await
+                    .map_err(local_error)?;
+            }
+            out.sync_all().await.map_err(local_error)?;
+            Ok::<_, DfsClientError>(())
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&scratch).await;
+        match result {
+            Ok(()) => {
+                tokio::fs::rename(&partial, dest)
+                    .await
+                    .map_err(local_error)?;
+                Ok(versions)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes every version of `name`; how many went.
+    pub async fn delete(&mut self, name: &str) -> Result<usize, DfsClientError> {
+        check_name(name)?;
+        let request = self.next_request();
+        match self
+            .apply(DfsCommand::Delete {
+                name: name.to_owned(),
+                request,
+            })
+            .await?
+        {
+            DfsResult::Deleted { versions } => Ok(versions),
+            other => Err(DfsClientError::Unexpected {
+                node: self.node,
+                answer: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Names starting with `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, DfsClientError> {
+        let (at, answer) = self
+            .ask(DfsRequest::List {
+                prefix: prefix.to_owned(),
+            })
+            .await?;
+        match answer {
+            DfsAnswer::Names(names) => Ok(names),
+            other => Err(unexpected(at, &other)),
+        }
+    }
+
+    /// What the entry node stores: its id, the (name, version) pairs the namespace places on
+    /// it, and the blobs in its store.
+    pub async fn store(&self) -> Result<StoreListing, DfsClientError> {
+        let (node, _) = control::list_self(self.node, self.timeout).await?;
+        let (at, answer) = self.ask(DfsRequest::FilesOn { node }).await?;
+        let DfsAnswer::Files(files) = answer else {
+            return Err(unexpected(at, &answer));
+        };
+        let held = ControlRequest::Dfs {
+            request: DfsRequest::Held,
+            forwarded: false,
+        };
+        let blobs = match control::call(self.node, &held, self.timeout).await? {
+            ControlResponse::Dfs(DfsAnswer::Held(blobs)) => blobs,
+            other => {
+                return Err(DfsClientError::Unexpected {
+                    node: self.node,
+                    answer: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(StoreListing { node, files, blobs })
+    }
+}
+
+/// What `store` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreListing {
+    /// The node asked.
+    pub node: NodeId,
+    /// (name, version) pairs the namespace says it holds.
+    pub files: Vec<(String, u64)>,
+    /// (hash, size) of every blob in its store.
+    pub blobs: Vec<(ContentHash, u64)>,
+}
+
+fn check_name(name: &str) -> Result<(), DfsClientError> {
+    validate_name(name)
+        .map(|_| ())
+        .map_err(|source| DfsClientError::InvalidName {
+            name: name.to_owned(),
+            source,
+        })
+}
+
+fn unexpected(at: SocketAddr, answer: &DfsAnswer) -> DfsClientError {
+    DfsClientError::Unexpected {
+        node: at,
+        answer: format!("{answer:?}"),
+    }
+}
+
+/// A client id unlikely to collide with another process's: BLAKE3 of the process id, the
+/// wall clock and a stack address.
+fn random_client_id() -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::process::id().to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.update(&nanos.to_le_bytes());
+    let marker = 0u8;
+    hasher.update(&(std::ptr::addr_of!(marker) as usize).to_le_bytes());
+    let bytes = hasher.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&bytes.as_bytes()[..8]);
+    u64::from_le_bytes(id)
+}
+
+// ----- the command line -----
+
+/// Runs one `idunno-node client` file-system command and prints its answer.
+pub fn main(node: SocketAddr, timeout: Duration, command: DfsClientCommand) -> ExitCode {
+    let result = crate::node::block_on(run(node, timeout, command));
+    let text = match result {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match text {
+        Ok(text) => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    node: SocketAddr,
+    timeout: Duration,
+    command: DfsClientCommand,
+) -> Result<String, DfsClientError> {
+    let mut client = DfsClient::new(node, timeout);
+    match command {
+        DfsClientCommand::Put { local, name, json } => {
+            let done = client.put(&local, &name).await?;
+            let replicas: Vec<String> = done.replicas.iter().map(ToString::to_string).collect();
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "name": done.name, "version": done.version, "size": done.size,
+                        "hash": done.hash.to_string(), "replicas": replicas,
+                    })
+                )
+            } else {
+                format!(
+                    "stored {} version {} ({} bytes) on {}\n",
+                    done.name,
+                    done.version,
+                    done.size,
+                    replicas.join(" ")
+                )
+            })
+        }
+        DfsClientCommand::Get { name, local, json } => {
+            let done = client.get(&name, &local).await?;
+            let reported: Vec<String> = done.reported.iter().map(ToString::to_string).collect();
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "name": name, "version": done.version.version, "size": done.version.size,
+                        "hash": done.version.hash.to_string(),
+                        "served_by": done.served_by.to_string(), "reported": reported,
+                    })
+                )
+            } else {
+                let mut line = format!(
+                    "got {name} version {} ({} bytes) from {} into {}\n",
+                    done.version.version,
+                    done.version.size,
+                    done.served_by,
+                    local.display()
+                );
+                if !reported.is_empty() {
+                    line.push_str(&format!("reported bad copies on {}\n", reported.join(" ")));
+                }
+                line
+            })
+        }
+        DfsClientCommand::Delete { name, json } => {
+            let versions = client.delete(&name).await?;
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"name": name, "versions": versions})
+                )
+            } else {
+                format!("deleted {name} ({versions} versions)\n")
+            })
+        }
+        DfsClientCommand::Ls { name, json } => {
+            let versions = client.versions(&name, 1).await?;
+            let Some(v) = versions.first() else {
+                return Err(DfsClientError::Refused(DfsError::NotFound { name }));
+            };
+            let replicas: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "name": v.name, "version": v.version, "size": v.size,
+                        "hash": v.hash.to_string(), "replicas": replicas,
+                    })
+                )
+            } else {
+                let mut out = format!(
+                    "{} version {} ({} bytes, {} replicas)\n",
+                    v.name,
+                    v.version,
+                    v.size,
+                    replicas.len()
+                );
+                for r in &replicas {
+                    out.push_str(&format!("  {r}\n"));
+                }
+                out
+            })
+        }
+        DfsClientCommand::Store { json } => {
+            let listing = client.store().await?;
+            Ok(render_store(&listing, json))
+        }
+        DfsClientCommand::GetVersions {
+            name,
+            n,
+            local,
+            json,
+        } => {
+            let count = usize::try_from(n).unwrap_or(1);
+            let versions = client.get_versions(&name, count, &local).await?;
+            let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"name": name, "versions": numbers, "file": local.display().to_string()})
+                )
+            } else {
+                let list: Vec<String> = numbers.iter().map(ToString::to_string).collect();
+                format!(
+                    "wrote {name} versions {} (newest first) into {}\n",
+                    list.join(", "),
+                    local.display()
+                )
+            })
+        }
+        DfsClientCommand::List { prefix, json } => {
+            let names = client.list(&prefix).await?;
+            Ok(if json {
+                format!("{}\n", serde_json::json!(names))
+            } else if names.is_empty() {
+                "no files\n".to_owned()
+            } else {
+                names.iter().map(|n| format!("{n}\n")).collect()
+            })
+        }
+    }
+}
+
+fn render_store(listing: &StoreListing, json: bool) -> String {
+    if json {
+        let files: Vec<serde_json::Value> = listing
+            .files
+            .iter()
+            .map(|(name, version)| serde_json::json!({"name": name, "version": version}))
+            .collect();
+        let blobs: Vec<serde_json::Value> = listing
+            .blobs
+            .iter()
+            .map(|(hash, size)| serde_json::json!({"hash": hash.to_string(), "size": size}))
+            .collect();
+        return format!(
+            "{}\n",
+            serde_json::json!({"node": listing.node.to_string(), "files": files, "blobs": blobs})
+        );
+    }
+    let mut out = format!(
+        "node {}: {} file versions, {} blobs\n",
+        listing.node,
+        listing.files.len(),
+        listing.blobs.len()
+    );
+    if !listing.files.is_empty() {
+        out.push_str(&format!("{:<40} {:>8}\n", "NAME", "VERSION"));
+        for (name, version) in &listing.files {
+            out.push_str(&format!("{name:<40} {version:>8}\n"));
+        }
+    }
+    out
+}

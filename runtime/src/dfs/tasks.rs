@@ -1,0 +1,195 @@
+//! The file system's background tasks on a node: re-replication (acts only while this node's
+//! Raft driver leads), corrupt-replica reports (from the scrubber and the blob service, sent to
+//! the leader as `ReplicaLost`), and garbage collection of blobs no kept version refers to.
+//!
+//! Owns: [`repair_loop`], [`report_corrupt`], [`gc_loop`] and their settings.
+//! Re-replication: every [`REPAIR_INTERVAL`] the task asks its own Raft driver (never
+//! forwarded, so only the leader answers) for the copies to start, given those running; each
+//! copy asks the target to fetch the blob from a live source (verified, fsynced), then proposes
+//! `ReplicaAdded`. At most [`REPAIRS_PARALLEL`] copies run at once.
+//! Must never: decide what to copy (core::dfs::repair does), delete a blob a kept version
+//! refers to or one younger than the grace period (it may be a put not yet committed), or stop
+//! on an error (it logs it and tries again next round).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use idunno_core::dfs::{ContentHash, DfsAnswer, DfsCommand, DfsRequest};
+use idunno_core::membership::NodeId;
+use idunno_core::wire::{ControlRequest, ControlResponse};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::{blob_hash, content_hash, to_leader};
+use crate::blobs::{BlobHash, BlobStore};
+use crate::control;
+
+/// How often the leader looks for under-replicated blobs.
+pub const REPAIR_INTERVAL: Duration = Duration::from_millis(1000);
+/// Most re-replication copies running at once.
+pub const REPAIRS_PARALLEL: usize = 4;
+/// Longest one copy may take (a 1 GB blob at ~10 MB/s, with margin).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(180);
+/// Longest a question to this node's own driver or to the leader may take.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node collects its garbage.
+pub const GC_INTERVAL: Duration = Duration::from_secs(30);
+/// A blob younger than this is never collected (a put may not have committed yet).
+pub const GC_GRACE: Duration = Duration::from_secs(600);
+
+/// While this node leads, restores the replication factor of under-replicated blobs.
+/// `self_addr` is this node's control address (its Raft driver answers there).
+pub async fn repair_loop(self_addr: SocketAddr) {
+    let mut running: JoinSet<(ContentHash, NodeId, bool)> = JoinSet::new();
+    let mut in_flight: BTreeSet<(ContentHash, NodeId)> = BTreeSet::new();
+    let mut tick = tokio::time::interval(REPAIR_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((hash, to, ok)) = done {
+                    in_flight.remove(&(hash, to));
+                    debug!(?hash, %to, ok, "re-replication copy finished");
+                }
+                continue;
+            }
+        }
+        if in_flight.len() >= REPAIRS_PARALLEL {
+            continue;
+        }
+        let ask = ControlRequest::Dfs {
+            request: DfsRequest::PlanRepairs {
+                in_flight: in_flight.iter().copied().collect(),
+                max_parallel: REPAIRS_PARALLEL,
+            },
+            forwarded: true,
+        };
+        let repairs = match control::call(self_addr, &ask, ASK_TIMEOUT).await {
+            Ok(ControlResponse::Dfs(DfsAnswer::Repairs(repairs))) => repairs,
+            // Not the leader (or no leader yet): nothing to do here.
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(error = %e, "cannot plan repairs");
+                continue;
+            }
+        };
+        for (hash, from, to) in repairs {
+            if !in_flight.insert((hash, to)) {
+                continue;
+            }
+            info!(?hash, %from, %to, "re-replicating");
+            running.spawn(async move {
+                let ok = copy_one(self_addr, hash, from, to).await;
+                (hash, to, ok)
+            });
+        }
+    }
+}
+
+/// Asks `to` to fetch `hash` from `from`, then records the new replica.
+async fn copy_one(self_addr: SocketAddr, hash: ContentHash, from: NodeId, to: NodeId) -> bool {
+    let fetch = ControlRequest::Dfs {
+        request: DfsRequest::Fetch {
+            hash,
+            sources: vec![from],
+        },
+        forwarded: false,
+    };
+    match control::call(to.addr, &fetch, FETCH_TIMEOUT).await {
+        Ok(ControlResponse::Dfs(DfsAnswer::Fetched { .. })) => {}
+        Ok(other) => {
+            warn!(?hash, %to, ?other, "re-replication copy refused");
+            return false;
+        }
+        Err(e) => {
+            warn!(?hash, %to, error = %e, "re-replication copy failed");
+            return false;
+        }
+    }
+    let added = to_leader(
+        DfsRequest::Apply(DfsCommand::ReplicaAdded { hash, node: to }),
+        false,
+    );
+    match control::call_following_leader(self_addr, &added, ASK_TIMEOUT).await {
+        Ok((_, ControlResponse::Dfs(DfsAnswer::Applied(Ok(_))))) => {
+            info!(?hash, %to, "replica added");
+            true
+        }
+        Ok((_, other)) => {
+            warn!(?hash, %to, ?other, "replica not recorded");
+            false
+        }
+        Err(e) => {
+            warn!(?hash, %to, error = %e, "cannot record the replica");
+            false
+        }
+    }
+}
+
+/// Sends every corrupt blob this node reports to the leader as `ReplicaLost` for `me`.
+pub async fn report_corrupt(
+    self_addr: SocketAddr,
+    me: NodeId,
+    mut corrupt: mpsc::Receiver<BlobHash>,
+) {
+    while let Some(hash) = corrupt.recv().await {
+        warn!(%hash, "corrupt blob removed from this node's store; reporting it");
+        let lost = to_leader(
+            DfsRequest::Apply(DfsCommand::ReplicaLost {
+                hash: content_hash(&hash),
+                node: me,
+            }),
+            false,
+        );
+        for attempt in 0..5u32 {
+            match control::call_following_leader(self_addr, &lost, ASK_TIMEOUT).await {
+                Ok((_, ControlResponse::Dfs(DfsAnswer::Applied(_)))) => break,
+                Ok((_, other)) => {
+                    debug!(%hash, ?other, "report not applied");
+                    break;
+                }
+                Err(e) => {
+                    debug!(%hash, error = %e, attempt, "cannot report; retrying");
+                    tokio::time::sleep(Duration::from_millis(500) * (attempt + 1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Every [`GC_INTERVAL`], deletes local blobs no kept version refers to (older than
+/// [`GC_GRACE`]), asking the leader (through this node) which blobs are referenced.
+pub async fn gc_loop(self_addr: SocketAddr, store: BlobStore, grace: Duration) {
+    let mut tick = tokio::time::interval(GC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ask = to_leader(DfsRequest::Referenced, false);
+        let referenced = match control::call_following_leader(self_addr, &ask, ASK_TIMEOUT).await {
+            Ok((_, ControlResponse::Dfs(DfsAnswer::Referenced(hashes)))) => hashes,
+            Ok((_, other)) => {
+                debug!(?other, "no referenced set; gc skipped");
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "no referenced set; gc skipped");
+                continue;
+            }
+        };
+        let live: BTreeSet<BlobHash> = referenced.iter().map(blob_hash).collect();
+        let store = store.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || store.gc(&live, grace, SystemTime::now())).await;
+        match removed {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                info!(count = removed.len(), "garbage blobs removed");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "gc failed"),
+            Err(e) => warn!(error = %e, "gc task failed"),
+        }
+    }
+}
