@@ -1827,7 +1827,7 @@ pub fn cluster_state(data: &[u8]) {
         assert!(state.now() >= clock, "the replicated clock went back");
         let keep = idunno_core::dfs::DfsConfig::default().versions_kept;
         for (name, versions) in state.dfs().files() {
-            assert!(versions.len() <= keep as usize, "{name}: too many versions");
+            assert!(versions.len() <= keep, "{name}: too many versions");
             assert!(
                 versions.windows(2).all(|w| w[0].number < w[1].number),
                 "{name}: version numbers must strictly increase: {versions:?}"
