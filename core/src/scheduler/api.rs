@@ -99,6 +99,8 @@ pub struct JobSummary {
     pub workers_done: Vec<(NodeId, u64)>,
     /// Submission time (replicated clock).
     pub submitted_at: Instant,
+    /// When its first batch was leased, if one was.
+    pub first_lease_at: Option<Instant>,
     /// When it finished, if it did.
     pub finished_at: Option<Instant>,
 }
@@ -168,6 +170,7 @@ pub fn answer_query(scheduler: &Scheduler, now: Instant, query: &SchedQuery) -> 
                         workers_now: report.workers_now,
                         workers_done: job.workers().map(|(w, _, n)| (w, n)).collect(),
                         submitted_at: job.submitted_at(),
+                        first_lease_at: job.first_lease_at(),
                         finished_at: job.finished_at(),
                     })
                 })

@@ -168,6 +168,19 @@ pub enum SchedCommand {
         /// The last chunk: the job is complete and may finish.
         seal: bool,
     },
+    /// `Complete` then `Lease` in one command (one log entry instead of two per batch): the
+    /// worker reports a lease and asks for its next batch. Each part is applied, or refused,
+    /// as its own command would be.
+    CompleteAndLease {
+        /// The lease reported.
+        lease: LeaseId,
+        /// The reporting and asking worker.
+        worker: NodeId,
+        /// One result per leased input.
+        results: Vec<Completion>,
+        /// The worker's request number for the next batch.
+        request: u64,
+    },
 }
 
 /// A granted batch.
@@ -232,6 +245,13 @@ pub enum SchedResult {
     },
     /// Refused; nothing changed (beyond expiring due leases).
     Rejected(SchedError),
+    /// Answer to `CompleteAndLease`: what the report did, then what the ask got.
+    CompletedThenLeased {
+        /// `Completed` or `Rejected`.
+        completed: Box<SchedResult>,
+        /// `Granted`, `NoWork` or `Rejected`.
+        next: Box<SchedResult>,
+    },
     /// A chunk of inputs was added (or had been, for a retried chunk).
     InputsAdded {
         /// The job.
@@ -474,6 +494,21 @@ impl Scheduler {
             SchedCommand::SetBatchSize { job, size } => self.set_batch_size(job, size),
             SchedCommand::Cancel { job } => self.cancel(job),
             SchedCommand::ExpireLeases => Ok(SchedResult::Expired { leases: expired }),
+            SchedCommand::CompleteAndLease {
+                lease,
+                worker,
+                results,
+                request,
+            } => {
+                let completed = self.complete(now, lease, worker, results);
+                let completed = self.refused_counted(completed);
+                let next = self.lease(now, worker, request);
+                let next = self.refused_counted(next);
+                Ok(SchedResult::CompletedThenLeased {
+                    completed: Box::new(completed),
+                    next: Box::new(next),
+                })
+            }
         };
         self.check();
         result.unwrap_or_else(|e| {
@@ -853,6 +888,13 @@ impl Scheduler {
         if let Some(job) = self.jobs.get_mut(&lease.job) {
             job.give_back(lease.id, &lease.inputs);
         }
+    }
+
+    fn refused_counted(&mut self, result: Result<SchedResult, SchedError>) -> SchedResult {
+        result.unwrap_or_else(|e| {
+            self.counters.rejected += 1;
+            SchedResult::Rejected(e)
+        })
     }
 
     fn check(&self) {

@@ -899,3 +899,57 @@ fn chunks_keep_the_input_limit_and_an_empty_seal_finishes_a_done_job() {
     }
     s.verify().expect("consistent");
 }
+
+#[test]
+fn complete_and_lease_reports_then_grants_the_next_batch() {
+    let mut s = Scheduler::default();
+    let job = submit(&mut s, at(1), spec("noop", 3, 1), 1);
+    let first = lease(&mut s, at(2), node(1), 1).expect("work");
+    let step = |s: &mut Scheduler, g: &Grant, request: u64| {
+        s.apply(
+            at(3),
+            SchedCommand::CompleteAndLease {
+                lease: g.lease,
+                worker: node(1),
+                results: results(g, 2),
+                request,
+            },
+        )
+    };
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &first, 2) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Completed { inputs: 1, .. }
+    ));
+    let SchedResult::Granted(second) = *next else {
+        panic!("no next batch: {next:?}")
+    };
+    // A retry of the same combined command: the report is refused (already applied), the ask
+    // gets the same grant back.
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &first, 2) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Rejected(SchedError::UnknownLease(_))
+    ));
+    assert_eq!(*next, SchedResult::Granted(second.clone()));
+    let SchedResult::CompletedThenLeased { next, .. } = step(&mut s, &second, 3) else {
+        panic!("not a combined answer");
+    };
+    let SchedResult::Granted(third) = *next else {
+        panic!("no third batch")
+    };
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &third, 4) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Completed { finished: true, .. }
+    ));
+    assert_eq!(*next, SchedResult::NoWork);
+    assert_eq!(s.job(job).expect("kept").done_count(), 3);
+    s.verify().expect("consistent");
+}

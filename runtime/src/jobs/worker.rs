@@ -4,8 +4,9 @@
 //! Owns: [`WorkerOptions`] and [`run`]: `lanes` loops (so at most `lanes` leases are in flight,
 //! never more than the scheduler's per-worker cap), each asking with a fresh request number,
 //! running a granted batch on a blocking thread through the [`Executor`] while renewing the
-//! lease, and reporting the results (retried until the scheduler answers, which it does once:
-//! a second report of the same lease is refused as unknown). With no work, a lane backs off
+//! lease, and reporting the results together with the ask for the next batch
+//! (`CompleteAndLease`: one log entry per batch instead of two), retried until the scheduler
+//! answers; a second report of the same lease is refused as unknown. With no work, a lane backs off
 //! exponentially from `idle_min` to `idle_max`; a granted batch resets it.
 //! Shutdown: the loop stops at the next await once the shutdown signal changes (or the task is
 //! aborted); either is safe, because a lease nobody completes expires and its inputs run again.
@@ -106,34 +107,55 @@ struct Lane {
 }
 
 impl Lane {
+    fn next_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     async fn run(self) {
         let mut idle = self.options.idle_min;
+        let mut next: Option<Grant> = None;
         loop {
-            let request = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-            let command = SchedCommand::Lease {
-                worker: self.me,
-                request,
-            };
-            match self.client.command(command).await {
-                Ok(SchedResult::Granted(grant)) => {
-                    idle = self.options.idle_min;
-                    self.stats.leased.fetch_add(1, Ordering::Relaxed);
-                    self.work(grant).await;
-                    continue;
+            let grant = match next.take() {
+                Some(grant) => grant,
+                None => {
+                    let command = SchedCommand::Lease {
+                        worker: self.me,
+                        request: self.next_request(),
+                    };
+                    match self.client.command(command).await {
+                        Ok(SchedResult::Granted(grant)) => grant,
+                        // Another lane asked with a later number first: ask again at once.
+                        Ok(SchedResult::Rejected(SchedError::StaleRequest { .. })) => continue,
+                        Ok(SchedResult::NoWork) => {
+                            tokio::time::sleep(idle).await;
+                            idle = (idle * 2).min(self.options.idle_max);
+                            continue;
+                        }
+                        Ok(other) => {
+                            debug!(?other, "lease refused");
+                            tokio::time::sleep(idle).await;
+                            idle = (idle * 2).min(self.options.idle_max);
+                            continue;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "lease request failed");
+                            tokio::time::sleep(idle).await;
+                            idle = (idle * 2).min(self.options.idle_max);
+                            continue;
+                        }
+                    }
                 }
-                // Another lane asked with a later number first: ask again at once.
-                Ok(SchedResult::Rejected(SchedError::StaleRequest { .. })) => continue,
-                Ok(SchedResult::NoWork) => {}
-                Ok(other) => debug!(?other, "lease refused"),
-                Err(e) => debug!(error = %e, "lease request failed"),
+            };
+            idle = self.options.idle_min;
+            self.stats.leased.fetch_add(1, Ordering::Relaxed);
+            if let Some(results) = self.execute(&grant).await {
+                next = self.report(&grant, results).await;
             }
-            tokio::time::sleep(idle).await;
-            idle = (idle * 2).min(self.options.idle_max);
         }
     }
 
-    /// Runs one granted batch (renewing its lease while it runs) and reports it.
-    async fn work(&self, grant: Grant) {
+    /// Runs one granted batch on a blocking thread, renewing its lease while it runs.
+    async fn execute(&self, grant: &Grant) -> Option<Vec<Completion>> {
         let executor = Arc::clone(&self.executor);
         let model = grant.model.clone();
         let inputs = grant.inputs.clone();
@@ -150,45 +172,55 @@ impl Lane {
                 }
             }
         };
-        let results: Vec<Completion> = match results {
-            Ok(results) => results,
+        match results {
+            Ok(results) => Some(results),
             Err(e) => {
                 warn!(lease = %grant.lease, error = %e, "the executor failed; the lease will expire");
-                return;
+                None
             }
-        };
-        self.report(&grant, results).await;
+        }
     }
 
-    /// Reports `results`, retrying while the cluster does not answer (until the lease lapses
-    /// as far as this worker can tell: a few call timeouts).
-    async fn report(&self, grant: &Grant, results: Vec<Completion>) {
+    /// Reports `results` and asks for the next batch in the same command
+    /// (`CompleteAndLease`), retrying the same command while the cluster does not answer (a
+    /// retry whose report already applied is refused as an unknown lease, and its ask gets the
+    /// same grant back). Returns the next batch, if one was granted.
+    async fn report(&self, grant: &Grant, results: Vec<Completion>) -> Option<Grant> {
         let mut pause = self.options.idle_min;
+        let request = self.next_request();
         for _ in 0..8 {
-            let command = SchedCommand::Complete {
+            let command = SchedCommand::CompleteAndLease {
                 lease: grant.lease,
                 worker: self.me,
                 results: results.clone(),
+                request,
             };
             match self.client.command(command).await {
-                Ok(SchedResult::Completed { .. }) => {
-                    self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Ok(SchedResult::Rejected(e)) => {
-                    // Expired, revoked, or applied by an earlier try whose answer was lost.
-                    debug!(lease = %grant.lease, error = %e, "report refused");
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    return;
+                Ok(SchedResult::CompletedThenLeased { completed, next }) => {
+                    match *completed {
+                        SchedResult::Completed { .. } => {
+                            self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            // Expired, revoked, or applied by an earlier try whose answer was lost.
+                            debug!(lease = %grant.lease, ?other, "report refused");
+                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    return match *next {
+                        SchedResult::Granted(next) => Some(next),
+                        _ => None,
+                    };
                 }
                 Ok(other) => {
                     debug!(?other, "unexpected answer to a report");
-                    return;
+                    return None;
                 }
                 Err(e) => debug!(lease = %grant.lease, error = %e, "report failed; retrying"),
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.options.idle_max);
         }
+        None
     }
 }
