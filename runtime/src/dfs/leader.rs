@@ -34,10 +34,10 @@ pub enum Action {
 pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
     match request {
         DfsRequest::Apply(command) => {
-            if let DfsCommand::Commit { name, .. } | DfsCommand::Delete { name, .. } = &command {
-                if let Err(e) = idunno_core::dfs::validate_name(name) {
-                    return Action::Answer(dfs(DfsAnswer::Applied(Err(DfsError::InvalidName(e)))));
-                }
+            if let DfsCommand::Commit { name, .. } | DfsCommand::Delete { name, .. } = &command
+                && let Err(e) = idunno_core::dfs::validate_name(name)
+            {
+                return Action::Answer(dfs(DfsAnswer::Applied(Err(DfsError::InvalidName(e)))));
             }
             Action::Propose(ClusterOp::Dfs(command))
         }
