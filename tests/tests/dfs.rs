@@ -264,6 +264,7 @@ fn bad_input_gets_clear_errors_and_leaves_no_version() {
     let missing = cluster.scratch().join("no-such-file");
     let missing = missing.to_string_lossy();
     fails(&["put", &missing, "a.txt"], "No such file");
+    fails(&["ls", "a.txt"], "no file named");
     let local = cluster.scratch().join("small");
     std::fs::write(&local, b"hello").expect("write");
     let local_str = local.to_string_lossy();
