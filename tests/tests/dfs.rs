@@ -305,3 +305,71 @@ fn bad_input_gets_clear_errors_and_leaves_no_version() {
     assert!(deleted.status.success(), "delete: {}", deleted.stderr);
     fails(&["get", "notes/a.txt", &local_str], "no file named");
 }
+
+/// The restore-time measurement's addresses.
+const RESTORE_FIRST_HOST: u8 = 120;
+
+/// Opt-in measurement (`cargo test -p idunno-tests --test dfs -- --ignored --nocapture`): the
+/// time to restore the replica count of one file (`IDUNNO_DFS_RESTORE_MB`, default 40 MB) after
+/// SIGKILLing one of its replicas, from the kill and from the leader's detection.
+#[test]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
+fn restore_time_after_a_crash() {
+    let mb: usize = std::env::var("IDUNNO_DFS_RESTORE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let mut cluster = Cluster::new("dfs-restore");
+    let all = start_cluster(&mut cluster, RESTORE_FIRST_HOST, VOTERS, MEMBERS);
+    let voters: BTreeSet<SocketAddr> = all[..usize::from(VOTERS)].iter().copied().collect();
+    eventually("every node sees ten members", CONVERGE_TIMEOUT, || {
+        for &node in &all {
+            let alive = idunno_tests::harness::list_mem(node)?.alive().len();
+            if alive != all.len() {
+                return Err(format!("{node} sees {alive} alive"));
+            }
+        }
+        Ok(())
+    });
+    let local = cluster.scratch().join("big");
+    std::fs::write(&local, bytes(mb << 20, 42)).expect("write the source");
+    let put_started = std::time::Instant::now();
+    let (_, replicas) = eventually("put the big file", CONVERGE_TIMEOUT, || {
+        dfs_put(all[0], &local, "big.bin")
+    });
+    let put_took = put_started.elapsed();
+    let victim = replicas
+        .iter()
+        .map(|r| addr_of(r))
+        .find(|a| !voters.contains(a))
+        .unwrap_or_else(|| addr_of(&replicas[0]));
+    let index = all.iter().position(|&a| a == victim).expect("victim index");
+    let watcher = *all
+        .iter()
+        .find(|&&a| a != victim && voters.contains(&a))
+        .expect("a voter to watch from");
+    cluster.node_mut(index).kill();
+    let killed = std::time::Instant::now();
+    let live: BTreeSet<SocketAddr> = all.iter().copied().filter(|&a| a != victim).collect();
+    let mut detected = None;
+    eventually("restored", patience(CONVERGE_TIMEOUT * 2), || {
+        if detected.is_none() {
+            let view = idunno_tests::harness::list_mem(watcher)?;
+            if !view.alive().iter().any(|id| addr_of(id) == victim) {
+                detected = Some(killed.elapsed());
+            }
+        }
+        let (_, _, replicas) = dfs_ls(watcher, "big.bin")?;
+        fully_replicated(&replicas, &live)
+    });
+    let restored = killed.elapsed();
+    let detected = detected.unwrap_or(restored);
+    eprintln!(
+        "dfs restore: {mb} MB file, put {:.2}s; after SIGKILL of {victim}: detected by {watcher} \
+         within {:.2}s, back at {REPLICATION} live replicas after {:.2}s ({:.2}s after detection)",
+        put_took.as_secs_f64(),
+        detected.as_secs_f64(),
+        restored.as_secs_f64(),
+        (restored - detected).as_secs_f64()
+    );
+}
