@@ -216,8 +216,13 @@ impl<S: DatagramSocket> Driver<S> {
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
-            | ControlRequest::Sched { .. }
-            | ControlRequest::Dfs { .. } => {
+            | ControlRequest::Sched { .. } => {
+                ControlResponse::Error("raft is not enabled on this node".to_owned())
+            }
+            ControlRequest::Dfs { request, .. } if !request.for_leader() => ControlResponse::Error(
+                "this node has no blob store (start it with --data-dir)".to_owned(),
+            ),
+            ControlRequest::Dfs { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
             // Blob requests are served by the control server's blob service.

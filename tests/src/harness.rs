@@ -22,6 +22,11 @@
 //! - `idunno-node client --node ADDR failed --json`: `["addr#generation", ...]`.
 //! - `idunno-node client --node ADDR submit|jobs|c1|c2|c3|c4|c5|cancel .. --json`: the JSON
 //!   shapes listed in `runtime/src/jobs/cli.rs` ([`client_json`]).
+//! - `idunno-node client --node ADDR put LOCAL NAME --json`:
+//!   `{"name","version","size","hash","replicas":["addr#generation",..]}`.
+//! - `idunno-node client --node ADDR get NAME LOCAL --json`:
+//!   `{"name","version","size","hash","served_by","reported":["addr",..]}`.
+//! - `idunno-node client --node ADDR ls NAME --json`: `{"name","version","size","hash","replicas"}`.
 //!
 //! Must never: bind or contact anything outside 127.0.0.0/8, wait without a deadline, or outlive
 //! a test with a child still running (short of the test runner itself being SIGKILLed).
@@ -489,6 +494,60 @@ pub fn client_json(node: SocketAddr, args: &[&str]) -> Result<serde_json::Value,
     let stdout = client_ok(node, &all)?;
     serde_json::from_str(stdout.trim())
         .map_err(|e| format!("{args:?} from {node} is not JSON ({e}): {stdout}"))
+}
+
+/// `put LOCAL NAME --json` against `node`: the version number and the replicas' ids.
+pub fn dfs_put(node: SocketAddr, local: &Path, name: &str) -> Result<(u64, Vec<String>), String> {
+    let local = local.to_string_lossy();
+    let stdout = client_ok(
+        node,
+        &["--timeout-ms", "10000", "put", &local, name, "--json"],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("put answer is not JSON ({e}): {stdout}"))?;
+    let version = v["version"]
+        .as_u64()
+        .ok_or(format!("no version in {stdout}"))?;
+    let replicas = string_list(&v["replicas"]);
+    Ok((version, replicas))
+}
+
+/// `get NAME LOCAL --json` against `node`: the version fetched and the replicas reported bad.
+pub fn dfs_get(node: SocketAddr, name: &str, local: &Path) -> Result<(u64, Vec<String>), String> {
+    let local = local.to_string_lossy();
+    let stdout = client_ok(
+        node,
+        &["--timeout-ms", "10000", "get", name, &local, "--json"],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("get answer is not JSON ({e}): {stdout}"))?;
+    let version = v["version"]
+        .as_u64()
+        .ok_or(format!("no version in {stdout}"))?;
+    Ok((version, string_list(&v["reported"])))
+}
+
+/// `ls NAME --json` against `node`: the newest version, its hash and its replicas' ids.
+pub fn dfs_ls(node: SocketAddr, name: &str) -> Result<(u64, String, Vec<String>), String> {
+    let stdout = client_ok(node, &["--timeout-ms", "10000", "ls", name, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("ls answer is not JSON ({e}): {stdout}"))?;
+    let version = v["version"]
+        .as_u64()
+        .ok_or(format!("no version in {stdout}"))?;
+    let hash = v["hash"].as_str().unwrap_or_default().to_owned();
+    Ok((version, hash, string_list(&v["replicas"])))
+}
+
+fn string_list(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 // ----- nodes -----

@@ -118,3 +118,65 @@ pub enum DfsAnswer {
     /// Answer to [`DfsRequest::Held`].
     Held(Vec<(ContentHash, u64)>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dfs::RequestId;
+    use crate::wire::{self, ControlRequest, ControlResponse};
+
+    fn round_trip<T>(value: &T) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let bytes = wire::encode_frame(value).expect("encodes");
+        wire::decode_frame_body(&bytes[wire::FRAME_HEADER_BYTES..]).expect("decodes")
+    }
+
+    #[test]
+    fn requests_and_answers_cross_the_wire() {
+        let node = NodeId::new("127.0.0.1:7000".parse().expect("addr"), 3);
+        let request = ControlRequest::Dfs {
+            request: DfsRequest::Apply(DfsCommand::Commit {
+                name: "a/b".into(),
+                size: 9,
+                hash: ContentHash([5; 32]),
+                replicas: vec![node],
+                request: RequestId { client: 7, seq: 1 },
+            }),
+            forwarded: true,
+        };
+        assert_eq!(round_trip(&request), request);
+        let answer = ControlResponse::Dfs(DfsAnswer::Versions(Ok(vec![VersionInfo {
+            name: "a/b".into(),
+            version: 2,
+            size: 9,
+            hash: ContentHash([5; 32]),
+            replicas: vec![node],
+        }])));
+        assert_eq!(round_trip(&answer), answer);
+        let refused = ControlResponse::Dfs(DfsAnswer::Applied(Err(DfsError::NotFound {
+            name: "x".into(),
+        })));
+        assert_eq!(round_trip(&refused), refused);
+    }
+
+    #[test]
+    fn only_fetch_and_held_stay_on_the_node() {
+        assert!(!DfsRequest::Held.for_leader());
+        assert!(
+            !DfsRequest::Fetch {
+                hash: ContentHash([0; 32]),
+                sources: Vec::new()
+            }
+            .for_leader()
+        );
+        assert!(DfsRequest::Referenced.for_leader());
+        assert!(
+            DfsRequest::List {
+                prefix: String::new()
+            }
+            .for_leader()
+        );
+    }
+}

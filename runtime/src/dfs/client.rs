@@ -200,6 +200,7 @@ impl DfsClient {
             }
             let addrs: Vec<SocketAddr> = replicas.iter().map(|n| n.addr).collect();
             let file = tokio::fs::File::open(local).await.map_err(local_error)?;
+            let file = Progress::new(file, size, name);
             match put_blob_from(&addrs, hash, size, file, PutMode::Chain).await {
                 Ok(()) => break replicas,
                 Err(e @ PutError::Replica { .. }) if tries < PUT_TRIES => {
@@ -461,6 +462,73 @@ fn random_client_id() -> u64 {
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes.as_bytes()[..8]);
     u64::from_le_bytes(id)
+}
+
+/// Files at least this large show progress on a terminal.
+pub const PROGRESS_BYTES_MIN: u64 = 8 << 20;
+/// Least time between two progress lines.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A source that reports how much of it was read on stderr, only when stderr is a terminal
+/// and the file is large.
+struct Progress<R> {
+    inner: R,
+    read: u64,
+    total: u64,
+    label: String,
+    shown: Option<std::time::Instant>,
+    enabled: bool,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64, label: &str) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            inner,
+            read: 0,
+            total,
+            label: label.to_owned(),
+            shown: None,
+            enabled: total >= PROGRESS_BYTES_MIN && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self) {
+        let due = self.shown.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        let done = self.read >= self.total;
+        if !self.enabled || !(due || done) {
+            return;
+        }
+        self.shown = Some(std::time::Instant::now());
+        let percent = self.read.saturating_mul(100) / self.total.max(1);
+        eprint!(
+            "\r{}: {} / {} MiB ({percent}%){}",
+            self.label,
+            self.read >> 20,
+            self.total >> 20,
+            if done { "\n" } else { "" }
+        );
+        if done {
+            self.enabled = false;
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Progress<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let got = (buf.filled().len() - before) as u64;
+            self.read = self.read.saturating_add(got);
+            self.show();
+        }
+        polled
+    }
 }
 
 // ----- the command line -----

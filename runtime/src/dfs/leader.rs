@@ -34,10 +34,10 @@ pub enum Action {
 pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
     match request {
         DfsRequest::Apply(command) => {
-            if let DfsCommand::Commit { name, .. } | DfsCommand::Delete { name, .. } = &command {
-                if let Err(e) = idunno_core::dfs::validate_name(name) {
-                    return Action::Answer(dfs(DfsAnswer::Applied(Err(DfsError::InvalidName(e)))));
-                }
+            if let DfsCommand::Commit { name, .. } | DfsCommand::Delete { name, .. } = &command
+                && let Err(e) = idunno_core::dfs::validate_name(name)
+            {
+                return Action::Answer(dfs(DfsAnswer::Applied(Err(DfsError::InvalidName(e)))));
             }
             Action::Propose(ClusterOp::Dfs(command))
         }
@@ -147,5 +147,127 @@ pub fn answer_applied(_index: u64, result: ClusterResult) -> ControlResponse {
     match result {
         ClusterResult::Dfs(result) => dfs(DfsAnswer::Applied(result)),
         other => ControlResponse::Error(format!("command failed: {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use idunno_core::cluster::ClusterCommand;
+    use idunno_core::dfs::{ContentHash, DfsResult, RequestId};
+    use idunno_core::time::Instant;
+
+    use super::*;
+
+    fn node(i: u8) -> NodeId {
+        NodeId::new(format!("127.0.0.{i}:7000").parse().expect("addr"), 1)
+    }
+
+    fn read(action: Action, state: &ClusterState) -> DfsAnswer {
+        match action {
+            Action::Read(query) => match query(state) {
+                ControlResponse::Dfs(answer) => answer,
+                other => panic!("not a dfs answer: {other:?}"),
+            },
+            Action::Propose(op) => panic!("a read was proposed: {op:?}"),
+            Action::Answer(answer) => panic!("answered at once: {answer:?}"),
+        }
+    }
+
+    fn committed(nodes: &[u8]) -> ClusterState {
+        let mut state = ClusterState::default();
+        let op = ClusterOp::Dfs(DfsCommand::Commit {
+            name: "a".into(),
+            size: 10,
+            hash: ContentHash([7; 32]),
+            replicas: nodes.iter().map(|&i| node(i)).collect(),
+            request: RequestId { client: 1, seq: 1 },
+        });
+        let result = state.execute(ClusterCommand::new(Instant::from_micros(1), op));
+        assert_eq!(
+            result,
+            ClusterResult::Dfs(Ok(DfsResult::Committed { version: 1 }))
+        );
+        state
+    }
+
+    #[test]
+    fn placement_uses_live_members_only() {
+        let state = ClusterState::default();
+        let alive: BTreeSet<NodeId> = (1..=6).map(node).collect();
+        let request = DfsRequest::Place {
+            hash: ContentHash([1; 32]),
+            size: 5,
+        };
+        let DfsAnswer::Placed { replicas } = read(action(request, alive.clone()), &state) else {
+            panic!("not a placement");
+        };
+        assert_eq!(replicas.len(), 4);
+        assert!(replicas.iter().all(|n| alive.contains(n)));
+        let few: BTreeSet<NodeId> = (1..=2).map(node).collect();
+        let request = DfsRequest::Place {
+            hash: ContentHash([1; 32]),
+            size: 5,
+        };
+        let DfsAnswer::Placed { replicas } = read(action(request, few), &state) else {
+            panic!("not a placement");
+        };
+        assert_eq!(replicas.len(), 2, "degraded, never a dead node");
+    }
+
+    #[test]
+    fn versions_list_replicas_and_unknown_names_are_not_found() {
+        let state = committed(&[1, 2, 3, 4]);
+        let ask = |name: &str| DfsRequest::Versions {
+            name: name.into(),
+            count: 5,
+        };
+        let DfsAnswer::Versions(Ok(versions)) = read(action(ask("a"), BTreeSet::new()), &state)
+        else {
+            panic!("no versions");
+        };
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].replicas.len(), 4);
+        assert!(matches!(
+            read(action(ask("b"), BTreeSet::new()), &state),
+            DfsAnswer::Versions(Err(DfsError::NotFound { .. }))
+        ));
+        assert!(matches!(
+            read(action(ask("../x"), BTreeSet::new()), &state),
+            DfsAnswer::Versions(Err(DfsError::InvalidName(_)))
+        ));
+    }
+
+    #[test]
+    fn repairs_target_live_nodes_for_lost_replicas() {
+        let state = committed(&[1, 2, 3, 4]);
+        // Nodes 3 and 4 are gone from the view; 5 and 6 are new.
+        let alive: BTreeSet<NodeId> = [1, 2, 5, 6].into_iter().map(node).collect();
+        let request = DfsRequest::PlanRepairs {
+            in_flight: Vec::new(),
+            max_parallel: 4,
+        };
+        let DfsAnswer::Repairs(repairs) = read(action(request, alive), &state) else {
+            panic!("no plan");
+        };
+        assert_eq!(repairs.len(), 2);
+        for (hash, from, to) in repairs {
+            assert_eq!(hash, ContentHash([7; 32]));
+            assert!([node(1), node(2)].contains(&from));
+            assert!([node(5), node(6)].contains(&to));
+        }
+    }
+
+    #[test]
+    fn invalid_names_are_refused_before_the_log() {
+        let request = DfsRequest::Apply(DfsCommand::Delete {
+            name: String::new(),
+            request: RequestId { client: 1, seq: 1 },
+        });
+        assert!(matches!(
+            action(request, BTreeSet::new()),
+            Action::Answer(ControlResponse::Dfs(DfsAnswer::Applied(Err(
+                DfsError::InvalidName(_)
+            ))))
+        ));
     }
 }

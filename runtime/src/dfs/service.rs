@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use idunno_core::dfs::{DfsAnswer, DfsRequest};
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{blob_hash, content_hash};
 use crate::blobs::{BlobService, BlobStore, get_blob};
@@ -73,7 +73,11 @@ pub async fn fetch(
     sources: &[SocketAddr],
 ) -> ControlResponse {
     if let Some(size) = store.size_of(&hash) {
-        return ControlResponse::Dfs(DfsAnswer::Fetched { size });
+        // A copy already here counts only if it hashes right (the leader may be replacing
+        // this very copy because it was reported corrupt).
+        if verify_or_remove(store.clone(), hash).await {
+            return ControlResponse::Dfs(DfsAnswer::Fetched { size });
+        }
     }
     let dir = scratch_dir(store);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
@@ -104,6 +108,27 @@ pub async fn fetch(
         Ok(Err(e)) => ControlResponse::Error(format!("cannot store {hash}: {e}")),
         Err(e) => ControlResponse::Error(format!("storing {hash} failed: {e}")),
     }
+}
+
+/// Whether the local copy of `hash` hashes right; a bad copy is removed.
+async fn verify_or_remove(store: BlobStore, hash: crate::blobs::BlobHash) -> bool {
+    let checked = tokio::task::spawn_blocking(move || {
+        let verified = store.reader(hash, 0).and_then(|mut reader| {
+            let mut buf = vec![0u8; crate::blobs::CHUNK_BYTES];
+            while reader.read(&mut buf)? > 0 {}
+            Ok(())
+        });
+        match verified {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%hash, error = %e, "local copy is bad; fetching it again");
+                let _ = store.remove(&hash);
+                false
+            }
+        }
+    })
+    .await;
+    checked.unwrap_or(false)
 }
 
 fn scratch_dir(store: &BlobStore) -> PathBuf {

@@ -20,7 +20,7 @@ use idunno_core::membership::NodeId;
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{blob_hash, content_hash, to_leader};
 use crate::blobs::{BlobHash, BlobStore};
@@ -81,10 +81,13 @@ pub async fn repair_loop(self_addr: SocketAddr) {
                 continue;
             }
             info!(?hash, %from, %to, "re-replicating");
-            running.spawn(async move {
-                let ok = copy_one(self_addr, hash, from, to).await;
-                (hash, to, ok)
-            });
+            running.spawn(
+                async move {
+                    let ok = copy_one(self_addr, hash, from, to).await;
+                    (hash, to, ok)
+                }
+                .in_current_span(),
+            );
         }
     }
 }
