@@ -1676,7 +1676,7 @@ fn state_op(
             seq: u.int_in_range(0..=40)?,
         })
     };
-    Ok(match u.int_in_range(0..=13u8)? {
+    Ok(match u.int_in_range(0..=17u8)? {
         0 => ClusterOp::Kv(KvCommand::Put {
             key: name(u)?,
             value: u.arbitrary()?,
@@ -1745,10 +1745,21 @@ fn state_op(
                     })
                 })
                 .collect::<arbitrary::Result<Vec<_>>>()?;
-            ClusterOp::Sched(SchedCommand::Complete {
-                lease: LeaseId(pick(u, leases)?),
-                worker: state_node(u.arbitrary()?),
-                results,
+            let lease = LeaseId(pick(u, leases)?);
+            let worker = state_node(u.arbitrary()?);
+            ClusterOp::Sched(if u.ratio(1, 2)? {
+                SchedCommand::Complete {
+                    lease,
+                    worker,
+                    results,
+                }
+            } else {
+                SchedCommand::CompleteAndLease {
+                    lease,
+                    worker,
+                    results,
+                    request: u.int_in_range(0..=60)?,
+                }
             })
         }
         12 => ClusterOp::Sched(SchedCommand::SetBatchSize {
