@@ -316,6 +316,70 @@ mod tests {
         assert_eq!(copy, state);
     }
 
+    /// The worst case the parts' own bounds allow (IPv4 addresses, real-looking generations)
+    /// must fit one snapshot beside the scheduler's reserved budget; otherwise the log could
+    /// never be compacted again.
+    #[test]
+    fn a_full_state_fits_one_snapshot() {
+        use crate::consensus::{KV_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+        use crate::dfs::namespace::FILES_MAX;
+        use crate::dfs::{ContentHash, RequestId};
+        let mut state = ClusterState::default();
+        let replicas: Vec<NodeId> = (1..=4u8)
+            .map(|i| {
+                let addr = std::net::SocketAddr::from(([10, 0, 0, i], 40_000 + u16::from(i)));
+                NodeId::new(addr, 1_800_000_000_000 + u64::from(i))
+            })
+            .collect();
+        let mut seq = 0u64;
+        // Every name at its kept versions, each version its own blob.
+        for version in 0..crate::dfs::DfsConfig::default().versions_kept as u64 {
+            for i in 0..FILES_MAX as u64 {
+                seq += 1;
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&i.to_be_bytes());
+                hash[8..16].copy_from_slice(&version.to_be_bytes());
+                let commit = DfsCommand::Commit {
+                    name: format!("inputs/batch-{i:06}/image-{i:06}.jpg"),
+                    size: 1 << 20,
+                    hash: ContentHash(hash),
+                    replicas: replicas.clone(),
+                    request: RequestId {
+                        client: seq % 4096,
+                        seq,
+                    },
+                };
+                let done = state.execute(ClusterCommand::new(
+                    Instant::from_micros(seq),
+                    ClusterOp::Dfs(commit),
+                ));
+                assert!(matches!(done, ClusterResult::Dfs(Ok(_))), "{done:?}");
+            }
+        }
+        // The key-value store full.
+        for i in 0.. {
+            let op = ClusterOp::Kv(KvCommand::Put {
+                key: format!("key-{i}"),
+                value: vec![1; 1000],
+            });
+            if state.execute(ClusterCommand::new(Instant::from_micros(seq), op))
+                != ClusterResult::Kv(KvResult::Done)
+            {
+                break;
+            }
+        }
+        assert!(state.kv().bytes() + 1100 > KV_BYTES_MAX);
+        let bytes = state
+            .snapshot()
+            .expect("a full namespace and store snapshot")
+            .len();
+        let budget = SNAPSHOT_BYTES_MAX - crate::scheduler::STATE_BYTES_MAX as usize;
+        assert!(
+            bytes <= budget,
+            "{bytes} bytes leave no room for the scheduler's budget"
+        );
+    }
+
     #[test]
     fn snapshot_round_trips() {
         let mut state = ClusterState::default();

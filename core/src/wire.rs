@@ -132,6 +132,14 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// A scheduler command (proposed through the log) or query (a linearizable read) at the
+    /// leader; a follower forwards it.
+    Sched {
+        /// What is asked.
+        request: crate::scheduler::api::SchedRequest,
+        /// Already forwarded once by another node: answer, never forward again.
+        forwarded: bool,
+    },
     /// A file-system request (see [`crate::dfs::request`]); the leader's part is forwarded to
     /// the leader once.
     Dfs {
@@ -212,6 +220,8 @@ pub enum ControlResponse {
         /// The log index.
         index: u64,
     },
+    /// Answer to [`ControlRequest::Sched`].
+    Sched(crate::scheduler::api::SchedAnswer),
     /// Answer to [`ControlRequest::Dfs`].
     Dfs(crate::dfs::DfsAnswer),
 }

@@ -3,7 +3,8 @@
 //! Owns: the argument grammar (clap derive) and its validation. The contract, which tests and
 //! scripts depend on:
 //! - `idunno-node start --bind ADDR [--join ADDR,ADDR...] [--data-dir DIR]
-//!   [--raft-id N] [--voters N=ADDR,N=ADDR...] [--cluster-key-file FILE]`
+//!   [--raft-id N] [--voters N=ADDR,N=ADDR...] [--cluster-key-file FILE]
+//!   [--worker-lanes N]`
 //! - `idunno-node keygen FILE` (a new cluster key, readable by its owner only)
 //! - `idunno-node client --node ADDR list_mem [--json]`
 //! - `idunno-node client --node ADDR list_self [--json]`
@@ -12,6 +13,12 @@
 //! - `idunno-node client --node ADDR kv-put KEY VALUE [--json]`
 //! - `idunno-node client --node ADDR kv-get KEY [--json]`
 //! - `idunno-node client --node ADDR failed [--json]`
+//! - `idunno-node client --node ADDR submit MODEL NAME... [--batch B] [--lease-ms MS]
+//!   [--request ID] [--any-model] [--json]`
+//! - `idunno-node client --node ADDR jobs|c1|c5 [--json]`
+//! - `idunno-node client --node ADDR c2 JOB [--json]`, `c3 JOB B [--json]`,
+//!   `c4 JOB [N] [--json]`, `cancel JOB [--json]` (JOB: `N` or `job-N`; JSON shapes in
+//!   `jobs::cli`)
 //! - `idunno-node client --node ADDR put LOCAL NAME [--json]`
 //! - `idunno-node client --node ADDR get NAME LOCAL [--json]`
 //! - `idunno-node client --node ADDR delete NAME [--json]`
@@ -111,6 +118,10 @@ pub struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = crate::consensus::COMPACT_EVERY_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_compact_every: u64,
+    /// Inference batches this node works on at once (with Raft configured); 0 runs no worker.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=idunno_core::scheduler::LEASES_PER_WORKER_MAX as u64))]
+    pub worker_lanes: u64,
 }
 
 /// One `--voters` item: `ID=ADDR`.
@@ -244,6 +255,9 @@ pub enum ClientRequest {
         #[arg(long)]
         json: bool,
     },
+    /// Inference jobs (submit, jobs, c1..c5, cancel).
+    #[command(flatten)]
+    Jobs(crate::jobs::cli::JobsRequest),
     /// The distributed file system.
     #[command(flatten)]
     Dfs(DfsClientCommand),

@@ -215,7 +215,8 @@ impl<S: DatagramSocket> Driver<S> {
             | ControlRequest::Leader
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
-            | ControlRequest::FailedNodes { .. } => {
+            | ControlRequest::FailedNodes { .. }
+            | ControlRequest::Sched { .. } => {
                 ControlResponse::Error("raft is not enabled on this node".to_owned())
             }
             ControlRequest::Dfs { request, .. } if !request.for_leader() => ControlResponse::Error(

@@ -15,6 +15,7 @@
 //!   routing of `leader` / `kv-put` / `kv-get` (forwarded to the leader).
 //! - [`blobs`]: the DFS's bytes: the content-addressed blob store, chain-replicated transfers,
 //!   the blob client and the scrubber.
+//! - [`jobs`]: the worker loop, the executors (the `noop` model) and the scheduler client.
 //! - [`control`]: the TCP control server and the client side of the control protocol.
 //! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
 //! - [`node`]: binds the sockets and wires driver, control server and signals together.
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod dfs;
 pub mod driver;
 pub mod identity;
+pub mod jobs;
 pub mod logging;
 pub mod net;
 pub mod node;

@@ -14,7 +14,7 @@ use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, PredictArgs, 
 use idunno_runtime::control;
 use idunno_runtime::driver::Exit;
 use idunno_runtime::node::{self, NodeOptions};
-use idunno_runtime::{demo, logging, render};
+use idunno_runtime::{demo, jobs, logging, render};
 
 /// Exit code of a node stopped by a second signal before its leave finished (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -85,6 +85,7 @@ fn start(args: StartArgs) -> ExitCode {
     let mut options = NodeOptions::new(args.bind, args.join, args.data_dir);
     options.raft = raft;
     options.cluster_key = cluster_key;
+    options.worker.lanes = usize::try_from(args.worker_lanes).unwrap_or(0);
     let result = node::block_on(async {
         let bound = match node::bind(options).await {
             Ok(bound) => bound,
@@ -159,11 +160,12 @@ fn client(args: ClientArgs) -> ExitCode {
                 let nodes = control::failed_nodes(node, timeout).await?;
                 Ok(render_failed(&nodes, json))
             }
+            ClientRequest::Jobs(request) => Ok(jobs::cli::run(node, timeout, request).await?),
             // Answered above, before the runtime starts.
             ClientRequest::Dfs(_) => Ok(String::new()),
         }
     });
-    let text: Result<String, control::ClientError> = match result {
+    let text: Result<String, Box<dyn std::error::Error>> = match result {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

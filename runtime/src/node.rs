@@ -28,7 +28,7 @@ use idunno_core::consensus::{Message, VoterId};
 use idunno_core::membership::{Config, Metrics, NodeId};
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::auth::{AuthSocket, AuthStats, ClusterKey};
@@ -40,6 +40,9 @@ use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftReq
 use crate::control;
 use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
+use crate::jobs::{
+    self, client::SchedClient, noop::NoopExecutor, worker::WorkerOptions, worker::WorkerStats,
+};
 use crate::view;
 
 /// Tries at binding UDP and TCP to one free port when asked for port 0 (the port the UDP socket
@@ -65,6 +68,8 @@ pub struct NodeOptions {
     pub cluster_key: Option<ClusterKey>,
     /// The blob store's limits and scrub schedule (used only with `data_dir`).
     pub blobs: BlobOptions,
+    /// The inference worker's settings (it runs only with Raft; `lanes: 0` runs none).
+    pub worker: WorkerOptions,
 }
 
 /// How a node with a data dir keeps blobs.
@@ -87,6 +92,7 @@ impl NodeOptions {
             raft: None,
             cluster_key: None,
             blobs: BlobOptions::default(),
+            worker: WorkerOptions::default(),
         }
     }
 }
@@ -147,6 +153,7 @@ pub struct BoundNode {
     raft: Option<RaftParts>,
     route: Option<RaftRoute>,
     blobs: Option<BlobParts>,
+    worker: WorkerOptions,
 }
 
 /// The blob service of a node with a data dir, not yet running.
@@ -302,6 +309,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
         raft,
         route,
         blobs,
+        worker: options.worker,
     })
 }
 
@@ -364,8 +372,25 @@ impl BoundNode {
             route,
             auth,
             blobs,
+            worker,
         } = self;
         let id = driver.id();
+        // The worker asks through this node's own control port (which routes to the leader).
+        let (stop_worker, worker_stopped) = watch::channel(false);
+        let worker_task = (route.is_some() && worker.lanes > 0).then(|| {
+            let client = Arc::new(SchedClient::new(id.addr, worker.call_timeout));
+            tokio::spawn(
+                jobs::worker::run(
+                    id,
+                    client,
+                    Arc::new(NoopExecutor),
+                    worker,
+                    Arc::new(WorkerStats::default()),
+                    worker_stopped,
+                )
+                .instrument(span.clone()),
+            )
+        });
         let (service, mut blob_tasks) = match blobs {
             Some(parts) => {
                 let (service, tasks) = spawn_blob_tasks(parts, &span, id, route.is_some());
@@ -415,6 +440,10 @@ impl BoundNode {
         }
         .instrument(span)
         .await;
+        let _ = stop_worker.send(true);
+        if let Some(task) = worker_task {
+            task.abort();
+        }
         server.abort();
         for task in blob_tasks {
             task.abort();

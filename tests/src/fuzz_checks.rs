@@ -2,7 +2,7 @@
 //!
 //! Owns: one function per target, each taking the raw fuzz input and panicking on any violated
 //! invariant: [`wire_datagram`], [`wire_frame`], [`membership_events`], [`consensus_message`],
-//! [`consensus_events`]; the table [`TARGETS`] that maps target names to them; and the
+//! [`consensus_events`], [`cluster_state`]; the table [`TARGETS`] that maps target names to them; and the
 //! deterministic seed corpora ([`seed_corpus`]) that `examples/write_fuzz_corpus.rs` writes
 //! under `fuzz/corpus/<target>/`.
 //!
@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
+use idunno_core::cluster::{ClusterCommand, ClusterOp, ClusterResult, ClusterState};
 use idunno_core::consensus::{
     self as raft, Body, Entry, MESSAGE_BYTES_MAX, PersistBatch, PersistedState, Raft, VoterId,
 };
@@ -45,6 +46,7 @@ pub const TARGETS: &[Target] = &[
     ("membership_events", membership_events_check),
     ("consensus_message", consensus_message),
     ("consensus_events", consensus_events_check),
+    ("cluster_state", cluster_state),
 ];
 
 /// The check function of the target called `name`.
@@ -1622,6 +1624,249 @@ pub fn seed_corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         "membership_events" => membership_seeds(),
         "consensus_message" => consensus_message_seeds(),
         "consensus_events" => consensus_events_seeds(),
+        "cluster_state" => cluster_state_seeds(),
         _ => Vec::new(),
     }
+}
+
+// ----- cluster state (file-system metadata and scheduler) -----
+
+/// Nodes the cluster-state target draws from (small, so commands collide on purpose).
+const STATE_NODES: u8 = 6;
+/// Names the cluster-state target draws from.
+const STATE_NAMES: [&str; 4] = ["a", "a/b", "inputs/x.jpg", "results/1"];
+/// Most operations one cluster-state input runs.
+const STATE_STEPS_MAX: usize = 400;
+
+fn state_node(index: u8) -> NodeId {
+    let i = index % STATE_NODES;
+    NodeId::new(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)), 7000),
+        1 + u64::from(index / STATE_NODES % 2),
+    )
+}
+
+/// One operation on the replicated state, drawn from the fuzz input.
+fn state_op(
+    u: &mut Unstructured<'_>,
+    jobs: &[u64],
+    leases: &[u64],
+) -> arbitrary::Result<ClusterOp> {
+    use idunno_core::consensus::KvCommand;
+    use idunno_core::dfs::{ContentHash, DfsCommand, RequestId};
+    use idunno_core::scheduler::{Completion, InputOutcome, JobId, JobSpec, LeaseId, SchedCommand};
+    let pick = |u: &mut Unstructured<'_>, from: &[u64]| -> arbitrary::Result<u64> {
+        if from.is_empty() || u.ratio(1, 8)? {
+            return u.arbitrary();
+        }
+        Ok(from[u.choose_index(from.len())?])
+    };
+    let name = |u: &mut Unstructured<'_>| -> arbitrary::Result<String> {
+        if u.ratio(1, 16)? {
+            return u.arbitrary::<String>();
+        }
+        Ok(STATE_NAMES[u.choose_index(STATE_NAMES.len())?].to_owned())
+    };
+    let hash = |u: &mut Unstructured<'_>| -> arbitrary::Result<ContentHash> {
+        Ok(ContentHash([u.int_in_range(0..=7u8)?; 32]))
+    };
+    let request = |u: &mut Unstructured<'_>| -> arbitrary::Result<RequestId> {
+        Ok(RequestId {
+            client: u.int_in_range(0..=3)?,
+            seq: u.int_in_range(0..=40)?,
+        })
+    };
+    Ok(match u.int_in_range(0..=13u8)? {
+        0 => ClusterOp::Kv(KvCommand::Put {
+            key: name(u)?,
+            value: u.arbitrary()?,
+        }),
+        1 => ClusterOp::NodeFailed {
+            node: state_node(u.arbitrary()?),
+        },
+        2 | 3 => {
+            let count = u.int_in_range(0..=5usize)?;
+            let replicas = (0..count)
+                .map(|_| u.arbitrary().map(state_node))
+                .collect::<arbitrary::Result<Vec<_>>>()?;
+            ClusterOp::Dfs(DfsCommand::Commit {
+                name: name(u)?,
+                size: u.arbitrary()?,
+                hash: hash(u)?,
+                replicas,
+                request: request(u)?,
+            })
+        }
+        4 => ClusterOp::Dfs(DfsCommand::Delete {
+            name: name(u)?,
+            request: request(u)?,
+        }),
+        5 => ClusterOp::Dfs(DfsCommand::ReplicaAdded {
+            hash: hash(u)?,
+            node: state_node(u.arbitrary()?),
+        }),
+        6 => ClusterOp::Dfs(DfsCommand::ReplicaLost {
+            hash: hash(u)?,
+            node: state_node(u.arbitrary()?),
+        }),
+        7 => {
+            let inputs = (0..u.int_in_range(0..=12usize)?)
+                .map(|i| format!("in/{i}"))
+                .collect();
+            ClusterOp::Sched(SchedCommand::Submit {
+                spec: JobSpec {
+                    model: if u.ratio(1, 8)? {
+                        u.arbitrary()?
+                    } else {
+                        "noop".into()
+                    },
+                    inputs,
+                    batch_size: u.int_in_range(0..=5)?,
+                    lease_millis: u.int_in_range(50..=3000)?,
+                },
+                request: u.int_in_range(0..=20)?,
+            })
+        }
+        8 | 9 => ClusterOp::Sched(SchedCommand::Lease {
+            worker: state_node(u.arbitrary()?),
+            request: u.int_in_range(0..=60)?,
+        }),
+        10 | 11 => {
+            let results = (0..u.int_in_range(0..=6usize)?)
+                .map(|_| -> arbitrary::Result<Completion> {
+                    Ok(Completion {
+                        input: u.int_in_range(0..=12)?,
+                        outcome: if u.ratio(1, 4)? {
+                            InputOutcome::Failed(u.arbitrary()?)
+                        } else {
+                            InputOutcome::Result(name(u)?)
+                        },
+                        elapsed_micros: u.int_in_range(0..=100_000)?,
+                    })
+                })
+                .collect::<arbitrary::Result<Vec<_>>>()?;
+            ClusterOp::Sched(SchedCommand::Complete {
+                lease: LeaseId(pick(u, leases)?),
+                worker: state_node(u.arbitrary()?),
+                results,
+            })
+        }
+        12 => ClusterOp::Sched(SchedCommand::SetBatchSize {
+            job: JobId(pick(u, jobs)?),
+            size: u.int_in_range(0..=300)?,
+        }),
+        _ => ClusterOp::Sched(if u.ratio(1, 2)? {
+            SchedCommand::ExpireLeases
+        } else {
+            SchedCommand::Cancel {
+                job: JobId(pick(u, jobs)?),
+            }
+        }),
+    })
+}
+
+/// The replicated cluster state ([`ClusterState`]: key-value store, failed nodes, file-system
+/// namespace, scheduler) driven by an arbitrary sequence of commands, some of them raw bytes,
+/// with time that mostly advances and sometimes goes back. After every command: no panic; the
+/// result decodes; the replicated clock never goes back; per name, version numbers strictly
+/// increase and at most the configured number are kept; the scheduler's own `verify` holds; an
+/// input's result, once recorded, never changes. At a point chosen by the input the state is
+/// snapshotted and restored into a second replica that then applies the same commands: both end
+/// equal, with equal snapshots.
+pub fn cluster_state(data: &[u8]) {
+    use idunno_core::consensus::StateMachine;
+    use idunno_core::scheduler::InputState;
+
+    let mut u = Unstructured::new(data);
+    let mut state = ClusterState::default();
+    let mut replica: Option<ClusterState> = None;
+    let fork_at = u.int_in_range(0..=STATE_STEPS_MAX).unwrap_or(0);
+    let mut now = 1_000_000u64;
+    let mut done: BTreeMap<(u64, usize), InputState> = BTreeMap::new();
+    let mut index = 0u64;
+    for step in 0..STATE_STEPS_MAX {
+        if u.is_empty() {
+            break;
+        }
+        if step == fork_at {
+            let snapshot = state.snapshot().expect("a fuzzed state is small");
+            let mut copy = ClusterState::default();
+            copy.restore(&snapshot).expect("a snapshot restores");
+            assert_eq!(copy, state, "restore reproduces the state");
+            replica = Some(copy);
+        }
+        let jobs: Vec<u64> = state.scheduler().jobs().map(|j| j.id().0).collect();
+        let leases: Vec<u64> = state
+            .scheduler()
+            .leases()
+            .iter()
+            .map(|lease| lease.id.0)
+            .collect();
+        // Time mostly moves forward; a new leader's clock may lag (the state clamps it).
+        now = match u.int_in_range(0..=9u8).unwrap_or(0) {
+            0 => now.saturating_sub(u.int_in_range(0..=5_000_000).unwrap_or(0)),
+            _ => now.saturating_add(u.int_in_range(0..=400_000).unwrap_or(0)),
+        };
+        let bytes = if u.ratio(1, 32).unwrap_or(false) {
+            u.arbitrary::<Vec<u8>>().unwrap_or_default()
+        } else {
+            let Ok(op) = state_op(&mut u, &jobs, &leases) else {
+                break;
+            };
+            ClusterCommand::new(Instant::from_micros(now), op)
+                .encode()
+                .expect("fuzzed commands are small")
+        };
+        index += 1;
+        let clock = state.now();
+        let result = state.apply(index, &bytes);
+        assert!(ClusterResult::decode(&result).is_ok(), "results decode");
+        if let Some(copy) = replica.as_mut() {
+            assert_eq!(copy.apply(index, &bytes), result, "replicas answer alike");
+        }
+        assert!(state.now() >= clock, "the replicated clock went back");
+        let keep = idunno_core::dfs::DfsConfig::default().versions_kept;
+        for (name, versions) in state.dfs().files() {
+            assert!(versions.len() <= keep, "{name}: too many versions");
+            assert!(
+                versions.windows(2).all(|w| w[0].number < w[1].number),
+                "{name}: version numbers must strictly increase: {versions:?}"
+            );
+        }
+        if let Err(e) = state.scheduler().verify() {
+            panic!("scheduler invariant: {e}");
+        }
+        for job in state.scheduler().jobs() {
+            for (i, input) in job.inputs().iter().enumerate() {
+                if matches!(input, InputState::Done { .. }) {
+                    let first = done.entry((job.id().0, i)).or_insert_with(|| input.clone());
+                    assert_eq!(
+                        first,
+                        input,
+                        "job {} input {i} got a second result",
+                        job.id().0
+                    );
+                }
+            }
+        }
+    }
+    if let Some(copy) = replica {
+        assert_eq!(copy, state, "a restored replica diverged");
+        assert_eq!(copy.snapshot().ok(), state.snapshot().ok());
+    }
+}
+
+fn cluster_state_seeds() -> Vec<(String, Vec<u8>)> {
+    (0u8..8)
+        .map(|seed| {
+            let bytes: Vec<u8> = (0..4096u32)
+                .map(|i| {
+                    let x = (i.wrapping_mul(2_654_435_761) ^ u32::from(seed).wrapping_mul(40_503))
+                        >> 13;
+                    x.to_le_bytes()[0]
+                })
+                .collect();
+            (format!("mixed_{seed}"), bytes)
+        })
+        .collect()
 }

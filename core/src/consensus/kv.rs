@@ -121,11 +121,17 @@ impl KvResult {
     }
 }
 
+/// Most bytes (keys plus values) the key-value store holds, so that the cluster's whole state
+/// stays within one snapshot.
+pub const KV_BYTES_MAX: usize = 1 << 20;
+
 /// An in-memory key-value store driven by the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
     data: BTreeMap<String, Vec<u8>>,
     applied: u64,
+    /// Sum of key and value lengths, at most [`KV_BYTES_MAX`].
+    bytes: usize,
 }
 
 impl KvStore {
@@ -144,8 +150,35 @@ impl KvStore {
         self.data.is_empty()
     }
 
-    /// Executes one decoded command (keys over [`KEY_BYTES_MAX`] yield [`KvResult::Invalid`]
-    /// and change nothing). [`StateMachine::apply`] is this plus decoding and the applied index;
+    /// Bytes held (keys plus values).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sets `key` to `value` unless the store would exceed [`KV_BYTES_MAX`].
+    fn insert(&mut self, key: String, value: Vec<u8>) -> bool {
+        let old = self.data.get(&key).map_or(0, |v| key.len() + v.len());
+        let new = key.len() + value.len();
+        let bytes = self.bytes - old + new;
+        if bytes > KV_BYTES_MAX {
+            return false;
+        }
+        self.bytes = bytes;
+        self.data.insert(key, value);
+        debug_assert!(
+            self.data.len() > 1024
+                || self.bytes
+                    == self
+                        .data
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+        );
+        true
+    }
+
+    /// Executes one decoded command (keys over [`KEY_BYTES_MAX`], and puts that would take the
+    /// store over [`KV_BYTES_MAX`], yield [`KvResult::Invalid`] and change nothing). [`StateMachine::apply`] is this plus decoding and the applied index;
     /// a composite state machine calls it directly.
     pub fn execute(&mut self, command: KvCommand) -> KvResult {
         if let KvCommand::Put { key, .. } | KvCommand::Get { key } | KvCommand::Cas { key, .. } =
@@ -156,17 +189,28 @@ impl KvStore {
         }
         match command {
             KvCommand::Put { key, value } => {
-                self.data.insert(key, value);
-                KvResult::Done
+                if self.insert(key, value) {
+                    KvResult::Done
+                } else {
+                    KvResult::Invalid
+                }
             }
             KvCommand::Get { key } => KvResult::Value(self.data.get(&key).cloned()),
             KvCommand::Cas { key, expected, new } => {
                 let previous = self.data.get(&key).cloned();
-                let swapped = previous == expected;
-                if swapped {
-                    self.data.insert(key, new);
+                if previous != expected {
+                    return KvResult::Cas {
+                        swapped: false,
+                        previous,
+                    };
                 }
-                KvResult::Cas { swapped, previous }
+                if !self.insert(key, new) {
+                    return KvResult::Invalid;
+                }
+                KvResult::Cas {
+                    swapped: true,
+                    previous,
+                }
             }
         }
     }
@@ -203,6 +247,42 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_is_bounded_and_overwrites_count_once() {
+        let mut kv = KvStore::default();
+        let value = vec![7u8; 64 * 1024];
+        let mut stored = 0;
+        for i in 0..32 {
+            match kv.execute(KvCommand::Put {
+                key: format!("k{i}"),
+                value: value.clone(),
+            }) {
+                KvResult::Done => stored += 1,
+                other => {
+                    assert_eq!(other, KvResult::Invalid);
+                    break;
+                }
+            }
+        }
+        assert_eq!(stored, KV_BYTES_MAX / (64 * 1024 + 3), "{}", kv.bytes());
+        assert!(kv.bytes() <= KV_BYTES_MAX);
+        // Overwriting an existing key with a value of the same size still fits.
+        let put = KvCommand::Put {
+            key: "k1".into(),
+            value: value.clone(),
+        };
+        assert_eq!(kv.execute(put), KvResult::Done);
+        // A cas that would not fit changes nothing.
+        let before = kv.clone();
+        let cas = KvCommand::Cas {
+            key: "new".into(),
+            expected: None,
+            new: value,
+        };
+        assert_eq!(kv.execute(cas), KvResult::Invalid);
+        assert_eq!(kv, before);
+    }
 
     #[test]
     fn a_snapshot_over_the_cap_is_an_error_never_an_empty_snapshot() {

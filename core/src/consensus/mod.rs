@@ -43,7 +43,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use config::{Config, ConfigError, INFLIGHT_MAX_LIMIT, UNCOMMITTED_ENTRIES_LIMIT};
-pub use kv::{KEY_BYTES_MAX, KvCommand, KvResult, KvStore, StateMachine, encode_snapshot};
+pub use kv::{
+    KEY_BYTES_MAX, KV_BYTES_MAX, KvCommand, KvResult, KvStore, StateMachine, encode_snapshot,
+};
 pub use msg::{
     Body, COMMAND_BYTES_MAX, ENTRIES_PER_MESSAGE_MAX, Entry, HardState, MESSAGE_BYTES_MAX,
     MESSAGE_PAYLOAD_BYTES_MAX, Malformed, Message, Payload, PersistBatch, PersistedState,

@@ -19,7 +19,7 @@ pub const MESSAGE_PAYLOAD_BYTES_MAX: usize = 1 << 20;
 /// Largest command a proposal may carry.
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 /// Largest state-machine snapshot (sent whole in one InstallSnapshot; chunking is future work).
-pub const SNAPSHOT_BYTES_MAX: usize = 8 << 20;
+pub const SNAPSHOT_BYTES_MAX: usize = 15 << 20;
 /// Largest encoded message accepted by [`decode`]: a snapshot (the largest body) plus headroom
 /// for headers.
 pub const MESSAGE_BYTES_MAX: usize = SNAPSHOT_BYTES_MAX + 64 * 1024;

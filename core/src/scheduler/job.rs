@@ -152,6 +152,9 @@ pub struct Job {
     pub(super) spec: JobSpec,
     pub(super) submitted_at: Instant,
     pub(super) status: JobStatus,
+    /// No more inputs will be added (a job opened with `Open` is sealed by its last
+    /// `AddInputs`); only a sealed job can finish.
+    pub(super) sealed: bool,
     pub(super) inputs: Vec<InputState>,
     /// Pending input indices, next first.
     pub(super) pending: VecDeque<u32>,
@@ -170,7 +173,14 @@ pub struct Job {
 }
 
 impl Job {
-    pub(super) fn new(id: JobId, request: u64, spec: JobSpec, now: Instant, pass: u64) -> Self {
+    pub(super) fn new(
+        id: JobId,
+        request: u64,
+        spec: JobSpec,
+        now: Instant,
+        pass: u64,
+        sealed: bool,
+    ) -> Self {
         let count = spec.inputs.len();
         debug_assert!(count > 0 && count <= INPUTS_PER_JOB_MAX);
         Job {
@@ -178,6 +188,7 @@ impl Job {
             request,
             submitted_at: now,
             status: JobStatus::Running,
+            sealed,
             inputs: vec![InputState::Pending; count],
             pending: (0..count as u32).collect(),
             leased: 0,
@@ -272,6 +283,37 @@ impl Job {
         self.status == JobStatus::Running
     }
 
+    /// Whether all of its inputs are known (only a sealed job can finish).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Appends `names` as new pending inputs (the caller checked the bounds and that the job
+    /// runs and is open); with `seal`, no more may follow. Returns whether the job just
+    /// finished (sealed with every input already done).
+    pub(super) fn add_inputs(&mut self, names: Vec<String>, seal: bool, now: Instant) -> bool {
+        debug_assert!(self.is_running() && !self.sealed);
+        debug_assert!(self.inputs.len() + names.len() <= INPUTS_PER_JOB_MAX);
+        for name in names {
+            let index = self.inputs.len() as u32;
+            self.spec.inputs.push(name);
+            self.inputs.push(InputState::Pending);
+            self.pending.push_back(index);
+        }
+        self.sealed = seal;
+        self.check_counts();
+        self.finish_if_done(now)
+    }
+
+    fn finish_if_done(&mut self, now: Instant) -> bool {
+        if self.sealed && self.done as usize == self.inputs.len() && self.is_running() {
+            self.status = JobStatus::Finished;
+            self.finished_at = Some(now);
+            return true;
+        }
+        false
+    }
+
     /// Takes up to a batch of pending inputs into `lease`.
     pub(super) fn take_batch(&mut self, lease: LeaseId, now: Instant) -> Vec<u32> {
         let size = (self.spec.batch_size as usize).min(self.pending.len());
@@ -343,12 +385,7 @@ impl Job {
             self.workers.remove(&oldest);
         }
         self.check_counts();
-        if self.done as usize == self.inputs.len() && self.is_running() {
-            self.status = JobStatus::Finished;
-            self.finished_at = Some(now);
-            return true;
-        }
-        false
+        self.finish_if_done(now)
     }
 
     /// Drops the queue (cancelled inputs stay Pending but never run again).
@@ -365,6 +402,7 @@ impl Job {
             "pending + leased + done == inputs"
         );
         debug_assert!(self.failed <= self.done);
+        debug_assert_eq!(self.inputs.len(), self.spec.inputs.len());
     }
 
     /// Full consistency check (tests and simulations; O(inputs)).

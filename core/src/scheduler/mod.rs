@@ -15,6 +15,7 @@
 //! Must never: read a clock, draw randomness, iterate a hash map, panic or grow without bound
 //! on a hostile command, or perform I/O (the worker loop lives in the runtime).
 
+pub mod api;
 mod fair;
 mod job;
 mod lease;
@@ -59,7 +60,8 @@ pub const LEASE_MILLIS_MAX: u32 = 600_000;
 /// Default lease time.
 pub const LEASE_MILLIS_DEFAULT: u32 = 5_000;
 /// Bytes of state the scheduler may reserve (worst case of every kept job), so the cluster's
-/// snapshot stays under the Raft snapshot cap (8 MiB) with room for the other parts.
+/// snapshot stays under the Raft snapshot cap (15 MiB) with room for the other parts
+/// (`cluster::tests::a_full_state_fits_one_snapshot` checks the sum).
 pub const STATE_BYTES_MAX: u64 = 4 << 20;
 /// Workers remembered per job for C5.
 pub const WORKERS_PER_JOB_KEPT: usize = 64;
@@ -144,6 +146,41 @@ pub enum SchedCommand {
     },
     /// Expire due leases (the leader proposes this periodically).
     ExpireLeases,
+    /// Start a job whose inputs arrive in chunks (a job too large for one command): like
+    /// `Submit` with the spec's inputs as the first chunk, but the job cannot finish until an
+    /// `AddInputs` seals it. Its inputs may be leased meanwhile.
+    Open {
+        /// What to run, with the first chunk of inputs.
+        spec: JobSpec,
+        /// The client's id for this submission (idempotence).
+        request: u64,
+    },
+    /// Append a chunk of inputs to an open job. `offset` is the index its first input takes:
+    /// a chunk already applied (a retry) is acknowledged again without change, any other
+    /// offset than the job's input count is refused.
+    AddInputs {
+        /// The job.
+        job: JobId,
+        /// The index of the chunk's first input.
+        offset: u32,
+        /// The inputs' names.
+        inputs: Vec<String>,
+        /// The last chunk: the job is complete and may finish.
+        seal: bool,
+    },
+    /// `Complete` then `Lease` in one command (one log entry instead of two per batch): the
+    /// worker reports a lease and asks for its next batch. Each part is applied, or refused,
+    /// as its own command would be.
+    CompleteAndLease {
+        /// The lease reported.
+        lease: LeaseId,
+        /// The reporting and asking worker.
+        worker: NodeId,
+        /// One result per leased input.
+        results: Vec<Completion>,
+        /// The worker's request number for the next batch.
+        request: u64,
+    },
 }
 
 /// A granted batch.
@@ -208,6 +245,22 @@ pub enum SchedResult {
     },
     /// Refused; nothing changed (beyond expiring due leases).
     Rejected(SchedError),
+    /// Answer to `CompleteAndLease`: what the report did, then what the ask got.
+    CompletedThenLeased {
+        /// `Completed` or `Rejected`.
+        completed: Box<SchedResult>,
+        /// `Granted`, `NoWork` or `Rejected`.
+        next: Box<SchedResult>,
+    },
+    /// A chunk of inputs was added (or had been, for a retried chunk).
+    InputsAdded {
+        /// The job.
+        job: JobId,
+        /// Its inputs now.
+        inputs: u32,
+        /// Whether it is sealed.
+        sealed: bool,
+    },
 }
 
 /// Why a command was refused. Every variant leaves the state as it was (due leases still
@@ -286,6 +339,18 @@ pub enum SchedError {
     /// The job is finished or cancelled.
     #[error("{0} is not running")]
     NotRunning(JobId),
+    /// Inputs added to a sealed job, or at an offset other than its input count.
+    #[error("{job} does not take inputs at offset {offset} (it has {inputs}, sealed: {sealed})")]
+    BadChunk {
+        /// The job.
+        job: JobId,
+        /// The offset given.
+        offset: u32,
+        /// Inputs it has.
+        inputs: u32,
+        /// Whether it is sealed.
+        sealed: bool,
+    },
 }
 
 /// What the scheduler remembers of a worker: its last lease request and answer.
@@ -411,7 +476,14 @@ impl Scheduler {
     pub fn apply(&mut self, now: Instant, command: SchedCommand) -> SchedResult {
         let expired = self.expire(now);
         let result = match command {
-            SchedCommand::Submit { spec, request } => self.submit(now, spec, request),
+            SchedCommand::Submit { spec, request } => self.submit(now, spec, request, true),
+            SchedCommand::Open { spec, request } => self.submit(now, spec, request, false),
+            SchedCommand::AddInputs {
+                job,
+                offset,
+                inputs,
+                seal,
+            } => self.add_inputs(now, job, offset, inputs, seal),
             SchedCommand::Lease { worker, request } => self.lease(now, worker, request),
             SchedCommand::Complete {
                 lease,
@@ -422,6 +494,21 @@ impl Scheduler {
             SchedCommand::SetBatchSize { job, size } => self.set_batch_size(job, size),
             SchedCommand::Cancel { job } => self.cancel(job),
             SchedCommand::ExpireLeases => Ok(SchedResult::Expired { leases: expired }),
+            SchedCommand::CompleteAndLease {
+                lease,
+                worker,
+                results,
+                request,
+            } => {
+                let completed = self.complete(now, lease, worker, results);
+                let completed = self.refused_counted(completed);
+                let next = self.lease(now, worker, request);
+                let next = self.refused_counted(next);
+                Ok(SchedResult::CompletedThenLeased {
+                    completed: Box::new(completed),
+                    next: Box::new(next),
+                })
+            }
         };
         self.check();
         result.unwrap_or_else(|e| {
@@ -491,13 +578,37 @@ impl Scheduler {
         now: Instant,
         spec: JobSpec,
         request: u64,
+        sealed: bool,
     ) -> Result<SchedResult, SchedError> {
         if let Some(job) = self.jobs.values().find(|j| j.request == request) {
             return Ok(SchedResult::Submitted { job: job.id });
         }
         spec.validate()?;
         let need = spec.reserve_bytes();
-        while self.jobs.len() >= JOBS_MAX || self.reserved_bytes + need > STATE_BYTES_MAX {
+        self.make_room(need, 1)?;
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let pass = fair::entry_pass(&self.jobs);
+        self.reserved_bytes += need;
+        self.jobs
+            .insert(id, Job::new(id, request, spec, now, pass, sealed));
+        debug_assert!(self.reserved_bytes <= STATE_BYTES_MAX);
+        Ok(SchedResult::Submitted { job: id })
+    }
+
+    /// Evicts finished or cancelled jobs, oldest first, until `need` more bytes and `new_jobs`
+    /// more jobs fit; refuses (evicting nothing more) when no job can go.
+    fn make_room(&mut self, need: u64, new_jobs: usize) -> Result<(), SchedError> {
+        let full = |s: &Self| {
+            s.jobs.len() + new_jobs > JOBS_MAX || s.reserved_bytes + need > STATE_BYTES_MAX
+        };
+        if full(self) && self.jobs.values().filter(|j| !j.is_running()).count() == 0 {
+            return Err(SchedError::Full {
+                jobs: self.jobs.len(),
+                reserved_bytes: self.reserved_bytes,
+            });
+        }
+        while full(self) {
             let Some(victim) = self.jobs.values().find(|j| !j.is_running()).map(|j| j.id) else {
                 return Err(SchedError::Full {
                     jobs: self.jobs.len(),
@@ -508,13 +619,68 @@ impl Scheduler {
                 self.reserved_bytes -= gone.spec.reserve_bytes();
             }
         }
-        let id = JobId(self.next_job);
-        self.next_job += 1;
-        let pass = fair::entry_pass(&self.jobs);
+        Ok(())
+    }
+
+    fn add_inputs(
+        &mut self,
+        now: Instant,
+        id: JobId,
+        offset: u32,
+        inputs: Vec<String>,
+        seal: bool,
+    ) -> Result<SchedResult, SchedError> {
+        let job = self.jobs.get(&id).ok_or(SchedError::UnknownJob(id))?;
+        let have = job.inputs.len() as u32;
+        // A chunk that is already in (a retry after a lost answer) is acknowledged again.
+        let retried = u64::from(offset) + inputs.len() as u64 <= u64::from(have)
+            && (!seal || job.sealed)
+            && (!inputs.is_empty() || job.sealed);
+        if retried {
+            return Ok(SchedResult::InputsAdded {
+                job: id,
+                inputs: have,
+                sealed: job.sealed,
+            });
+        }
+        if !job.is_running() {
+            return Err(SchedError::NotRunning(id));
+        }
+        if job.sealed || offset != have {
+            return Err(SchedError::BadChunk {
+                job: id,
+                offset,
+                inputs: have,
+                sealed: job.sealed,
+            });
+        }
+        let total = have as usize + inputs.len();
+        if total > INPUTS_PER_JOB_MAX {
+            return Err(SchedError::TooManyInputs { inputs: total });
+        }
+        if let Some(bad) = inputs
+            .iter()
+            .find(|n| n.is_empty() || n.len() > NAME_BYTES_MAX)
+        {
+            return Err(SchedError::BadName { bytes: bad.len() });
+        }
+        let before = job.spec.reserve_bytes();
+        let mut grown = job.spec.clone();
+        grown.inputs.extend(inputs.iter().cloned());
+        let need = grown.reserve_bytes().saturating_sub(before);
+        self.make_room(need, 0)?;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            debug_assert!(false, "a running job is never evicted");
+            return Err(SchedError::UnknownJob(id));
+        };
+        job.add_inputs(inputs, seal, now);
         self.reserved_bytes += need;
-        self.jobs.insert(id, Job::new(id, request, spec, now, pass));
         debug_assert!(self.reserved_bytes <= STATE_BYTES_MAX);
-        Ok(SchedResult::Submitted { job: id })
+        Ok(SchedResult::InputsAdded {
+            job: id,
+            inputs: total as u32,
+            sealed: seal,
+        })
     }
 
     fn grant_of(&self, lease: &Lease) -> Option<Grant> {
@@ -722,6 +888,13 @@ impl Scheduler {
         if let Some(job) = self.jobs.get_mut(&lease.job) {
             job.give_back(lease.id, &lease.inputs);
         }
+    }
+
+    fn refused_counted(&mut self, result: Result<SchedResult, SchedError>) -> SchedResult {
+        result.unwrap_or_else(|e| {
+            self.counters.rejected += 1;
+            SchedResult::Rejected(e)
+        })
     }
 
     fn check(&self) {

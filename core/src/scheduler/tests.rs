@@ -739,3 +739,217 @@ fn lease_time_is_clamped_by_the_spec() {
         Duration::from_secs(5)
     );
 }
+
+fn add(
+    s: &mut Scheduler,
+    now: Instant,
+    job: JobId,
+    offset: u32,
+    n: usize,
+    seal: bool,
+) -> SchedResult {
+    let inputs = (0..n)
+        .map(|i| format!("c/{}", offset as usize + i))
+        .collect();
+    s.apply(
+        now,
+        SchedCommand::AddInputs {
+            job,
+            offset,
+            inputs,
+            seal,
+        },
+    )
+}
+
+#[test]
+fn an_open_job_takes_chunks_and_finishes_only_once_sealed() {
+    let mut s = Scheduler::default();
+    let job = match s.apply(
+        at(1),
+        SchedCommand::Open {
+            spec: spec("noop", 2, 4),
+            request: 9,
+        },
+    ) {
+        SchedResult::Submitted { job } => job,
+        other => panic!("{other:?}"),
+    };
+    // Its first chunk runs to completion, but the job is not finished: it is open.
+    let g = lease(&mut s, at(2), node(1), 1).expect("work");
+    s.apply(
+        at(3),
+        SchedCommand::Complete {
+            lease: g.lease,
+            worker: node(1),
+            results: results(&g, 5),
+        },
+    );
+    assert_eq!(s.job(job).expect("kept").status(), JobStatus::Running);
+    assert!(matches!(
+        add(&mut s, at(4), job, 2, 3, false),
+        SchedResult::InputsAdded {
+            inputs: 5,
+            sealed: false,
+            ..
+        }
+    ));
+    // A retried chunk is acknowledged and adds nothing; a gap or overlap is refused.
+    assert!(matches!(
+        add(&mut s, at(4), job, 2, 3, false),
+        SchedResult::InputsAdded { inputs: 5, .. }
+    ));
+    assert!(matches!(
+        add(&mut s, at(4), job, 7, 1, false),
+        SchedResult::Rejected(SchedError::BadChunk { .. })
+    ));
+    assert!(matches!(
+        add(&mut s, at(4), job, 4, 2, false),
+        SchedResult::Rejected(SchedError::BadChunk { .. })
+    ));
+    assert!(matches!(
+        add(&mut s, at(5), job, 5, 1, true),
+        SchedResult::InputsAdded {
+            inputs: 6,
+            sealed: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        add(&mut s, at(5), job, 6, 1, false),
+        SchedResult::Rejected(SchedError::BadChunk { sealed: true, .. })
+    ));
+    s.verify().expect("consistent");
+    let mut seen = 2;
+    for r in 2..10 {
+        let Some(g) = lease(&mut s, at(6), node(1), r) else {
+            break;
+        };
+        seen += g.inputs.len();
+        s.apply(
+            at(7),
+            SchedCommand::Complete {
+                lease: g.lease,
+                worker: node(1),
+                results: results(&g, 5),
+            },
+        );
+    }
+    assert_eq!(seen, 6, "every input leased exactly once");
+    assert_eq!(s.job(job).expect("kept").status(), JobStatus::Finished);
+    s.verify().expect("consistent");
+}
+
+#[test]
+fn chunks_keep_the_input_limit_and_an_empty_seal_finishes_a_done_job() {
+    let mut s = Scheduler::default();
+    let job = match s.apply(
+        at(1),
+        SchedCommand::Open {
+            spec: spec("noop", INPUTS_PER_JOB_MAX - 1, 256),
+            request: 1,
+        },
+    ) {
+        SchedResult::Submitted { job } => job,
+        other => panic!("{other:?}"),
+    };
+    let offset = (INPUTS_PER_JOB_MAX - 1) as u32;
+    assert!(matches!(
+        add(&mut s, at(2), job, offset, 2, false),
+        SchedResult::Rejected(SchedError::TooManyInputs { .. })
+    ));
+    assert!(matches!(
+        add(&mut s, at(2), job, offset, 1, false),
+        SchedResult::InputsAdded { .. }
+    ));
+    for r in 1..100 {
+        let Some(g) = lease(&mut s, at(3), node(2), r) else {
+            break;
+        };
+        s.apply(
+            at(3),
+            SchedCommand::Complete {
+                lease: g.lease,
+                worker: node(2),
+                results: results(&g, 1),
+            },
+        );
+    }
+    assert_eq!(s.job(job).expect("kept").status(), JobStatus::Running);
+    assert!(matches!(
+        add(&mut s, at(4), job, INPUTS_PER_JOB_MAX as u32, 0, true),
+        SchedResult::InputsAdded { sealed: true, .. }
+    ));
+    assert_eq!(s.job(job).expect("kept").status(), JobStatus::Finished);
+    let answer = api::answer_query(
+        &s,
+        at(5),
+        &api::SchedQuery::Results {
+            job,
+            from: 0,
+            max: u32::MAX,
+        },
+    );
+    match answer {
+        api::SchedAnswer::Results { results, next } => {
+            assert_eq!(results.len(), INPUTS_PER_JOB_MAX);
+            assert_eq!(next, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    s.verify().expect("consistent");
+}
+
+#[test]
+fn complete_and_lease_reports_then_grants_the_next_batch() {
+    let mut s = Scheduler::default();
+    let job = submit(&mut s, at(1), spec("noop", 3, 1), 1);
+    let first = lease(&mut s, at(2), node(1), 1).expect("work");
+    let step = |s: &mut Scheduler, g: &Grant, request: u64| {
+        s.apply(
+            at(3),
+            SchedCommand::CompleteAndLease {
+                lease: g.lease,
+                worker: node(1),
+                results: results(g, 2),
+                request,
+            },
+        )
+    };
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &first, 2) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Completed { inputs: 1, .. }
+    ));
+    let SchedResult::Granted(second) = *next else {
+        panic!("no next batch: {next:?}")
+    };
+    // A retry of the same combined command: the report is refused (already applied), the ask
+    // gets the same grant back.
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &first, 2) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Rejected(SchedError::UnknownLease(_))
+    ));
+    assert_eq!(*next, SchedResult::Granted(second.clone()));
+    let SchedResult::CompletedThenLeased { next, .. } = step(&mut s, &second, 3) else {
+        panic!("not a combined answer");
+    };
+    let SchedResult::Granted(third) = *next else {
+        panic!("no third batch")
+    };
+    let SchedResult::CompletedThenLeased { completed, next } = step(&mut s, &third, 4) else {
+        panic!("not a combined answer");
+    };
+    assert!(matches!(
+        *completed,
+        SchedResult::Completed { finished: true, .. }
+    ));
+    assert_eq!(*next, SchedResult::NoWork);
+    assert_eq!(s.job(job).expect("kept").done_count(), 3);
+    s.verify().expect("consistent");
+}

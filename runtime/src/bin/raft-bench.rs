@@ -2,7 +2,7 @@
 //!
 //! Starts N voters (the `idunno-node` binary next to this executable, so build the runtime's
 //! binaries first) on 127.0.0.60.., each with its own data dir (the store always fsyncs), then
-//! measures (1) commit throughput and latency: C concurrent clients putting distinct keys to the
+//! measures (1) commit throughput and latency: C concurrent clients putting their own keys to the
 //! leader for S seconds (a put is answered only once committed and applied), and (2) failover:
 //! SIGKILL the leader, then put through every survivor (any node forwards) until one put
 //! commits; the time from the kill to that commit, 5 times (the killed node restarts from its
@@ -46,6 +46,8 @@ const PROBE_RETRY: Duration = Duration::from_millis(5);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Payload of every put.
 const VALUE_BYTES: usize = 64;
+/// Keys each throughput client cycles through.
+const KEYS_PER_CLIENT: u64 = 64;
 
 /// Raft commit throughput, latency and failover time over real processes.
 #[derive(Debug, Parser)]
@@ -223,7 +225,9 @@ async fn throughput(args: &Args, leader: SocketAddr) -> Result<Throughput, Bench
             let mut errors = 0usize;
             let mut seq = 0u64;
             while t0.elapsed() < run {
-                let key = format!("c{client}-{seq}");
+                // Each client cycles through its own 64 keys: the store holds at most
+                // KV_BYTES_MAX, and an overwrite costs Raft exactly what a new key does.
+                let key = format!("c{client}-{}", seq % KEYS_PER_CLIENT);
                 seq += 1;
                 let sent = Instant::now();
                 match control::kv_put(

@@ -6,7 +6,8 @@
 //! queue, the mapping between tokio time and the machine's [`Instant`], and the requests waiting
 //! for an answer (proposals until their index applies, reads until confirmed and applied).
 //! Inputs: peer messages (from [`super::transport::Inbound`]), due timers, control requests
-//! (`Leader`, `KvPut`, `KvGet`). Outputs, carried out in the order the machine decided them:
+//! (`Leader`, `KvPut`, `KvGet`, `FailedNodes`, `Sched`), and, as leader, a tick that proposes
+//! `ExpireLeases` when a scheduler lease is due. Outputs, carried out in the order the machine decided them:
 //! each `Persist` is written and fsynced inline and acknowledged with `Input::Persisted` before
 //! the next output is looked at (so no later `Send` leaves before it), messages are queued on
 //! the transport, timers armed, committed entries applied and answered.
@@ -26,6 +27,8 @@ use idunno_core::consensus::{
     Snapshot, StateMachine, Timer, VoterId,
 };
 use idunno_core::membership::NodeId;
+use idunno_core::scheduler::SchedCommand;
+use idunno_core::scheduler::api::{self, SchedAnswer, SchedRequest};
 use idunno_core::time::Instant;
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,6 +43,9 @@ use crate::view::MembershipView;
 
 /// Most proposals waiting for their entry to apply; more are refused as busy.
 pub const PROPOSALS_PENDING_MAX: usize = 4096;
+/// How often the leader looks for due scheduler leases to expire (it proposes `ExpireLeases`
+/// only when one is due).
+pub const EXPIRE_LEASES_EVERY: Duration = Duration::from_millis(500);
 /// Most due timers handed in before the loop looks at messages and requests again.
 const TIMERS_PER_TURN_MAX: usize = 1024;
 /// Most queued peer messages handled in one turn before timers and requests get a look.
@@ -87,6 +93,14 @@ fn answer_kv_put(index: u64, result: ClusterResult) -> ControlResponse {
 fn answer_node_failed(index: u64, result: ClusterResult) -> ControlResponse {
     match result {
         ClusterResult::NodeFailed => ControlResponse::Applied { index },
+        other => ControlResponse::Error(format!("command failed: {other:?}")),
+    }
+}
+
+/// The answer to a scheduler command.
+fn answer_sched(_index: u64, result: ClusterResult) -> ControlResponse {
+    match result {
+        ClusterResult::Sched(result) => ControlResponse::Sched(SchedAnswer::Result(result)),
         other => ControlResponse::Error(format!("command failed: {other:?}")),
     }
 }
@@ -210,6 +224,8 @@ impl RaftDriver {
         let mut requests_open = true;
         let mut messages_open = true;
         let mut view = self.view.clone();
+        let mut expire_tick = tokio::time::interval(EXPIRE_LEASES_EVERY);
+        expire_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while requests_open || messages_open {
             self.propose_failures()?;
             self.maybe_compact()?;
@@ -222,6 +238,7 @@ impl RaftDriver {
                     }
                 }
                 () = sleep_until_opt(wake), if wake.is_some() => self.on_timers()?,
+                _ = expire_tick.tick() => self.propose_expiry()?,
                 message = messages.recv(), if messages_open => match message {
                     Some((from, msg)) => {
                         self.input(Input::Message { from, msg })?;
@@ -313,6 +330,27 @@ impl RaftDriver {
         Ok(())
     }
 
+    /// As leader, proposes `ExpireLeases` when a scheduler lease is due (every command also
+    /// expires due leases first; this covers the time nobody asks).
+    fn propose_expiry(&mut self) -> Result<(), RaftDriverError> {
+        if !self.raft.is_leader() {
+            return Ok(());
+        }
+        let now = cluster_now();
+        let due = self
+            .state
+            .scheduler()
+            .leases()
+            .iter()
+            .any(|l| l.expires_at <= now);
+        if !due {
+            return Ok(());
+        }
+        let (reply, _) = oneshot::channel();
+        let op = ClusterOp::Sched(SchedCommand::ExpireLeases);
+        self.propose(op, reply, answer_sched)
+    }
+
     fn now(&self) -> Instant {
         let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
         Instant::from_micros(micros)
@@ -383,6 +421,21 @@ impl RaftDriver {
                 });
                 self.read(query, reply)?;
             }
+            ControlRequest::Sched { request, .. } => match request {
+                SchedRequest::Command(command) => {
+                    self.propose(ClusterOp::Sched(command), reply, answer_sched)?;
+                }
+                SchedRequest::Query(query) => {
+                    let query: QueryFn = Box::new(move |state: &ClusterState| {
+                        ControlResponse::Sched(api::answer_query(
+                            state.scheduler(),
+                            cluster_now().max(state.now()),
+                            &query,
+                        ))
+                    });
+                    self.read(query, reply)?;
+                }
+            },
             ControlRequest::Dfs { request, .. } if request.for_leader() => {
                 let alive = self
                     .view

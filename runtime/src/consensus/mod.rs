@@ -87,6 +87,7 @@ pub fn is_raft_request(request: &ControlRequest) -> bool {
             | ControlRequest::KvPut { .. }
             | ControlRequest::KvGet { .. }
             | ControlRequest::FailedNodes { .. }
+            | ControlRequest::Sched { .. }
     ) || crate::dfs::is_leader_request(request)
 }
 
@@ -102,6 +103,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
             ..
         } | ControlRequest::FailedNodes { forwarded: true }
+            | ControlRequest::Sched {
+                forwarded: true,
+                ..
+            }
             | ControlRequest::Dfs {
                 forwarded: true,
                 ..
@@ -131,6 +136,10 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
             forwarded: true,
         },
         ControlRequest::FailedNodes { .. } => ControlRequest::FailedNodes { forwarded: true },
+        ControlRequest::Sched { request, .. } => ControlRequest::Sched {
+            request,
+            forwarded: true,
+        },
         ControlRequest::Dfs { request, .. } => ControlRequest::Dfs {
             request,
             forwarded: true,
