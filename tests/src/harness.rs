@@ -20,13 +20,13 @@
 //! - `idunno-node client --node ADDR kv-put KEY VALUE --json`: `{"key","index"}`.
 //! - `idunno-node client --node ADDR kv-get KEY --json`: `{"key","value":"V"|null}`.
 //! - `idunno-node client --node ADDR failed --json`: `["addr#generation", ...]`.
-//! - `idunno-node client --node ADDR submit|jobs|c1|c2|c3|c4|c5|cancel .. --json`: the JSON
-//!   shapes listed in `runtime/src/jobs/cli.rs` ([`client_json`]).
 //! - `idunno-node client --node ADDR put LOCAL NAME --json`:
 //!   `{"name","version","size","hash","replicas":["addr#generation",..]}`.
 //! - `idunno-node client --node ADDR get NAME LOCAL --json`:
 //!   `{"name","version","size","hash","served_by","reported":["addr",..]}`.
 //! - `idunno-node client --node ADDR ls NAME --json`: `{"name","version","size","hash","replicas"}`.
+//! - `idunno-node client --node ADDR submit|jobs|c1|c2|c3|c4|c5|cancel .. --json`: the JSON
+//!   shapes listed in `runtime/src/jobs/cli.rs` ([`client_json`]).
 //!
 //! Must never: bind or contact anything outside 127.0.0.0/8, wait without a deadline, or outlive
 //! a test with a child still running (short of the test runner itself being SIGKILLed).
@@ -485,17 +485,6 @@ pub fn failed_nodes(node: SocketAddr) -> Result<Vec<String>, String> {
         .map_err(|e| format!("failed from {node} is not a JSON array of ids ({e}): {stdout}"))
 }
 
-/// `client ARGS.. --json` against `node` (a scheduler command: `submit`, `jobs`, `c1`..`c5`,
-/// `cancel`), its JSON answer; a non-zero exit is an `Err` with the client's stderr.
-pub fn client_json(node: SocketAddr, args: &[&str]) -> Result<serde_json::Value, String> {
-    let mut all = vec!["--timeout-ms", "10000"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let stdout = client_ok(node, &all)?;
-    serde_json::from_str(stdout.trim())
-        .map_err(|e| format!("{args:?} from {node} is not JSON ({e}): {stdout}"))
-}
-
 /// `put LOCAL NAME --json` against `node`: the version number and the replicas' ids.
 pub fn dfs_put(node: SocketAddr, local: &Path, name: &str) -> Result<(u64, Vec<String>), String> {
     let local = local.to_string_lossy();
@@ -548,6 +537,17 @@ fn string_list(value: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `client ARGS.. --json` against `node` (a scheduler command: `submit`, `jobs`, `c1`..`c5`,
+/// `cancel`), its JSON answer; a non-zero exit is an `Err` with the client's stderr.
+pub fn client_json(node: SocketAddr, args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut all = vec!["--timeout-ms", "10000"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let stdout = client_ok(node, &all)?;
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("{args:?} from {node} is not JSON ({e}): {stdout}"))
 }
 
 // ----- nodes -----
