@@ -33,7 +33,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -548,6 +548,24 @@ pub fn client_json(node: SocketAddr, args: &[&str]) -> Result<serde_json::Value,
     let stdout = client_ok(node, &all)?;
     serde_json::from_str(stdout.trim())
         .map_err(|e| format!("{args:?} from {node} is not JSON ({e}): {stdout}"))
+}
+
+/// The loopback address `127.0.0.last` (each test file owns a range of them).
+pub fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A port free for both UDP and TCP on `ip` right now (nodes need fixed addresses, since the
+/// voter list names them before they start).
+pub fn free_addr(ip: IpAddr) -> SocketAddr {
+    for _ in 0..64 {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a probe socket");
+        let addr = udp.local_addr().expect("probe address");
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port on {ip}");
 }
 
 // ----- nodes -----

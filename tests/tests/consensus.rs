@@ -12,10 +12,11 @@
 //! ends up doing, never how fast (failover time is benchmarked elsewhere).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, eventually, failed_nodes, kv_get, kv_put, leader,
+    CONVERGE_TIMEOUT, Cluster, NodeSpec, eventually, failed_nodes, free_addr, ip, kv_get, kv_put,
+    leader,
 };
 
 const VOTERS: u8 = 7;
@@ -24,23 +25,6 @@ const COMPACT_EVERY: u64 = 8;
 const MEMBERS: u8 = 3;
 /// This test's addresses start here (unique among the tests in this crate).
 const FIRST_HOST: u8 = 40;
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// A port free for both UDP and TCP on `ip` right now (nodes need fixed addresses, since the
-/// voter list names them before they start).
-fn free_addr(ip: IpAddr) -> SocketAddr {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a probe socket");
-        let addr = udp.local_addr().expect("probe address");
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no free port on {ip}");
-}
 
 /// Every node agrees on one known leader; returns its (voter id, address).
 fn agreed_leader(nodes: &[SocketAddr]) -> Result<(u64, SocketAddr), String> {

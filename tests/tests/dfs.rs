@@ -10,12 +10,12 @@
 //! ends up doing, never how fast.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, client, dfs_get, dfs_ls, dfs_put, eventually, leader,
-    patience,
+    CONVERGE_TIMEOUT, Cluster, NodeSpec, client, dfs_get, dfs_ls, dfs_put, eventually, free_addr,
+    ip, leader, patience,
 };
 
 const VOTERS: u8 = 5;
@@ -25,22 +25,6 @@ const REPLICATION: usize = 4;
 const FIRST_HOST: u8 = 100;
 /// The bad-input test's addresses.
 const SMALL_FIRST_HOST: u8 = 110;
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// A port free for both UDP and TCP on `ip` right now.
-fn free_addr(ip: IpAddr) -> SocketAddr {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a probe socket");
-        let addr = udp.local_addr().expect("probe address");
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no free port on {ip}");
-}
 
 /// Deterministic, incompressible bytes.
 fn bytes(len: usize, seed: u64) -> Vec<u8> {

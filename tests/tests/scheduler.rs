@@ -8,9 +8,11 @@
 //! ends up doing, never how fast (throughput is measured by `sched-throughput`).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 
-use idunno_tests::harness::{CONVERGE_TIMEOUT, Cluster, NodeSpec, client_json, eventually, leader};
+use idunno_tests::harness::{
+    CONVERGE_TIMEOUT, Cluster, NodeSpec, client_json, eventually, free_addr, ip, leader,
+};
 
 const VOTERS: u8 = 3;
 const MEMBERS: u8 = 3;
@@ -18,22 +20,6 @@ const MEMBERS: u8 = 3;
 const FIRST_HOST: u8 = 70;
 /// Inputs of the two jobs (the first exceeds one submission chunk).
 const JOB_INPUTS: [usize; 2] = [2000, 300];
-
-fn ip(last: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-/// A port free for both UDP and TCP on `ip` right now.
-fn free_addr(ip: IpAddr) -> SocketAddr {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a probe socket");
-        let addr = udp.local_addr().expect("probe address");
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no free port on {ip}");
-}
 
 /// The job's results, checked: every input exactly once, each the no-op's echo of its name.
 fn check_results(node: SocketAddr, job: u64, inputs: usize) -> Result<(), String> {
