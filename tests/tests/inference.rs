@@ -413,9 +413,79 @@ fn two_model_jobs_match_a_local_run_through_killing_a_worker() {
             panic!("{e}");
         }
     }
-    // Most digits are right (the labels are in the files).
     eprintln!(
         "[{:.1} s] results equal the local run",
         started.elapsed().as_secs_f64()
     );
+    let logs: Vec<PathBuf> = (0..all.len())
+        .map(|i| cluster.node(index_of[i]).log.clone())
+        .collect();
+    print_batch_times(&logs);
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..]
+        .split(|c: char| c.is_whitespace())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Sums the workers' per-batch step timings ("batch ran", "batch reported") from the logs.
+fn print_batch_times(logs: &[PathBuf]) {
+    let mut per_model: BTreeMap<String, [f64; 7]> = BTreeMap::new();
+    let mut reports = (0usize, 0.0f64);
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            if line.contains("batch reported") {
+                if let Some(ms) = field(line, "report_ms") {
+                    reports = (reports.0 + 1, reports.1 + ms);
+                }
+                continue;
+            }
+            if !line.contains("batch ran") {
+                continue;
+            }
+            let model = line
+                .split(" model=")
+                .nth(1)
+                .and_then(|m| m.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            let entry = per_model.entry(model).or_default();
+            entry[0] += 1.0;
+            for (slot, key) in [
+                "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
+            ]
+            .iter()
+            .enumerate()
+            {
+                entry[slot + 1] += field(line, key).unwrap_or(0.0);
+            }
+        }
+    }
+    for (model, t) in &per_model {
+        let n = t[0].max(1.0);
+        eprintln!(
+            "{model}: {} batches, {} inputs; mean per batch: load {:.1} ms, fetch {:.1} ms, \
+             run {:.1} ms, store {:.1} ms, total {:.1} ms",
+            t[0],
+            t[1],
+            t[2] / n,
+            t[3] / n,
+            t[4] / n,
+            t[5] / n,
+            t[6] / n
+        );
+    }
+    if reports.0 > 0 {
+        eprintln!(
+            "reports: {}, mean {:.1} ms",
+            reports.0,
+            reports.1 / reports.0 as f64
+        );
+    }
 }

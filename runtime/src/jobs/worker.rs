@@ -23,7 +23,7 @@ use idunno_core::scheduler::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Executor;
 use super::client::SchedClient;
@@ -209,7 +209,7 @@ impl Lane {
                     match *completed {
                         SchedResult::Completed { .. } => {
                             self.stats.completed.fetch_add(1, Ordering::Relaxed);
-                            debug!(lease = %grant.lease, report_ms, "batch reported");
+                            info!(lease = %grant.lease, report_ms, "batch reported");
                         }
                         other => {
                             // Expired, revoked, or applied by an earlier try whose answer was lost.
