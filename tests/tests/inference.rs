@@ -434,16 +434,27 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 /// Sums the workers' per-batch step timings ("batch ran", "batch reported") from the logs.
+/// With `IDUNNO_INFER_LOGS=DIR` the node logs are copied there as well.
 fn print_batch_times(logs: &[PathBuf]) {
-    let mut per_model: BTreeMap<String, [f64; 7]> = BTreeMap::new();
-    let mut reports = (0usize, 0.0f64);
+    if let Some(dir) = std::env::var_os("IDUNNO_INFER_LOGS") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for log in logs {
+            if let Some(name) = log.file_name() {
+                let _ = std::fs::copy(log, dir.join(name));
+            }
+        }
+    }
+    const KEYS: [&str; 6] = [
+        "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
+    ];
+    let mut per_model: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    let mut reports = Vec::new();
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
             if line.contains("batch reported") {
-                if let Some(ms) = field(line, "report_ms") {
-                    reports = (reports.0 + 1, reports.1 + ms);
-                }
+                reports.extend(field(line, "report_ms"));
                 continue;
             }
             if !line.contains("batch ran") {
@@ -455,37 +466,36 @@ fn print_batch_times(logs: &[PathBuf]) {
                 .and_then(|m| m.split_whitespace().next())
                 .unwrap_or("?")
                 .to_owned();
-            let entry = per_model.entry(model).or_default();
-            entry[0] += 1.0;
-            for (slot, key) in [
-                "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
-            ]
-            .iter()
-            .enumerate()
-            {
-                entry[slot + 1] += field(line, key).unwrap_or(0.0);
+            let entry = per_model
+                .entry(model)
+                .or_insert_with(|| vec![Vec::new(); KEYS.len()]);
+            for (slot, key) in KEYS.iter().enumerate() {
+                entry[slot].push(field(line, key).unwrap_or(0.0));
             }
         }
     }
+    let median = |v: &[f64]| -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
     for (model, t) in &per_model {
-        let n = t[0].max(1.0);
         eprintln!(
-            "{model}: {} batches, {} inputs; mean per batch: load {:.1} ms, fetch {:.1} ms, \
-             run {:.1} ms, store {:.1} ms, total {:.1} ms",
-            t[0],
-            t[1],
-            t[2] / n,
-            t[3] / n,
-            t[4] / n,
-            t[5] / n,
-            t[6] / n
+            "{model}: {} batches, {} inputs; median per batch: load {:.1} ms, fetch {:.1} ms, \
+             run {:.1} ms, store {:.1} ms, total {:.1} ms (the kill slows the stores placed on \
+             the dead node until its failure is detected)",
+            t[0].len(),
+            t[0].iter().sum::<f64>(),
+            median(&t[1]),
+            median(&t[2]),
+            median(&t[3]),
+            median(&t[4]),
+            median(&t[5])
         );
     }
-    if reports.0 > 0 {
-        eprintln!(
-            "reports: {}, mean {:.1} ms",
-            reports.0,
-            reports.1 / reports.0 as f64
-        );
-    }
+    eprintln!(
+        "reports: {}, median {:.1} ms",
+        reports.len(),
+        median(&reports)
+    );
 }

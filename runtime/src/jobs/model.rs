@@ -450,3 +450,32 @@ pub fn load_weights_file(model: &str, file: &std::path::Path) -> Result<Box<dyn 
     registry::from_weights(model, &bytes, &idunno_models::default_device())
         .map_err(|e| format!("{}: {e}", file.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_messages() {
+        assert_eq!(weights_file_name("digits-cnn"), "models/digits-cnn");
+        assert!(not_trained("digits-cnn").contains("train digits-cnn"));
+        assert!(short(&"x".repeat(500)).len() <= ERROR_BYTES_MAX);
+        let dir = scratch_dir("127.0.0.1:4000".parse().expect("addr"));
+        assert!(dir.to_string_lossy().contains("127_0_0_1_4000"));
+    }
+
+    #[test]
+    fn bad_weights_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("idunno-weights-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let garbage = dir.join("garbage");
+        std::fs::write(&garbage, b"not burnpack").expect("write");
+        match load_weights_file("digits-cnn", &garbage) {
+            Err(e) => assert!(e.contains("garbage"), "{e}"),
+            Ok(_) => panic!("garbage weights loaded"),
+        }
+        assert!(load_weights_file("digits-cnn", &dir.join("missing")).is_err());
+        assert!(load_weights_file("resnet", &garbage).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
