@@ -3,7 +3,7 @@
 //! Owns: [`ModelExecutor`]. Per batch: the model's weights come from the file-system file
 //! `models/<MODEL>` (written by `train`), cached per (model, version, hash) so a worker loads a
 //! model once and picks up a retrained one; the inputs come from the file system by name,
-//! [`FETCH_PARALLEL`] at a time; the model runs on the calling (blocking) thread through
+//! [`FETCH_PARALLEL`] at a time, while the weights' newest version is looked up; the model runs on the calling (blocking) thread through
 //! `idunno_models::predict_batch`; the results go to ONE file per batch,
 //! `results/job-J/lease-L.jsonl` (format in [`super::results`]), and each input's outcome is
 //! `Result(<that file's name>)` or `Failed(<short error>)`. Timings of each step (fetch, load,
