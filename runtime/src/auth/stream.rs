@@ -10,7 +10,8 @@
 //! Must never: hand the reader a byte that did not authenticate, go on after a failed record
 //! (the stream stays failed), allocate from an unauthenticated length beyond [`RECORD_BYTES_MAX`],
 //! report bytes as written before their whole record reached the socket (a stream dropped
-//! after a write loses nothing a plain `TcpStream` would keep), or panic on what a peer sends.
+//! after a write loses nothing a plain `TcpStream` would keep: no flush is needed), or panic on
+//! what a peer sends.
 
 use std::io;
 use std::net::SocketAddr;
@@ -158,22 +159,15 @@ impl SecureStream {
         SecureStream { tcp, records: None }
     }
 
-    /// A sealed connection whose handshake produced `send` and `recv`; `early` holds bytes
-    /// already read from the socket past the handshake.
-    pub(crate) fn sealed(
-        tcp: TcpStream,
-        send: DirectionKey,
-        recv: DirectionKey,
-        early: &[u8],
-    ) -> Self {
-        let mut read_buf = vec![0u8; READ_BUFFER_BYTES.max(early.len())];
-        read_buf[..early.len()].copy_from_slice(early);
+    /// A sealed connection whose handshake produced `send` and `recv` (and read nothing past
+    /// its own messages).
+    pub(crate) fn sealed(tcp: TcpStream, send: DirectionKey, recv: DirectionKey) -> Self {
         let records = Records {
             send,
             recv,
-            read_buf,
+            read_buf: vec![0u8; READ_BUFFER_BYTES],
             read_start: 0,
-            read_end: early.len(),
+            read_end: 0,
             plain_start: 0,
             plain_end: 0,
             record_end: 0,
@@ -315,27 +309,34 @@ impl Records {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.write_buf.is_empty() {
-            let n = buf.len().min(RECORD_PLAINTEXT_MAX);
-            if n == 0 {
-                return Poll::Ready(Ok(0));
+        if !self.write_buf.is_empty() {
+            // The same write again (its record is under way), or a write given up on: its
+            // record goes out whole either way (its nonce is spent, and the receiver expects
+            // it), like the part of a plain write that had reached the socket.
+            let retried = buf.starts_with(&self.write_plain);
+            ready!(self.poll_drain(tcp, cx))?;
+            let n = self.write_plain.len();
+            self.finish_record();
+            if retried {
+                return Poll::Ready(Ok(n));
             }
-            self.send.seal_into(&buf[..n], &mut self.write_buf)?;
-            self.write_plain.clear();
-            self.write_plain.extend_from_slice(&buf[..n]);
-            self.write_pos = 0;
-        } else if !buf.starts_with(&self.write_plain) {
-            // The caller gave up on a write whose record is half on the wire: the stream cannot
-            // carry anything else in order any more.
-            return Poll::Ready(Err(io::Error::other(
-                "a write was abandoned mid-record; the secure connection cannot go on",
-            )));
         }
+        let n = buf.len().min(RECORD_PLAINTEXT_MAX);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.seal_into(&buf[..n], &mut self.write_buf)?;
+        self.write_plain.extend_from_slice(&buf[..n]);
         ready!(self.poll_drain(tcp, cx))?;
-        let n = self.write_plain.len();
-        self.write_buf.clear();
-        self.write_pos = 0;
+        self.finish_record();
         Poll::Ready(Ok(n))
+    }
+
+    /// Forgets the record in flight (sent, or never started).
+    fn finish_record(&mut self) {
+        self.write_buf.clear();
+        self.write_plain.clear();
+        self.write_pos = 0;
     }
 }
 
@@ -371,6 +372,7 @@ impl AsyncWrite for SecureStream {
         if let Some(records) = &mut this.records {
             // A record left by an abandoned write goes out whole rather than half.
             ready!(records.poll_drain(&mut this.tcp, cx))?;
+            records.finish_record();
         }
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
@@ -379,6 +381,7 @@ impl AsyncWrite for SecureStream {
         let this = self.get_mut();
         if let Some(records) = &mut this.records {
             ready!(records.poll_drain(&mut this.tcp, cx))?;
+            records.finish_record();
         }
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
@@ -387,6 +390,7 @@ impl AsyncWrite for SecureStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -400,8 +404,8 @@ mod tests {
     async fn sealed_pair() -> (SecureStream, SecureStream) {
         let (a, b) = tcp_pair().await;
         let (k1, k2) = ([1u8; 32], [2u8; 32]);
-        let a = SecureStream::sealed(a, DirectionKey::new(&k1), DirectionKey::new(&k2), &[]);
-        let b = SecureStream::sealed(b, DirectionKey::new(&k2), DirectionKey::new(&k1), &[]);
+        let a = SecureStream::sealed(a, DirectionKey::new(&k1), DirectionKey::new(&k2));
+        let b = SecureStream::sealed(b, DirectionKey::new(&k2), DirectionKey::new(&k1));
         (a, b)
     }
 
@@ -501,6 +505,40 @@ mod tests {
         let (a, mut b) = sealed_pair().await;
         drop(a);
         assert_eq!(b.read(&mut buf).await.ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_write_given_up_while_the_socket_is_full_keeps_the_stream_in_step() {
+        let (mut a, mut b) = sealed_pair().await;
+        // Fill the socket until a write stays pending, then give that write up.
+        let chunk = vec![7u8; RECORD_PLAINTEXT_MAX];
+        let mut written = 0usize;
+        loop {
+            let write = tokio::time::timeout(Duration::from_millis(50), a.write(&chunk)).await;
+            match write {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => panic!("write failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.map(|_| all)
+        });
+        a.write_all(b"end").await.expect("a later write");
+        a.shutdown().await.expect("shutdown");
+        drop(a);
+        let all = reader
+            .await
+            .expect("join")
+            .expect("every record authenticated");
+        // The given-up write's record went out whole (its nonce was spent), then "end".
+        assert!(all.ends_with(b"end"));
+        assert!(
+            all.len() == written + RECORD_PLAINTEXT_MAX + 3,
+            "{} vs {written}",
+            all.len()
+        );
     }
 
     #[tokio::test]

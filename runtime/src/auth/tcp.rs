@@ -190,7 +190,7 @@ async fn client_handshake(
     if recv.open_in_place(header, &mut body).is_err() {
         return Err(HandshakeError::WrongKey);
     }
-    Ok(SecureStream::sealed(tcp, send, recv, &[]))
+    Ok(SecureStream::sealed(tcp, send, recv))
 }
 
 async fn read_or_closed(tcp: &mut TcpStream, buf: &mut [u8]) -> Result<(), HandshakeError> {
@@ -359,7 +359,7 @@ async fn node_handshake(
     tcp.read_exact(&mut body).await.map_err(broken)?;
     recv.open_in_place(header, &mut body)
         .map_err(|_| Refusal::Forged)?;
-    Ok((SecureStream::sealed(tcp, send, recv, &[]), role))
+    Ok((SecureStream::sealed(tcp, send, recv), role))
 }
 
 #[cfg(test)]
