@@ -10,8 +10,10 @@
 //! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get` / `failed`. The
 //! membership driver publishes its view ([`crate::view`]); the Raft driver reads it to propose
 //! the failures of members the view reports gone.
-//! Membership datagrams go through [`AuthSocket`]: sealed with the cluster key when the node has
-//! one; without one the node warns that it is insecure.
+//! Membership datagrams go through [`AuthSocket`] and accepted TCP connections through a
+//! [`TcpGuard`]: sealed with the cluster key when the node has one (the key also becomes the
+//! process's credential for the connections it opens); without one the node warns that it is
+//! insecure.
 //! With a data dir it opens the blob store at `<data-dir>/blobs`, serves blob transfers on the
 //! control port and runs the scrubber; corrupt blobs are reported on a channel (logged for now,
 //! to be forwarded to the leader).

@@ -273,7 +273,8 @@ impl Records {
                     return Poll::Ready(Err(e));
                 }
             }
-            if self.read_end == self.read_buf.len() {
+            // Keep room for a whole record, so reads stay large.
+            if self.read_buf.len() - self.read_end < RECORD_HEADER_BYTES + RECORD_BYTES_MAX {
                 self.compact();
             }
             debug_assert!(self.read_end < self.read_buf.len());

@@ -204,6 +204,25 @@ fn cipher_mb_per_s(bytes: u64) -> (f64, f64) {
     )
 }
 
+/// This process's CPU time (user + system, all threads) so far, from `/proc/self/stat` (in
+/// 10 ms ticks); zero where unavailable.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(index).copied().unwrap_or_default()
@@ -252,23 +271,26 @@ async fn bench(args: &Args) -> BenchResult<String> {
     let bytes = args.bulk_mb * 1_000_000;
     let _ = writeln!(
         out,
-        "\n| one connection, {} MB one way, memory to memory | time | throughput |",
+        "\n| one connection, {} MB one way, memory to memory | time | throughput | CPU (both ends) per GB |",
         args.bulk_mb
     );
-    let _ = writeln!(out, "|---|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
     let (seal, open) = cipher_mb_per_s(bytes / 4);
     let _ = writeln!(
         out,
-        "| (the cipher alone, one thread: seal {seal:.0} MB/s, open {open:.0} MB/s) | | |"
+        "| (the cipher alone, one thread: seal {seal:.0} MB/s, open {open:.0} MB/s) | | | |"
     );
     for (name, key) in [("plain TCP", None), ("sealed", Some(&key))] {
         bulk(key, bytes / 10).await?;
+        let before = cpu_time();
         let time = bulk(key, bytes).await?;
+        let cpu = cpu_time().saturating_sub(before);
         let _ = writeln!(
             out,
-            "| {name} | {:.2} s | {:.0} MB/s |",
+            "| {name} | {:.2} s | {:.0} MB/s | {:.2} s |",
             time.as_secs_f64(),
-            bytes as f64 / 1e6 / time.as_secs_f64().max(1e-9)
+            bytes as f64 / 1e6 / time.as_secs_f64().max(1e-9),
+            cpu.as_secs_f64() / (bytes as f64 / 1e9).max(1e-9)
         );
     }
     Ok(out)
