@@ -243,12 +243,19 @@ enum Handoff {
     Dfs(ControlRequest),
 }
 
-/// Whether only another node may send `request`: a `RaftHello`, or a request another node
-/// forwarded. A connection that proved a client token gets an error answer for these.
+/// Whether only another node may send `request`: a `RaftHello`, a request another node
+/// forwarded, or a node-internal file-system request (the leader's repair planning and the
+/// re-replication copy it orders). A connection that proved a client token gets an error
+/// answer for these.
 pub fn is_peer_only(request: &ControlRequest) -> bool {
+    use idunno_core::dfs::DfsRequest;
     matches!(
         request,
         ControlRequest::RaftHello { .. }
+            | ControlRequest::Dfs {
+                request: DfsRequest::PlanRepairs { .. } | DfsRequest::Fetch { .. },
+                ..
+            }
             | ControlRequest::KvPut {
                 forwarded: true,
                 ..
@@ -604,6 +611,33 @@ mod tests {
             }
         });
         tx
+    }
+
+    #[test]
+    fn node_internal_requests_are_peer_only_and_client_requests_are_not() {
+        use idunno_core::dfs::DfsRequest;
+        let plan = ControlRequest::Dfs {
+            request: DfsRequest::PlanRepairs {
+                in_flight: Vec::new(),
+                max_parallel: 1,
+            },
+            forwarded: false,
+        };
+        let hello = ControlRequest::RaftHello { from: VoterId(1) };
+        let forwarded = ControlRequest::KvGet {
+            key: "k".into(),
+            forwarded: true,
+        };
+        for request in [&plan, &hello, &forwarded] {
+            assert!(is_peer_only(request), "{request:?}");
+        }
+        let asked = ControlRequest::KvGet {
+            key: "k".into(),
+            forwarded: false,
+        };
+        for request in [&ControlRequest::ListSelf, &ControlRequest::Leave, &asked] {
+            assert!(!is_peer_only(request), "{request:?}");
+        }
     }
 
     #[tokio::test]
