@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use idunno_core::membership::NodeId;
 use serde_json::Value;
 
+use idunno_core::scheduler::JobStatus;
+use idunno_core::scheduler::api::{SchedAnswer, SchedQuery};
+
 use super::client::{client_json, client_text};
 use super::cluster::{Cluster, free_addr, node_ip};
 use super::inputs;
@@ -26,6 +29,7 @@ use super::membership::wait_for_views;
 use super::{DemoError, Progress, fail, ids, secs, show_indented};
 use crate::cli::DemoArgs;
 use crate::control;
+use crate::jobs::client::SchedClient;
 
 /// The two models the demo runs.
 const DIGITS_MODEL: &str = "digits-cnn";
@@ -39,7 +43,7 @@ const TRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Deadline of an upload or a results read.
 const BULK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between two reads of the jobs' progress.
-const JOBS_POLL: Duration = Duration::from_millis(250);
+const JOBS_POLL: Duration = Duration::from_millis(50);
 /// Least time between two progress lines.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Share of all inputs done (in percent) at which the nodes are killed.
@@ -85,7 +89,7 @@ pub async fn steps(
     let (digit_labels, digits_names, photo_names) =
         prepare_inputs(args, &cluster.root, &exe, entry, progress).await?;
     let jobs = start_jobs(args, &exe, entry, digits_names, photo_names, progress).await?;
-    entry = run_jobs(args, cluster, &exe, entry, &jobs, progress).await?;
+    entry = run_jobs(args, cluster, entry, &jobs, progress).await?;
     let mut failures = Vec::new();
     for job in &jobs {
         let labels = (job.what == "digits" && !args.noop).then_some(&digit_labels);
@@ -416,30 +420,34 @@ async fn start_job(
     })
 }
 
-/// Each demo job's progress, from `jobs --json`.
+/// Each demo job's progress and the workers holding leases now, read through the scheduler's
+/// client library (in process, so the demo can poll often without starting a process each
+/// time; the same `Jobs` query `jobs --json` prints).
 async fn read_progress(
-    exe: &Path,
     entry: SocketAddr,
     jobs: &[Job],
-) -> Result<(Vec<JobProgress>, Value), DemoError> {
-    let listed = client_json(exe, entry, &args(&["jobs"]), QUICK_TIMEOUT).await?;
-    let Some(all) = listed.as_array() else {
-        return fail(format!("jobs: not an array: {listed}"));
+) -> Result<(Vec<JobProgress>, BTreeSet<NodeId>), DemoError> {
+    let client = SchedClient::new(entry, QUICK_TIMEOUT);
+    let all = match client.query(SchedQuery::Jobs).await? {
+        SchedAnswer::Jobs(all) => all,
+        other => return fail(format!("jobs: unexpected answer {other:?}")),
     };
     let mut out = Vec::new();
+    let mut leasing = BTreeSet::new();
     for job in jobs {
-        let Some(j) = all.iter().find(|j| j["job"].as_u64() == Some(job.id)) else {
+        let Some(j) = all.iter().find(|j| j.job.0 == job.id) else {
             return fail(format!("jobs does not list job-{}", job.id));
         };
         out.push(JobProgress {
-            inputs: j["inputs"].as_u64().unwrap_or(0),
-            done: j["done"].as_u64().unwrap_or(0),
-            failed: j["failed"].as_u64().unwrap_or(0),
-            rate: j["rate_per_sec"].as_f64().unwrap_or(0.0),
-            finished: j["status"].as_str() == Some("finished"),
+            inputs: u64::from(j.inputs),
+            done: u64::from(j.done),
+            failed: u64::from(j.failed),
+            rate: j.rate_milli as f64 / 1000.0,
+            finished: j.status != JobStatus::Running,
         });
+        leasing.extend(j.workers_now.iter().copied());
     }
-    Ok((out, listed))
+    Ok((out, leasing))
 }
 
 fn progress_line(jobs: &[Job], now: &[JobProgress]) -> String {
@@ -447,7 +455,7 @@ fn progress_line(jobs: &[Job], now: &[JobProgress]) -> String {
         .zip(now)
         .map(|(job, p)| {
             format!(
-                "job-{} {}: {}/{} done{} ({:.1}/s)",
+                "job-{} {}: {}/{} done{} ({:.1}/s over 10 s)",
                 job.id,
                 job.model,
                 p.done,
@@ -468,7 +476,6 @@ fn progress_line(jobs: &[Job], now: &[JobProgress]) -> String {
 async fn run_jobs(
     args: &DemoArgs,
     cluster: &mut Cluster,
-    exe: &Path,
     mut entry: SocketAddr,
     jobs: &[Job],
     progress: &mut Progress,
@@ -488,7 +495,7 @@ async fn run_jobs(
                 secs(timeout)
             ));
         }
-        let (now, listed) = match read_progress(exe, entry, jobs).await {
+        let (now, leasing) = match read_progress(entry, jobs).await {
             Ok(read) => read,
             Err(DemoError(e)) => {
                 // Expected for a moment after the kills (no leader yet): keep polling.
@@ -497,7 +504,8 @@ async fn run_jobs(
                 continue;
             }
         };
-        let finished: u64 = now.iter().map(|p| p.done + p.failed).sum();
+        // `done` counts failed inputs too.
+        let finished: u64 = now.iter().map(|p| p.done).sum();
         if last_line.elapsed() >= PROGRESS_EVERY || now.iter().all(|p| p.finished) {
             progress.say(&progress_line(jobs, &now));
             last_line = Instant::now();
@@ -514,6 +522,12 @@ async fn run_jobs(
             progress.timings.push(("resume after kill", at.elapsed()));
         }
         if now.iter().all(|p| p.finished) {
+            if killed_at.is_none() && args.kill > 0 {
+                return fail(format!(
+                    "both jobs finished before {KILL_AT_PERCENT}% of their inputs were seen \
+                     done, so no node was killed: give them more inputs"
+                ));
+            }
             let took = t0.elapsed();
             progress.say(&format!(
                 "both jobs finished in {} ({:.1} inputs/s overall)",
@@ -525,22 +539,11 @@ async fn run_jobs(
         }
         if killed_at.is_none() && args.kill > 0 && finished * 100 >= total * KILL_AT_PERCENT {
             progress.say(&progress_line(jobs, &now));
-            entry = kill_nodes(args, cluster, entry, &listed, finished, total, progress).await?;
+            entry = kill_nodes(args, cluster, entry, &leasing, finished, total, progress).await?;
             killed_at = Some((Instant::now(), finished));
         }
         tokio::time::sleep(JOBS_POLL).await;
     }
-}
-
-/// Node ids (`addr#generation`) holding a lease of any job now.
-fn leasing_workers(listed: &Value) -> BTreeSet<String> {
-    listed
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|j| j["workers_now"].as_array().into_iter().flatten())
-        .filter_map(|w| w.as_str().map(str::to_owned))
-        .collect()
 }
 
 /// The nodes to kill: the leader's index first, then nodes holding leases now, then others from
@@ -549,7 +552,7 @@ fn pick_victims(
     cluster: &Cluster,
     leader: usize,
     entry: SocketAddr,
-    leasing: &BTreeSet<String>,
+    leasing: &BTreeSet<NodeId>,
     kill: usize,
 ) -> Vec<usize> {
     let mut victims = vec![leader];
@@ -562,12 +565,8 @@ fn pick_victims(
         .collect();
     for (i, _) in candidates
         .iter()
-        .filter(|(_, id)| leasing.contains(&id.to_string()))
-        .chain(
-            candidates
-                .iter()
-                .filter(|(_, id)| !leasing.contains(&id.to_string())),
-        )
+        .filter(|(_, id)| leasing.contains(id))
+        .chain(candidates.iter().filter(|(_, id)| !leasing.contains(id)))
     {
         if victims.len() >= kill {
             break;
@@ -584,7 +583,7 @@ async fn kill_nodes(
     args: &DemoArgs,
     cluster: &mut Cluster,
     entry: SocketAddr,
-    listed: &Value,
+    leasing: &BTreeSet<NodeId>,
     finished: u64,
     total: u64,
     progress: &mut Progress,
@@ -593,13 +592,7 @@ async fn kill_nodes(
     let Some(leader) = cluster.index_of(leader_addr) else {
         return fail(format!("the leader {leader_addr} is not a demo node"));
     };
-    let victims = pick_victims(
-        cluster,
-        leader,
-        entry,
-        &leasing_workers(listed),
-        usize::from(args.kill),
-    );
+    let victims = pick_victims(cluster, leader, entry, leasing, usize::from(args.kill));
     let killed: BTreeSet<NodeId> = victims.iter().filter_map(|&i| cluster.id(i)).collect();
     progress.say(&format!(
         "{finished}/{total} inputs done: SIGKILL {} nodes at once, the coordinator (Raft \
