@@ -635,40 +635,42 @@ struct Outcome {
     file: Option<String>,
 }
 
-/// Reads one `c4` entry: the contract's `{"input","status","class_id","label","probability",
-/// "file"}` or the scheduler's `{"input","name","result"|"error","worker"}`.
-fn parse_outcome(r: &Value) -> Option<Outcome> {
+/// Reads one `c4` entry: `{"index","input","name","status","worker","result","class_id",
+/// "label","probability","top5","error"}` (`result`: the result file of a model, the no-op's
+/// echo) or the older `{"input": index,"name","result"|"error","worker"}`. An entry without a
+/// name (a pending input) is named from `names` by its index.
+fn parse_outcome(r: &Value, names: &[String]) -> Option<Outcome> {
+    let index = r["index"].as_u64().or_else(|| r["input"].as_u64());
     let name = r["name"]
         .as_str()
-        .or_else(|| r["input"].as_str())?
-        .to_owned();
-    let mut result = r.clone();
-    // A result that is itself a JSON object (a prediction) is read like the contract's fields.
-    if let Some(text) = r["result"].as_str()
-        && let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(text)
-    {
-        result = inner;
-    }
+        .or_else(|| r["input"].as_str())
+        .map(str::to_owned)
+        .or_else(|| {
+            let i = usize::try_from(index?).ok()?;
+            names.get(i).cloned()
+        })?;
     let error = r["error"]
         .as_str()
         .map(str::to_owned)
         .or_else(|| match r["status"].as_str() {
-            Some("done") | Some("ok") | Some("finished") | None => None,
+            Some("done") | None => None,
             Some(other) => Some(format!("status {other}")),
         });
-    let file = ["file", "result_file", "output"]
+    let result = r["result"].as_str();
+    let file = ["file", "result_file"]
         .iter()
-        .find_map(|k| r[*k].as_str().or_else(|| result[*k].as_str()))
+        .find_map(|k| r[*k].as_str())
+        .or(result.filter(|t| t.starts_with("results/")))
         .map(str::to_owned);
     Some(Outcome {
         name,
         error,
-        class_id: result["class_id"].as_u64(),
-        label: result["label"]
+        class_id: r["class_id"].as_u64(),
+        label: r["label"]
             .as_str()
             .map(str::to_owned)
-            .or_else(|| r["result"].as_str().map(str::to_owned)),
-        probability: result["probability"].as_f64(),
+            .or_else(|| result.map(str::to_owned)),
+        probability: r["probability"].as_f64(),
         file,
     })
 }
@@ -761,7 +763,10 @@ async fn report_job(
     let Some(all) = answer.as_array() else {
         return fail(format!("c4 job-{}: not an array", job.id));
     };
-    let results: Vec<Outcome> = all.iter().filter_map(parse_outcome).collect();
+    let results: Vec<Outcome> = all
+        .iter()
+        .filter_map(|r| parse_outcome(r, &job.names))
+        .collect();
     if results.len() != all.len() {
         return fail(format!(
             "c4 job-{}: {} entries without an input name",
@@ -833,9 +838,21 @@ async fn print_result_files(
         return;
     };
     let dir = first.rsplit_once('/').map_or("", |(d, _)| d);
+    let files = client_json(
+        exe,
+        entry,
+        &args(&["list", &format!("{dir}/")]),
+        QUICK_TIMEOUT,
+    )
+    .await
+    .ok()
+    .and_then(|names| names.as_array().map(Vec::len));
     progress.say(&format!(
-        "job-{}'s results are files in the file system under {dir}/ (and `c4 {}`); ls {first}:",
-        job.id, job.id
+        "job-{}'s results are files in the file system: {dir}/ ({} files, one per batch; \
+         `c4 {}` reads them); ls {first}:",
+        job.id,
+        files.map_or_else(|| "?".to_owned(), |n| n.to_string()),
+        job.id
     ));
     match client_text(exe, entry, &args(&["ls", &first]), QUICK_TIMEOUT).await {
         Ok(text) => show_indented(&text),
@@ -919,28 +936,36 @@ mod tests {
 
     #[test]
     fn both_c4_shapes_parse() {
-        let contract = json!({"input": "inputs/photos/00-coffee.png", "status": "done",
-            "class_id": 967, "label": "espresso", "probability": 0.95,
-            "file": "results/job-2/00-coffee.png.json"});
-        let o = parse_outcome(&contract).expect("parses");
+        let names = vec!["inputs/photos/00-coffee.png".to_owned(), "x".to_owned()];
+        let model = json!({"index": 0, "input": "inputs/photos/00-coffee.png",
+            "name": "inputs/photos/00-coffee.png", "status": "done", "worker": "w",
+            "result": "results/job-2/lease-7.jsonl", "class_id": 967, "label": "espresso",
+            "probability": 0.95, "top5": [967, 968], "error": null});
+        let o = parse_outcome(&model, &names).expect("parses");
         assert_eq!(o.name, "inputs/photos/00-coffee.png");
         assert_eq!(o.class_id, Some(967));
         assert_eq!(o.label.as_deref(), Some("espresso"));
-        assert_eq!(o.file.as_deref(), Some("results/job-2/00-coffee.png.json"));
+        assert_eq!(o.file.as_deref(), Some("results/job-2/lease-7.jsonl"));
         assert_eq!(o.error, None);
-        let scheduler = json!({"input": 3, "name": "inputs/digits/0003.txt",
-            "result": "inputs/digits/0003.txt", "worker": "127.0.0.2:1#1"});
-        let o = parse_outcome(&scheduler).expect("parses");
-        assert_eq!(o.name, "inputs/digits/0003.txt");
-        assert_eq!(o.error, None);
-        let failed = json!({"input": 4, "name": "x", "error": "bad", "worker": "w"});
+        let pending = json!({"index": 1, "input": null, "name": null, "status": "pending"});
+        let o = parse_outcome(&pending, &names).expect("named by index");
+        assert_eq!(o.name, "x");
+        assert!(o.error.is_some());
+        let failed = json!({"index": 1, "input": "x", "name": "x", "status": "failed",
+            "error": "undecodable"});
         assert_eq!(
-            parse_outcome(&failed).expect("parses").error.as_deref(),
-            Some("bad")
+            parse_outcome(&failed, &names)
+                .expect("parses")
+                .error
+                .as_deref(),
+            Some("undecodable")
         );
-        let pending = json!({"input": "x", "status": "pending"});
-        assert!(parse_outcome(&pending).expect("parses").error.is_some());
-        assert_eq!(parse_outcome(&json!({"input": 5})), None);
+        let older = json!({"input": 3, "name": "inputs/digits/0003.txt",
+            "result": "inputs/digits/0003.txt", "worker": "127.0.0.2:1#1"});
+        let o = parse_outcome(&older, &names).expect("parses");
+        assert_eq!(o.name, "inputs/digits/0003.txt");
+        assert_eq!((o.error, o.file), (None, None));
+        assert_eq!(parse_outcome(&json!({"input": 5}), &names), None);
     }
 
     #[test]
