@@ -389,7 +389,7 @@ pub struct DemoArgs {
 }
 
 /// Copies of each photo in the demo's efficientnet-lite0 job by default.
-pub const DEMO_PHOTO_COPIES_DEFAULT: u16 = 8;
+pub const DEMO_PHOTO_COPIES_DEFAULT: u16 = 16;
 
 impl DemoArgs {
     /// Checks relations between the demo's arguments.

@@ -93,17 +93,11 @@ pub async fn steps(
     let mut failures = Vec::new();
     for job in &jobs {
         let labels = (job.what == "digits" && !args.noop).then_some(&digit_labels);
-        if let Err(DemoError(e)) = report_job(&exe, entry, job, labels, progress).await {
+        if let Err(DemoError(e)) = report_job(&exe, entry, job, labels, trained, progress).await {
             failures.push(e);
         }
     }
     statistics(&exe, entry, &jobs, progress).await?;
-    if let Some(accuracy) = trained {
-        progress.say(&format!(
-            "digits-cnn's own held-out accuracy after training: {}",
-            percent(accuracy)
-        ));
-    }
     progress.say(&format!("timings: {}", progress.summary()));
     if !failures.is_empty() {
         return fail(failures.join("\n"));
@@ -209,6 +203,7 @@ fn args(words: &[&str]) -> Vec<String> {
 /// Returns digits-cnn's held-out accuracy.
 async fn train(exe: &Path, entry: SocketAddr, progress: &mut Progress) -> Result<f64, DemoError> {
     let mut accuracy = None;
+    let started = Instant::now();
     for model in [DIGITS_MODEL, PHOTOS_MODEL] {
         progress.say(&format!("train {model} ..."));
         let t0 = Instant::now();
@@ -231,7 +226,7 @@ async fn train(exe: &Path, entry: SocketAddr, progress: &mut Progress) -> Result
             accuracy = held_out;
         }
     }
-    progress.timings.push(("train", Duration::ZERO));
+    progress.timings.push(("train", started.elapsed()));
     accuracy.ok_or_else(|| DemoError("train digits-cnn reported no accuracy".into()))
 }
 
@@ -751,6 +746,7 @@ async fn report_job(
     entry: SocketAddr,
     job: &Job,
     labels: Option<&BTreeMap<String, u8>>,
+    trained: Option<f64>,
     progress: &mut Progress,
 ) -> Result<(), DemoError> {
     let answer = client_json(
@@ -790,9 +786,15 @@ async fn report_job(
     if let Some(labels) = labels {
         let (correct, classified) = digits_accuracy(&results, labels);
         let share = correct as f64 / classified.max(1) as f64;
+        let training = trained.map_or_else(String::new, |a| {
+            format!(
+                "; training's own evaluation of the same split said {}",
+                percent(a)
+            )
+        });
         progress.say(&format!(
             "digits-cnn accuracy on the held-out digits: {} ({correct}/{classified} correct \
-             against the labels in the files)",
+             against the labels in the files{training})",
             percent(share)
         ));
     } else if job.what == "photos" && job.model != NOOP_MODEL {

@@ -67,11 +67,16 @@ pub fn run(args: DemoArgs) -> ExitCode {
             result = steps(&args, &mut cluster, progress) => result,
             () = signals.next() => fail("interrupted"),
         };
+        let running = cluster.running();
+        let t0 = Instant::now();
+        drop(cluster);
         say(
             started,
-            &format!("stopping all {} node processes", cluster.running()),
+            &format!(
+                "stopped all {running} node processes in {}",
+                secs(t0.elapsed())
+            ),
         );
-        drop(cluster);
         result
     });
     let outcome = match outcome {
@@ -80,7 +85,6 @@ pub fn run(args: DemoArgs) -> ExitCode {
     };
     match outcome {
         Ok(()) => {
-            let _ = fs::remove_dir_all(&root);
             say(
                 started,
                 &format!(
@@ -88,6 +92,12 @@ pub fn run(args: DemoArgs) -> ExitCode {
                     secs(started.elapsed())
                 ),
             );
+            // Removing the nodes' data (model weights and photos, several replicas each)
+            // takes seconds on some disks: say so first.
+            say(started, &format!("removing {}", root.display()));
+            let t0 = Instant::now();
+            let _ = fs::remove_dir_all(&root);
+            say(started, &format!("removed it in {}", secs(t0.elapsed())));
             ExitCode::SUCCESS
         }
         Err(DemoError(message)) => {
