@@ -60,6 +60,18 @@ struct Job {
     names: Vec<String>,
 }
 
+/// The demo's inputs, written and uploaded.
+struct Inputs {
+    /// Each digit file's label, by file name.
+    labels: BTreeMap<String, u8>,
+    /// The digits' file-system names.
+    digits: Vec<String>,
+    /// The photos' file-system names.
+    photos: Vec<String>,
+    /// Each photo's top class in a single-process run, when the photos came with one.
+    reference: Option<BTreeMap<String, u64>>,
+}
+
 /// A job's progress, as `jobs --json` reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct JobProgress {
@@ -86,14 +98,26 @@ pub async fn steps(
     } else {
         Some(train(&exe, entry, progress).await?)
     };
-    let (digit_labels, digits_names, photo_names) =
-        prepare_inputs(args, &cluster.root, &exe, entry, progress).await?;
-    let jobs = start_jobs(args, &exe, entry, digits_names, photo_names, progress).await?;
+    let inputs = prepare_inputs(args, &cluster.root, &exe, entry, progress).await?;
+    let jobs = start_jobs(
+        args,
+        &exe,
+        entry,
+        inputs.digits.clone(),
+        inputs.photos.clone(),
+        progress,
+    )
+    .await?;
     entry = run_jobs(args, cluster, entry, &jobs, progress).await?;
     let mut failures = Vec::new();
     for job in &jobs {
-        let labels = (job.what == "digits" && !args.noop).then_some(&digit_labels);
-        if let Err(DemoError(e)) = report_job(&exe, entry, job, labels, trained, progress).await {
+        let real = !args.noop;
+        let check = match job.what {
+            "digits" if real => Check::Digits(&inputs.labels, trained),
+            "photos" if real => Check::Photos(inputs.reference.as_ref()),
+            _ => Check::None,
+        };
+        if let Err(DemoError(e)) = report_job(&exe, entry, job, check, progress).await {
             failures.push(e);
         }
     }
@@ -239,7 +263,7 @@ async fn prepare_inputs(
     exe: &Path,
     entry: SocketAddr,
     progress: &mut Progress,
-) -> Result<(BTreeMap<String, u8>, Vec<String>, Vec<String>), DemoError> {
+) -> Result<Inputs, DemoError> {
     let split = inputs::test_split()?;
     let count = args
         .digits
@@ -283,9 +307,14 @@ async fn prepare_inputs(
     if !args.noop {
         progress.timings.push(("upload", t0.elapsed()));
     }
-    let photo_names = names.pop().unwrap_or_default();
-    let digit_names = names.pop().unwrap_or_default();
-    Ok((labels, digit_names, photo_names))
+    let photos = names.pop().unwrap_or_default();
+    let digits = names.pop().unwrap_or_default();
+    Ok(Inputs {
+        labels,
+        digits,
+        photos,
+        reference: inputs::read_reference(&photos_from)?,
+    })
 }
 
 /// `inputs/<base name of DIR>`, the prefix `upload` gives a directory's files.
@@ -740,13 +769,23 @@ fn digits_accuracy(results: &[Outcome], labels: &BTreeMap<String, u8>) -> (usize
     (correct, total)
 }
 
+/// What a job's results are checked against, beyond exactly-once.
+#[derive(Debug, Clone, Copy)]
+enum Check<'a> {
+    /// Nothing (the no-op model).
+    None,
+    /// Digits: the labels in the files, and training's own accuracy on the split.
+    Digits(&'a BTreeMap<String, u8>, Option<f64>),
+    /// Photos: the copies of a photo agree, and match the single-process reference if any.
+    Photos(Option<&'a BTreeMap<String, u64>>),
+}
+
 /// Reads, checks and prints one job's results.
 async fn report_job(
     exe: &Path,
     entry: SocketAddr,
     job: &Job,
-    labels: Option<&BTreeMap<String, u8>>,
-    trained: Option<f64>,
+    check: Check<'_>,
     progress: &mut Progress,
 ) -> Result<(), DemoError> {
     let answer = client_json(
@@ -770,7 +809,7 @@ async fn report_job(
             all.len() - results.len()
         ));
     }
-    let checked = check_results(job, &results);
+    let mut checked = check_results(job, &results);
     progress.say(&format!(
         "job-{} {}: {} results for {} inputs{}",
         job.id,
@@ -783,7 +822,7 @@ async fn report_job(
             ""
         }
     ));
-    if let Some(labels) = labels {
+    if let Check::Digits(labels, trained) = check {
         let (correct, classified) = digits_accuracy(&results, labels);
         let share = correct as f64 / classified.max(1) as f64;
         let training = trained.map_or_else(String::new, |a| {
@@ -797,30 +836,86 @@ async fn report_job(
              against the labels in the files{training})",
             percent(share)
         ));
-    } else if job.what == "photos" && job.model != NOOP_MODEL {
-        print_photo_labels(job, &results);
+    } else if let Check::Photos(reference) = check {
+        let agreed = photo_labels(job, &results, reference, progress);
+        if checked.is_ok() {
+            checked = agreed;
+        }
     }
     print_result_files(exe, entry, job, &results, progress).await;
     checked.map_err(DemoError)
 }
 
-/// The top label of each distinct photo (copies agree; the first copy is shown).
-fn print_photo_labels(job: &Job, results: &[Outcome]) {
-    let mut block = format!("{}'s top label per photo:\n", job.model);
-    let mut shown = BTreeSet::new();
+/// Prints the top label of each distinct photo; checks that its copies agree and that it is
+/// the single-process reference's top class, when there is a reference.
+fn photo_labels(
+    job: &Job,
+    results: &[Outcome],
+    reference: Option<&BTreeMap<String, u64>>,
+    progress: &mut Progress,
+) -> Result<(), String> {
+    let mut by_photo: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();
     for r in results {
         let file = r.name.rsplit('/').next().unwrap_or(&r.name);
-        let photo = inputs::original_name(file);
-        if !shown.insert(photo.to_owned()) {
-            continue;
+        by_photo
+            .entry(inputs::original_name(file))
+            .or_default()
+            .push(r);
+    }
+    let mut block = format!("{}'s top label per photo:\n", job.model);
+    let mut problems = Vec::new();
+    let mut matched = 0;
+    for (photo, copies) in &by_photo {
+        let classes: BTreeSet<Option<u64>> = copies.iter().map(|r| r.class_id).collect();
+        if classes.len() != 1 {
+            problems.push(format!("the copies of {photo} disagree: {classes:?}"));
         }
-        let label = r.label.as_deref().unwrap_or("?");
-        let probability = r
-            .probability
-            .map_or_else(String::new, |p| format!(" (p={p:.3})"));
-        block.push_str(&format!("  {photo:<28} {label}{probability}\n"));
+        let first = copies[0];
+        let class = first.class_id;
+        let expected = reference.and_then(|r| r.get(*photo)).copied();
+        let verdict = match (expected, class) {
+            (Some(e), Some(c)) if e == c => {
+                matched += 1;
+                "  = single-process reference"
+            }
+            (Some(e), _) => {
+                problems.push(format!("{photo}: class {class:?}, the reference says {e}"));
+                "  != single-process reference"
+            }
+            (None, _) => "",
+        };
+        block.push_str(&format!(
+            "  {photo:<24} {:<20} class {:>4} p={:.3} ({} copies){verdict}\n",
+            first.label.as_deref().unwrap_or("?"),
+            class.map_or_else(|| "?".to_owned(), |c| c.to_string()),
+            first.probability.unwrap_or(f64::NAN),
+            copies.len()
+        ));
     }
     show_indented(&block);
+    if let Some(reference) = reference {
+        progress.say(&format!(
+            "{matched}/{} photos have the single-process reference's top class (all copies \
+             of each photo agree: {})",
+            by_photo.len(),
+            if problems.iter().any(|p| p.contains("disagree")) {
+                "no"
+            } else {
+                "yes"
+            }
+        ));
+        debug_assert!(matched <= reference.len().max(by_photo.len()));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "job-{} ({}): {}",
+            job.id,
+            job.model,
+            problems.join("; ")
+        ))
+    }
 }
 
 /// Where the results are: the result file of the first input and its replicas.

@@ -136,6 +136,48 @@ pub fn original_name(copy: &str) -> &str {
     }
 }
 
+/// The single-process reference predictions next to the bundled photos (`image rank class_id
+/// probability`, tab-separated, with a header line).
+pub const REFERENCE_FILE: &str = "efficientnet-lite0.reference.tsv";
+/// Largest reference file read, in bytes.
+const REFERENCE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Each photo's top class in `dir`'s [`REFERENCE_FILE`], or `None` when there is none.
+pub fn read_reference(dir: &Path) -> Result<Option<BTreeMap<String, u64>>, DemoError> {
+    let path = dir.join(REFERENCE_FILE);
+    let Ok(meta) = fs::metadata(&path) else {
+        return Ok(None);
+    };
+    if meta.len() > REFERENCE_BYTES_MAX {
+        return fail(format!(
+            "{} is over {REFERENCE_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    let text = fs::read_to_string(&path)
+        .map_err(|e| DemoError(format!("read {}: {e}", path.display())))?;
+    Ok(Some(parse_reference(&text)))
+}
+
+/// The rank-1 rows of a reference file: photo name to class id (other lines are skipped).
+pub fn parse_reference(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let (image, rank, class) = (fields.next()?, fields.next()?, fields.next()?);
+            (rank.trim() == "1")
+                .then(|| {
+                    class
+                        .trim()
+                        .parse()
+                        .ok()
+                        .map(|c| (image.trim().to_owned(), c))
+                })
+                .flatten()
+        })
+        .collect()
+}
+
 /// The photos bundled with the models' tests, found from this crate's source directory.
 pub fn default_photos_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -157,6 +199,18 @@ mod tests {
         assert_eq!(decoded, pixels);
         assert_eq!(label_of("1,2,x"), None);
         assert_eq!(label_of("1,2,12"), None);
+    }
+
+    #[test]
+    fn the_reference_gives_each_photos_top_class() {
+        let parsed = parse_reference(
+            "image\trank\tclass_id\tprobability\na.png\t1\t560\t0.1\na.png\t2\t450\t0.05\nbad line\n",
+        );
+        assert_eq!(parsed, BTreeMap::from([("a.png".to_owned(), 560)]));
+        let bundled = read_reference(&default_photos_dir())
+            .expect("readable")
+            .expect("bundled");
+        assert_eq!(bundled.get("coffee.png"), Some(&967));
     }
 
     #[test]
