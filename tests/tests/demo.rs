@@ -110,7 +110,7 @@ fn assert_passed(status: ExitStatus, out: &str, err: &str, lines: &[&str]) {
 fn the_noop_demo_finishes_both_jobs_exactly_once_through_killing_the_coordinator() {
     // All 359 digits and 8 copies of the 6 photos, one input per batch: long enough (a few
     // seconds) that the kill lands while both jobs run.
-    let (status, out, err) = run_demo(&["--noop", "--digits-batch", "1"]);
+    let (status, out, err) = run_demo(&["--noop", "--digits-batch", "1", "--photo-copies", "8"]);
     assert_passed(
         status,
         &out,

@@ -91,7 +91,7 @@ pub async fn steps(
     let progress = &mut progress;
     let addrs = start_cluster(args, cluster, progress).await?;
     let exe = cluster.exe().to_owned();
-    let mut entry = addrs[addrs.len() - 1];
+    let entry = addrs[addrs.len() - 1];
     let trained = if args.noop {
         progress.say("--noop: no training, no upload; both jobs run the no-op model");
         None
@@ -108,7 +108,7 @@ pub async fn steps(
         progress,
     )
     .await?;
-    entry = run_jobs(args, cluster, entry, &jobs, progress).await?;
+    let (entry, killed) = run_jobs(args, cluster, entry, &jobs, progress).await?;
     let mut failures = Vec::new();
     for job in &jobs {
         let real = !args.noop;
@@ -121,7 +121,7 @@ pub async fn steps(
             failures.push(e);
         }
     }
-    statistics(&exe, entry, &jobs, progress).await?;
+    statistics(&exe, entry, &jobs, &killed, progress).await?;
     progress.say(&format!("timings: {}", progress.summary()));
     if !failures.is_empty() {
         return fail(failures.join("\n"));
@@ -496,14 +496,16 @@ fn progress_line(jobs: &[Job], now: &[JobProgress]) -> String {
         .join(" | ")
 }
 
-/// Follows both jobs to the end, killing nodes halfway. Returns the node to ask from then on.
+/// Follows both jobs to the end, killing nodes halfway. Returns the node to ask from then on
+/// and the nodes killed.
 async fn run_jobs(
     args: &DemoArgs,
     cluster: &mut Cluster,
     mut entry: SocketAddr,
     jobs: &[Job],
     progress: &mut Progress,
-) -> Result<SocketAddr, DemoError> {
+) -> Result<(SocketAddr, BTreeSet<NodeId>), DemoError> {
+    let mut killed = BTreeSet::new();
     let t0 = Instant::now();
     let timeout = Duration::from_secs(args.jobs_timeout_secs);
     let total: u64 = jobs.iter().map(|j| j.names.len() as u64).sum();
@@ -559,11 +561,12 @@ async fn run_jobs(
                 total as f64 / took.as_secs_f64().max(1e-3)
             ));
             progress.timings.push(("jobs", took));
-            return Ok(entry);
+            return Ok((entry, killed));
         }
         if killed_at.is_none() && args.kill > 0 && finished * 100 >= total * KILL_AT_PERCENT {
             progress.say(&progress_line(jobs, &now));
-            entry = kill_nodes(args, cluster, entry, &leasing, finished, total, progress).await?;
+            (entry, killed) =
+                kill_nodes(args, cluster, entry, &leasing, finished, total, progress).await?;
             killed_at = Some((Instant::now(), finished));
         }
         tokio::time::sleep(JOBS_POLL).await;
@@ -602,7 +605,7 @@ fn pick_victims(
 }
 
 /// SIGKILLs `--kill` nodes at once, the leader among them, and waits for a new leader. Returns
-/// a surviving node to ask from then on.
+/// a surviving node to ask from then on, and the nodes killed.
 async fn kill_nodes(
     args: &DemoArgs,
     cluster: &mut Cluster,
@@ -611,7 +614,7 @@ async fn kill_nodes(
     finished: u64,
     total: u64,
     progress: &mut Progress,
-) -> Result<SocketAddr, DemoError> {
+) -> Result<(SocketAddr, BTreeSet<NodeId>), DemoError> {
     let (leader_id, leader_addr) = wait_for_leader(entry, None, progress.step_timeout).await?;
     let Some(leader) = cluster.index_of(leader_addr) else {
         return fail(format!("the leader {leader_addr} is not a demo node"));
@@ -643,7 +646,7 @@ async fn kill_nodes(
         secs(took)
     ));
     progress.timings.push(("new leader", took));
-    Ok(survivor)
+    Ok((survivor, killed))
 }
 
 /// One input's outcome, as `c4 --json` reports it.
@@ -962,6 +965,7 @@ async fn statistics(
     exe: &Path,
     entry: SocketAddr,
     jobs: &[Job],
+    killed: &BTreeSet<NodeId>,
     progress: &mut Progress,
 ) -> Result<(), DemoError> {
     progress.say("C1: query rate (last 10 s) and queries processed per job");
@@ -974,7 +978,14 @@ async fn statistics(
         let id = job.id.to_string();
         show_indented(&client_text(exe, entry, &args(&["c2", &id]), QUICK_TIMEOUT).await?);
     }
-    progress.say("C5: the workers of each job (the killed nodes among them)");
+    progress.say(&format!(
+        "C5: the workers of each job (killed: {})",
+        if killed.is_empty() {
+            "none".to_owned()
+        } else {
+            ids(killed)
+        }
+    ));
     show_indented(&client_text(exe, entry, &args(&["c5"]), QUICK_TIMEOUT).await?);
     Ok(())
 }
