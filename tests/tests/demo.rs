@@ -126,3 +126,41 @@ fn the_noop_demo_finishes_both_jobs_exactly_once_through_killing_the_coordinator
         ],
     );
 }
+
+#[test]
+#[ignore = "needs the model commands (train, upload, inference) from wip-infer"]
+fn the_demo_trains_classifies_and_finishes_both_jobs_exactly_once_through_killing_the_coordinator()
+{
+    // 40 digits and 2 copies of each of the 6 photos: the README's demo, smaller.
+    let (status, out, err) = run_demo(&["--digits", "40", "--photo-copies", "2"]);
+    assert_passed(
+        status,
+        &out,
+        &err,
+        &[
+            "10 nodes up",
+            "digits-cnn: held-out accuracy",
+            "efficientnet-lite0: pretrained",
+            "uploaded 40 files",
+            "uploaded 12 files",
+            "SIGKILL 3 nodes at once, the coordinator",
+            "new coordinator: voter",
+            "digits-cnn: 40 results for 40 inputs, exactly one each, none failed",
+            "efficientnet-lite0: 12 results for 12 inputs, exactly one each, none failed",
+            "6/6 photos have the single-process reference's top class (all copies of each photo \
+             agree: yes)",
+            "C1: query rate",
+            "C5: the workers of each job",
+            "every input of both jobs has exactly one result and none failed (52 inputs)",
+            "demo passed",
+        ],
+    );
+    // The cluster's predictions against the labels in the files: digits-cnn is ~99% accurate.
+    let accuracy: f64 = out
+        .lines()
+        .find_map(|l| l.split("accuracy on the held-out digits: ").nth(1))
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy line:\n{out}"));
+    assert!(accuracy >= 90.0, "accuracy {accuracy}%:\n{out}");
+}
