@@ -26,6 +26,11 @@
 //! - `idunno-node client --node ADDR store [--json]`
 //! - `idunno-node client --node ADDR get-versions NAME N LOCAL [--json]`
 //! - `idunno-node client --node ADDR list [PREFIX] [--json]`
+//! - `idunno-node client --node ADDR train MODEL [--json]`
+//! - `idunno-node client --node ADDR upload DIR [N] [--prefix P] [--json]`
+//! - `idunno-node client --node ADDR inference MODEL DIR [--batch B] [--lease-ms MS]
+//!   [--request ID] [--wait] [--json]` (JSON shapes of these and `c4` in `jobs::cli`)
+//! - `idunno-node predict MODEL FILE... [--json] [--weights FILE]`
 //! - `idunno-node demo [--nodes 10] [--kill 3] [--voters 7] [--digits N] [--photos DIR]
 //!   [--photo-copies N] [--digits-batch B] [--photos-batch B] [--noop | --membership]`
 //!
@@ -86,6 +91,10 @@ pub struct PredictArgs {
     /// and error).
     #[arg(long)]
     pub json: bool,
+    /// Load the weights from FILE (bytes as `train` stores them in the file system, e.g. from
+    /// `client get models/MODEL FILE`) instead of training or loading the vendored ones.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
 }
 
 /// Arguments of `start`.

@@ -52,7 +52,19 @@ fn keygen(file: &std::path::Path) -> ExitCode {
 /// the output), 2 when the model itself could not be built or run.
 fn predict(args: PredictArgs) -> ExitCode {
     let mut out = io::stdout().lock();
-    match idunno_models::predict::run(&args.model, &args.files, args.json, &mut out) {
+    let ran = match &args.weights {
+        None => idunno_models::predict::run(&args.model, &args.files, args.json, &mut out),
+        Some(file) => match jobs::model::load_weights_file(&args.model, file) {
+            Ok(model) => {
+                idunno_models::predict::run_model(model.as_ref(), &args.files, args.json, &mut out)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match ran {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(summary) => {
             eprintln!("{} of {} inputs failed", summary.failed, summary.inputs);

@@ -41,7 +41,8 @@ use crate::control;
 use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
 use crate::jobs::{
-    self, client::SchedClient, noop::NoopExecutor, worker::WorkerOptions, worker::WorkerStats,
+    self, client::SchedClient, model::ModelExecutor, noop::NoopExecutor, worker::WorkerOptions,
+    worker::WorkerStats,
 };
 use crate::view;
 
@@ -379,11 +380,25 @@ impl BoundNode {
         let (stop_worker, worker_stopped) = watch::channel(false);
         let worker_task = (route.is_some() && worker.lanes > 0).then(|| {
             let client = Arc::new(SchedClient::new(id.addr, worker.call_timeout));
+            let executor: Arc<dyn jobs::Executor> = match ModelExecutor::new(
+                id.addr,
+                worker.call_timeout,
+                tokio::runtime::Handle::current(),
+                jobs::model::scratch_dir(id.addr),
+            ) {
+                Ok(executor) => Arc::new(executor),
+                Err(e) => {
+                    span.in_scope(|| {
+                        warn!(error = %e, "no scratch directory: this worker runs only the noop model");
+                    });
+                    Arc::new(NoopExecutor)
+                }
+            };
             tokio::spawn(
                 jobs::worker::run(
                     id,
                     client,
-                    Arc::new(NoopExecutor),
+                    executor,
                     worker,
                     Arc::new(WorkerStats::default()),
                     worker_stopped,

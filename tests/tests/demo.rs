@@ -128,7 +128,6 @@ fn the_noop_demo_finishes_both_jobs_exactly_once_through_killing_the_coordinator
 }
 
 #[test]
-#[ignore = "needs the model commands (train, upload, inference) from wip-infer"]
 fn the_demo_trains_classifies_and_finishes_both_jobs_exactly_once_through_killing_the_coordinator()
 {
     // 40 digits and 2 copies of each of the 6 photos: the README's demo, smaller.

@@ -27,7 +27,7 @@ fn check_results(node: SocketAddr, job: u64, inputs: usize) -> Result<(), String
     let results = results.as_array().ok_or("c4 is not an array")?;
     let mut seen = BTreeSet::new();
     for r in results {
-        let input = r["input"].as_u64().ok_or("a result without input")?;
+        let input = r["index"].as_u64().ok_or("a result without index")?;
         if !seen.insert(input) {
             return Err(format!("job {job}: input {input} reported twice"));
         }

@@ -72,6 +72,16 @@ pub enum DfsClientError {
     /// No replica served a good copy.
     #[error("get failed: {0}")]
     Get(#[from] GetError),
+    /// The file is larger than the caller accepts.
+    #[error("{name:?} has {size} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// The name.
+        name: String,
+        /// Its newest version's size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
     /// An answer of the wrong kind.
     #[error("unexpected answer from {node}: {answer}")]
     Unexpected {
@@ -298,6 +308,46 @@ impl DfsClient {
                 name: name.to_owned(),
             }));
         };
+        let (served_by, reported) = self.fetch(&version, dest).await?;
+        Ok(GetDone {
+            version,
+            served_by,
+            reported,
+        })
+    }
+
+    /// Fetches the newest version of `name` into `dest` unless it is larger than `max` bytes
+    /// (refused before any byte moves).
+    pub async fn get_at_most(
+        &self,
+        name: &str,
+        dest: &Path,
+        max: u64,
+    ) -> Result<GetDone, DfsClientError> {
+        let versions = self.versions(name, 1).await?;
+        let Some(version) = versions.into_iter().next() else {
+            return Err(DfsClientError::Refused(DfsError::NotFound {
+                name: name.to_owned(),
+            }));
+        };
+        self.get_version(version, dest, max).await
+    }
+
+    /// Fetches the bytes of `version` (from [`DfsClient::versions`]) into `dest` unless it is
+    /// larger than `max` bytes.
+    pub async fn get_version(
+        &self,
+        version: VersionInfo,
+        dest: &Path,
+        max: u64,
+    ) -> Result<GetDone, DfsClientError> {
+        if version.size > max {
+            return Err(DfsClientError::TooLarge {
+                name: version.name.clone(),
+                size: version.size,
+                max,
+            });
+        }
         let (served_by, reported) = self.fetch(&version, dest).await?;
         Ok(GetDone {
             version,

@@ -1,4 +1,5 @@
-//! The scheduler's `client` commands: `submit`, `jobs`, `c1`..`c5`, `cancel`: their grammar
+//! The scheduler's `client` commands: `submit`, `jobs`, `c1`..`c5`, `cancel`, `train`,
+//! `upload`, `inference` (these three, and `c4`, carried out in [`super::commands`]): their grammar
 //! (flattened into `idunno-node client`), what each asks the cluster, and how the answer is
 //! printed (a table by default, one JSON value with `--json`).
 //!
@@ -9,7 +10,19 @@
 //!   "workers_now":[id..],"workers_done":[{"worker","queries"}..]}`
 //! - `c2 JOB --json`: `{"job","samples","mean_us","std_dev_us","median_us","p90_us","p95_us","p99_us"}`
 //! - `c3 JOB B --json`: `{"job","batch_size"}`
-//! - `c4 JOB [N] --json`: an array of `{"input","name","result"|"error","worker"}`
+//! - `c4 JOB [N] --json`: an array, one entry per input of the job (the first N) in index
+//!   order: `{"index","input","name","status","worker","result","class_id","label",
+//!   "probability","top5","error"}`; `input` and `name` are the input's file-system name (null
+//!   while pending), `status` is `done`, `failed` or `pending`, `result` the scheduler's
+//!   outcome text (a model's result file `results/job-J/lease-L.jsonl`, the no-op's echo),
+//!   `class_id`/`label`/`probability`/`top5` the prediction read from the result file (null
+//!   when there is none), `error` why it failed
+//! - `train MODEL --json`: `{"model","file","version","bytes","accuracy"}` (accuracy null for
+//!   pretrained weights); the weights are stored as `models/MODEL`
+//! - `upload DIR [N] [--prefix P] --json`: `{"prefix","files","bytes"}`; files go to
+//!   `P/<file name>`, P defaulting to `inputs/<base name of DIR>`
+//! - `inference MODEL DIR [--batch B] [--wait] --json`: `{"job","model","inputs"}` (with
+//!   `--wait` also `"status","done","failed"` once the job stopped); DIR is `inputs/x` or `x`
 //! - `cancel JOB --json`: `{"job","revoked"}`
 //!
 //! Must never: accept a batch size, job id or model it cannot honour without a clear error.
@@ -18,14 +31,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Subcommand;
-use idunno_core::scheduler::api::{InputResult, JobSummary, SchedAnswer, SchedQuery};
+use idunno_core::scheduler::api::{JobSummary, SchedAnswer, SchedQuery};
 use idunno_core::scheduler::{
-    BATCH_SIZE_MAX, INPUTS_PER_JOB_MAX, InputOutcome, JobId, JobSpec, JobStatus,
-    LEASE_MILLIS_DEFAULT, LEASE_MILLIS_MAX, LEASE_MILLIS_MIN, SchedCommand, SchedResult,
+    BATCH_SIZE_MAX, INPUTS_PER_JOB_MAX, JobId, JobSpec, JobStatus, LEASE_MILLIS_DEFAULT,
+    LEASE_MILLIS_MAX, LEASE_MILLIS_MIN, SchedCommand, SchedResult,
 };
 use serde_json::json;
 
 use super::client::{self, SchedClient, SubmitError};
+use super::commands;
 use crate::control::ClientError;
 
 /// Models a job may name (the worker reports any other as a per-input error).
@@ -93,7 +107,57 @@ pub enum JobsRequest {
         #[arg(long)]
         json: bool,
     },
-    /// C4: a job's results (the first N, default all).
+    /// Train MODEL here (digits-cnn) or load its pretrained weights (efficientnet-lite0) and
+    /// store the weights in the file system as models/MODEL, where workers load them.
+    Train {
+        /// The model.
+        model: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the first N regular files of the local directory DIR (sorted by name; all when N
+    /// is absent) into the file system as PREFIX/<file name>.
+    Upload {
+        /// The local directory.
+        dir: std::path::PathBuf,
+        /// How many files.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=INPUTS_PER_JOB_MAX as u64))]
+        n: Option<u64>,
+        /// The file-system prefix (default inputs/<base name of DIR>).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run MODEL on every file under the file-system directory DIR (inputs/x, or x meaning
+    /// inputs/x) as one job.
+    Inference {
+        /// The model (noop, digits-cnn, efficientnet-lite0).
+        model: String,
+        /// The file-system directory of the inputs.
+        dir: String,
+        /// Inputs per lease.
+        #[arg(long, default_value_t = 8,
+              value_parser = clap::value_parser!(u32).range(1..=BATCH_SIZE_MAX as i64))]
+        batch: u32,
+        /// How long a lease lives without renewal, in ms.
+        #[arg(long, default_value_t = LEASE_MILLIS_DEFAULT,
+              value_parser = clap::value_parser!(u32)
+                  .range(i64::from(LEASE_MILLIS_MIN)..=i64::from(LEASE_MILLIS_MAX)))]
+        lease_ms: u32,
+        /// The submission's id (a retry with the same id returns the same job); default random.
+        #[arg(long)]
+        request: Option<u64>,
+        /// Show progress on stderr until the job is done.
+        #[arg(long)]
+        wait: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// C4: a job's results per input, with the predictions (the first N inputs, default all).
     C4 {
         /// The job (N or job-N).
         #[arg(value_parser = parse_job)]
@@ -265,8 +329,33 @@ pub async fn run(
         }
         JobsRequest::C4 { job, n, json } => {
             let limit = n.unwrap_or(usize::MAX);
-            let results = client::all_results(&client, job, limit).await?;
-            Ok(render_results(&results, json))
+            let shown = commands::predictions(node, timeout, job, limit).await?;
+            Ok(commands::render_predictions(&shown, json))
+        }
+        JobsRequest::Train { model, json } => commands::train(node, timeout, &model, json).await,
+        JobsRequest::Upload {
+            dir,
+            n,
+            prefix,
+            json,
+        } => {
+            let n = n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            commands::upload(node, timeout, &dir, n, prefix, json).await
+        }
+        JobsRequest::Inference {
+            model,
+            dir,
+            batch,
+            lease_ms,
+            request,
+            wait,
+            json,
+        } => {
+            let request = request.unwrap_or_else(random_request);
+            commands::inference(
+                node, timeout, &model, &dir, batch, lease_ms, request, wait, json,
+            )
+            .await
         }
         JobsRequest::Cancel { job, json } => {
             match client.command(SchedCommand::Cancel { job }).await? {
@@ -385,39 +474,6 @@ fn render_jobs(jobs: &[JobSummary], json: bool, columns: Columns) -> String {
                 ));
             }
         }
-    }
-    out
-}
-
-fn render_results(results: &[InputResult], json: bool) -> String {
-    if json {
-        let all: Vec<serde_json::Value> = results
-            .iter()
-            .map(|r| match &r.outcome {
-                InputOutcome::Result(out) => json!({"input": r.input, "name": r.name,
-                    "result": out, "worker": r.worker.to_string()}),
-                InputOutcome::Failed(e) => json!({"input": r.input, "name": r.name,
-                    "error": e, "worker": r.worker.to_string()}),
-            })
-            .collect();
-        return format!("{}\n", serde_json::Value::Array(all));
-    }
-    if results.is_empty() {
-        return "no results yet\n".to_owned();
-    }
-    let mut out = format!(
-        "{:>6} {:<30} {:<30} {}\n",
-        "INPUT", "NAME", "RESULT", "WORKER"
-    );
-    for r in results {
-        let shown = match &r.outcome {
-            InputOutcome::Result(s) => s.clone(),
-            InputOutcome::Failed(e) => format!("error: {e}"),
-        };
-        out.push_str(&format!(
-            "{:>6} {:<30} {:<30} {}\n",
-            r.input, r.name, shown, r.worker
-        ));
     }
     out
 }

@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use idunno_core::scheduler::{Completion, ERROR_BYTES_MAX, InputOutcome};
+use idunno_core::scheduler::{Completion, ERROR_BYTES_MAX, Grant, InputOutcome};
 
-use super::Executor;
+use super::{ExecError, Executor};
 
 /// The no-op model's name.
 pub const NOOP_MODEL: &str = "noop";
@@ -36,8 +36,9 @@ pub fn unknown_model(model: &str) -> InputOutcome {
     ))
 }
 
-impl Executor for NoopExecutor {
-    fn run(&self, model: &str, inputs: &[(u32, String)]) -> Vec<Completion> {
+impl NoopExecutor {
+    /// Runs `model` (the no-op, or unknown) on `inputs`: one completion per input.
+    pub fn complete(model: &str, inputs: &[(u32, String)]) -> Vec<Completion> {
         inputs
             .iter()
             .map(|(input, name)| {
@@ -58,6 +59,12 @@ impl Executor for NoopExecutor {
     }
 }
 
+impl Executor for NoopExecutor {
+    fn run(&self, grant: &Grant) -> Result<Vec<Completion>, ExecError> {
+        Ok(Self::complete(&grant.model, &grant.inputs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,12 +72,12 @@ mod tests {
     #[test]
     fn noop_echoes_names_and_unknown_models_fail_per_input() {
         let inputs = vec![(0, "a".to_owned()), (7, "b".to_owned())];
-        let done = NoopExecutor.run(NOOP_MODEL, &inputs);
+        let done = NoopExecutor::complete(NOOP_MODEL, &inputs);
         assert_eq!(done.len(), 2);
         assert_eq!(done[1].input, 7);
         assert_eq!(done[1].outcome, InputOutcome::Result("b".into()));
         let long = "m".repeat(200);
-        let failed = NoopExecutor.run(&long, &inputs);
+        let failed = NoopExecutor::complete(&long, &inputs);
         assert!(failed.iter().all(|c| matches!(&c.outcome,
             InputOutcome::Failed(e) if e.len() <= ERROR_BYTES_MAX && e.starts_with("unknown model"))));
         assert!(failed.iter().all(|c| c.outcome.validate().is_ok()));

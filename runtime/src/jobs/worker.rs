@@ -23,7 +23,7 @@ use idunno_core::scheduler::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Executor;
 use super::client::SchedClient;
@@ -157,9 +157,8 @@ impl Lane {
     /// Runs one granted batch on a blocking thread, renewing its lease while it runs.
     async fn execute(&self, grant: &Grant) -> Option<Vec<Completion>> {
         let executor = Arc::clone(&self.executor);
-        let model = grant.model.clone();
-        let inputs = grant.inputs.clone();
-        let mut job = tokio::task::spawn_blocking(move || executor.run(&model, &inputs));
+        let owned = grant.clone();
+        let mut job = tokio::task::spawn_blocking(move || executor.run(&owned));
         let renew_every = self.options.call_timeout.max(Duration::from_millis(500));
         let results = loop {
             tokio::select! {
@@ -173,7 +172,11 @@ impl Lane {
             }
         };
         match results {
-            Ok(results) => Some(results),
+            Ok(Ok(results)) => Some(results),
+            Ok(Err(e)) => {
+                warn!(lease = %grant.lease, error = %e, "the batch did not run; the lease will expire");
+                None
+            }
             Err(e) => {
                 warn!(lease = %grant.lease, error = %e, "the executor failed; the lease will expire");
                 None
@@ -184,10 +187,15 @@ impl Lane {
     /// Reports `results` and asks for the next batch in the same command
     /// (`CompleteAndLease`), retrying the same command while the cluster does not answer (a
     /// retry whose report already applied is refused as an unknown lease, and its ask gets the
-    /// same grant back). Returns the next batch, if one was granted.
+    /// same grant back). A refusal of the first try that got an answer, with no earlier try
+    /// left unanswered, is final: the executor may then discard what it stored for the batch.
+    /// Returns the next batch, if one was granted.
     async fn report(&self, grant: &Grant, results: Vec<Completion>) -> Option<Grant> {
+        let started = std::time::Instant::now();
         let mut pause = self.options.idle_min;
         let request = self.next_request();
+        // Whether an earlier try may have applied without us hearing the answer.
+        let mut maybe_applied = false;
         for _ in 0..8 {
             let command = SchedCommand::CompleteAndLease {
                 lease: grant.lease,
@@ -197,14 +205,19 @@ impl Lane {
             };
             match self.client.command(command).await {
                 Ok(SchedResult::CompletedThenLeased { completed, next }) => {
+                    let report_ms = started.elapsed().as_secs_f64() * 1e3;
                     match *completed {
                         SchedResult::Completed { .. } => {
                             self.stats.completed.fetch_add(1, Ordering::Relaxed);
+                            info!(lease = %grant.lease, report_ms, "batch reported");
                         }
                         other => {
                             // Expired, revoked, or applied by an earlier try whose answer was lost.
-                            debug!(lease = %grant.lease, ?other, "report refused");
+                            debug!(lease = %grant.lease, ?other, maybe_applied, "report refused");
                             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            if !maybe_applied {
+                                self.executor.discard(grant, &results);
+                            }
                         }
                     }
                     return match *next {
@@ -216,7 +229,10 @@ impl Lane {
                     debug!(?other, "unexpected answer to a report");
                     return None;
                 }
-                Err(e) => debug!(lease = %grant.lease, error = %e, "report failed; retrying"),
+                Err(e) => {
+                    maybe_applied = true;
+                    debug!(lease = %grant.lease, error = %e, "report failed; retrying");
+                }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.options.idle_max);

@@ -1,0 +1,452 @@
+//! The executor of the registry's real models (digits-cnn, efficientnet-lite0), and of `noop`.
+//!
+//! Owns: [`ModelExecutor`]. Per batch: the model's weights come from the file-system file
+//! `models/<MODEL>` (written by `train`), cached per (model, version, hash) so a worker loads a
+//! model once and picks up a retrained one; the inputs come from the file system by name,
+//! [`FETCH_PARALLEL`] at a time; the model runs on the calling (blocking) thread through
+//! `idunno_models::predict_batch`; the results go to ONE file per batch,
+//! `results/job-J/lease-L.jsonl` (format in [`super::results`]), and each input's outcome is
+//! `Result(<that file's name>)` or `Failed(<short error>)`. Timings of each step (fetch, load,
+//! run, store) go to the log.
+//! Failure policy: a bad input (missing, too large, undecodable) fails that input only; a model
+//! that is not trained yet or whose weights do not load fails every input of the batch with a
+//! clear error; a cluster that does not answer (weights, inputs or the result file) makes the
+//! batch report nothing (`ExecError`), so its lease lapses and it runs again.
+//! Must never: hold more than [`INPUT_BYTES_MAX`] bytes per input or [`WEIGHTS_BYTES_MAX`] of
+//! weights, run an unknown model, report a result whose file is not committed, or panic on
+//! bytes from the file system.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use idunno_core::dfs::{ContentHash, DfsError};
+use idunno_core::scheduler::{
+    Completion, ELAPSED_MICROS_MAX, ERROR_BYTES_MAX, Grant, InputOutcome,
+};
+use idunno_models::{Device, Model, registry};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::noop::{NOOP_MODEL, NoopExecutor, truncated, unknown_model};
+use super::results::{self, ResultLine};
+use super::{ExecError, Executor};
+use crate::dfs::client::{DfsClient, DfsClientError};
+
+/// Largest weights file a worker loads.
+pub const WEIGHTS_BYTES_MAX: u64 = 256 << 20;
+/// Largest input a worker fetches (the models' own cap).
+pub const INPUT_BYTES_MAX: u64 = idunno_models::image_input::INPUT_BYTES_MAX as u64;
+/// Inputs fetched at once per batch.
+pub const FETCH_PARALLEL: usize = 8;
+/// The directory of trained weights in the file system.
+pub const MODELS_DIR: &str = "models";
+
+/// The file-system name of `model`'s weights.
+pub fn weights_file_name(model: &str) -> String {
+    format!("{MODELS_DIR}/{model}")
+}
+
+/// The error every input of a batch gets when its model has no weights in the file system.
+pub fn not_trained(model: &str) -> String {
+    format!("model {model} is not trained yet: run `train {model}` first")
+}
+
+/// A loaded model and which weights file it came from.
+struct Loaded {
+    version: u64,
+    hash: ContentHash,
+    model: Mutex<Box<dyn Model>>,
+}
+
+/// Runs the registry's models (and `noop`) on batches, reading weights and inputs from the file
+/// system and writing one result file per batch.
+pub struct ModelExecutor {
+    /// The node whose control port the file-system requests go to.
+    node: SocketAddr,
+    timeout: Duration,
+    handle: Handle,
+    device: Device,
+    scratch: PathBuf,
+    files: AtomicU64,
+    cache: Mutex<BTreeMap<String, Arc<Loaded>>>,
+    /// Held while weights load, so two lanes never load the same model twice at once.
+    loading: Mutex<()>,
+}
+
+impl std::fmt::Debug for ModelExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelExecutor")
+            .field("node", &self.node)
+            .field("scratch", &self.scratch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-batch step timings, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchTimes {
+    /// Looking up (and, on a cache miss, fetching and loading) the weights.
+    pub load_ms: f64,
+    /// Fetching the inputs.
+    pub fetch_ms: f64,
+    /// Decoding and running the model.
+    pub run_ms: f64,
+    /// Writing and committing the result file.
+    pub store_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn short(error: &str) -> String {
+    truncated(error, ERROR_BYTES_MAX)
+}
+
+impl ModelExecutor {
+    /// An executor asking `node` (this node's own address) within `timeout` per request, on the
+    /// runtime of `handle`, keeping fetched files under `scratch` (created; emptied first).
+    pub fn new(
+        node: SocketAddr,
+        timeout: Duration,
+        handle: Handle,
+        scratch: PathBuf,
+    ) -> std::io::Result<Self> {
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        Ok(ModelExecutor {
+            node,
+            timeout,
+            handle,
+            device: idunno_models::default_device(),
+            scratch,
+            files: AtomicU64::new(0),
+            cache: Mutex::new(BTreeMap::new()),
+            loading: Mutex::new(()),
+        })
+    }
+
+    /// A fresh scratch path.
+    fn scratch_file(&self) -> PathBuf {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        self.scratch.join(format!("f{n}"))
+    }
+
+    fn cached(&self, model: &str, version: u64, hash: &ContentHash) -> Option<Arc<Loaded>> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(model)
+            .filter(|l| l.version == version && &l.hash == hash)
+            .cloned()
+    }
+
+    /// The model with its newest weights: `Ok(Err(reason))` fails the batch's inputs,
+    /// `Err` makes the batch run again later.
+    fn model(&self, name: &str) -> Result<Result<Arc<Loaded>, String>, ExecError> {
+        let file = weights_file_name(name);
+        let dfs = DfsClient::new(self.node, self.timeout);
+        let version = match self.handle.block_on(dfs.versions(&file, 1)) {
+            Ok(versions) => match versions.into_iter().next() {
+                Some(v) => v,
+                None => return Ok(Err(not_trained(name))),
+            },
+            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => {
+                return Ok(Err(not_trained(name)));
+            }
+            Err(e) => return Err(ExecError(format!("looking up {file}: {e}"))),
+        };
+        if let Some(loaded) = self.cached(name, version.version, &version.hash) {
+            return Ok(Ok(loaded));
+        }
+        let _guard = self
+            .loading
+            .lock()
+            .map_err(|_| ExecError("poisoned".into()))?;
+        if let Some(loaded) = self.cached(name, version.version, &version.hash) {
+            return Ok(Ok(loaded));
+        }
+        let (number, hash) = (version.version, version.hash);
+        let path = self.scratch_file();
+        let fetched = self
+            .handle
+            .block_on(dfs.get_version(version, &path, WEIGHTS_BYTES_MAX));
+        let bytes = match fetched {
+            Ok(_) => std::fs::read(&path),
+            Err(e @ DfsClientError::TooLarge { .. }) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(ExecError(format!("fetching {file}: {e}"))),
+        };
+        let _ = std::fs::remove_file(&path);
+        let bytes = bytes.map_err(|e| ExecError(format!("reading fetched {file}: {e}")))?;
+        let started = Instant::now();
+        let model = match registry::from_weights(name, &bytes, &self.device) {
+            Ok(model) => model,
+            Err(e) => return Ok(Err(format!("cannot load {file} version {number}: {e}"))),
+        };
+        info!(
+            model = name,
+            version = number,
+            bytes = bytes.len(),
+            load_ms = ms(started),
+            "model loaded"
+        );
+        let loaded = Arc::new(Loaded {
+            version: number,
+            hash,
+            model: Mutex::new(model),
+        });
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(name.to_owned(), Arc::clone(&loaded));
+        }
+        Ok(Ok(loaded))
+    }
+
+    /// Fetches every input's bytes (or its own error), [`FETCH_PARALLEL`] at a time; `Err`
+    /// when the cluster did not answer for some input.
+    fn fetch_inputs(
+        &self,
+        inputs: &[(u32, String)],
+    ) -> Result<Vec<Result<Vec<u8>, String>>, ExecError> {
+        let dfs = Arc::new(DfsClient::new(self.node, self.timeout));
+        let gate = Arc::new(Semaphore::new(FETCH_PARALLEL));
+        let jobs: Vec<(usize, String, PathBuf)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(slot, (_, name))| (slot, name.clone(), self.scratch_file()))
+            .collect();
+        self.handle.block_on(async move {
+            let mut set = JoinSet::new();
+            for (slot, name, path) in jobs {
+                let dfs = Arc::clone(&dfs);
+                let gate = Arc::clone(&gate);
+                set.spawn(async move {
+                    let _permit = gate.acquire_owned().await;
+                    let got = dfs.get_at_most(&name, &path, INPUT_BYTES_MAX).await;
+                    let bytes = match got {
+                        Ok(_) => tokio::fs::read(&path).await.map_err(|e| {
+                            Ok::<String, ExecError>(format!("reading fetched {name}: {e}"))
+                        }),
+                        Err(e @ DfsClientError::Control(_)) => {
+                            Err(Err(ExecError(format!("fetching {name}: {e}"))))
+                        }
+                        Err(e) => Err(Ok(e.to_string())),
+                    };
+                    let _ = tokio::fs::remove_file(&path).await;
+                    (slot, bytes)
+                });
+            }
+            let mut out: Vec<Result<Vec<u8>, String>> =
+                vec![Err("not fetched".to_owned()); inputs.len()];
+            while let Some(done) = set.join_next().await {
+                let (slot, bytes) = done.map_err(|e| ExecError(format!("fetch task: {e}")))?;
+                let Some(entry) = out.get_mut(slot) else {
+                    continue;
+                };
+                *entry = match bytes {
+                    Ok(bytes) => Ok(bytes),
+                    Err(Ok(per_input)) => Err(per_input),
+                    Err(Err(transient)) => return Err(transient),
+                };
+            }
+            Ok(out)
+        })
+    }
+
+    /// Writes `lines` as the result file `name`; `Err` when it was not committed.
+    fn store(&self, name: &str, lines: &[ResultLine]) -> Result<(), ExecError> {
+        let path = self.scratch_file();
+        std::fs::write(&path, results::encode(lines))
+            .map_err(|e| ExecError(format!("writing {}: {e}", path.display())))?;
+        let mut dfs = DfsClient::new(self.node, self.timeout);
+        let put = self.handle.block_on(dfs.put(&path, name));
+        let _ = std::fs::remove_file(&path);
+        put.map(|_| ())
+            .map_err(|e| ExecError(format!("storing {name}: {e}")))
+    }
+
+    /// Runs a batch of a registry model; the completions and the step timings.
+    pub fn run_model(&self, grant: &Grant) -> Result<(Vec<Completion>, BatchTimes), ExecError> {
+        let mut times = BatchTimes::default();
+        let started = Instant::now();
+        let loaded = match self.model(&grant.model)? {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                warn!(model = %grant.model, lease = %grant.lease, %reason, "the batch's model cannot run");
+                let failed = grant
+                    .inputs
+                    .iter()
+                    .map(|(input, _)| Completion {
+                        input: *input,
+                        outcome: InputOutcome::Failed(short(&reason)),
+                        elapsed_micros: 0,
+                    })
+                    .collect();
+                return Ok((failed, times));
+            }
+        };
+        times.load_ms = ms(started);
+        let step = Instant::now();
+        let fetched = self.fetch_inputs(&grant.inputs)?;
+        times.fetch_ms = ms(step);
+        let step = Instant::now();
+        let good: Vec<&[u8]> = fetched
+            .iter()
+            .filter_map(|f| f.as_ref().ok().map(Vec::as_slice))
+            .collect();
+        let ran: Vec<Result<idunno_models::Prediction, String>> = {
+            let model = loaded
+                .model
+                .lock()
+                .map_err(|_| ExecError("the model's lock is poisoned".into()))?;
+            match idunno_models::predict_batch(model.as_ref(), &good) {
+                Ok(p) => p
+                    .into_iter()
+                    .map(|r| r.map_err(|e| e.to_string()))
+                    .collect(),
+                Err(e) => {
+                    vec![Err(format!("{} failed on the batch: {e}", grant.model)); good.len()]
+                }
+            }
+        };
+        drop(good);
+        times.run_ms = ms(step);
+        self.finish(grant, fetched, ran, times, started)
+    }
+
+    /// Builds the lines from the fetch outcomes and the model's per-input results (one per
+    /// fetched input, in order), stores the file and makes the completions.
+    fn finish(
+        &self,
+        grant: &Grant,
+        fetched: Vec<Result<Vec<u8>, String>>,
+        ran: Vec<Result<idunno_models::Prediction, String>>,
+        mut times: BatchTimes,
+        started: Instant,
+    ) -> Result<(Vec<Completion>, BatchTimes), ExecError> {
+        let file = results::result_file_name(grant.job, grant.lease);
+        let mut ran = ran.into_iter();
+        let mut lines = Vec::with_capacity(grant.inputs.len());
+        for ((index, name), fetched) in grant.inputs.iter().zip(fetched) {
+            let outcome = match fetched {
+                Ok(_) => ran
+                    .next()
+                    .unwrap_or_else(|| Err("the model returned too few results".to_owned())),
+                Err(e) => Err(e),
+            };
+            lines.push(match outcome {
+                Ok(p) => ResultLine::prediction(name, *index, &p),
+                Err(e) => ResultLine::failed(name, *index, &e),
+            });
+        }
+        let step = Instant::now();
+        self.store(&file, &lines)?;
+        times.store_ms = ms(step);
+        let per_input = u64::try_from(started.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .checked_div(grant.inputs.len() as u64)
+            .unwrap_or(0)
+            .min(ELAPSED_MICROS_MAX);
+        let completions = lines
+            .iter()
+            .map(|line| Completion {
+                input: line.index,
+                outcome: match &line.error {
+                    None => InputOutcome::Result(file.clone()),
+                    Some(e) => InputOutcome::Failed(short(e)),
+                },
+                elapsed_micros: per_input,
+            })
+            .collect();
+        Ok((completions, times))
+    }
+}
+
+impl Executor for ModelExecutor {
+    fn run(&self, grant: &Grant) -> Result<Vec<Completion>, ExecError> {
+        if grant.model == NOOP_MODEL {
+            return Ok(NoopExecutor::complete(&grant.model, &grant.inputs));
+        }
+        if registry::info(&grant.model).is_err() {
+            return Ok(grant
+                .inputs
+                .iter()
+                .map(|(input, _)| Completion {
+                    input: *input,
+                    outcome: unknown_model(&grant.model),
+                    elapsed_micros: 0,
+                })
+                .collect());
+        }
+        let started = Instant::now();
+        let (completions, t) = self.run_model(grant)?;
+        info!(
+            job = %grant.job, lease = %grant.lease, model = %grant.model,
+            inputs = grant.inputs.len(), load_ms = t.load_ms, fetch_ms = t.fetch_ms,
+            run_ms = t.run_ms, store_ms = t.store_ms, total_ms = ms(started),
+            "batch ran"
+        );
+        debug_assert_eq!(completions.len(), grant.inputs.len());
+        Ok(completions)
+    }
+
+    fn discard(&self, grant: &Grant, results: &[Completion]) {
+        let files: BTreeSet<String> = results
+            .iter()
+            .filter_map(|c| match &c.outcome {
+                InputOutcome::Result(name) if name.starts_with(results::RESULTS_DIR) => {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() || grant.model == NOOP_MODEL {
+            return;
+        }
+        let (node, timeout) = (self.node, self.timeout);
+        self.handle.spawn(async move {
+            let mut dfs = DfsClient::new(node, timeout);
+            for file in files {
+                match dfs.delete(&file).await {
+                    Ok(_) => debug!(%file, "deleted the result file of a refused report"),
+                    Err(e) => {
+                        debug!(%file, error = %e, "cannot delete an unreferenced result file")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A scratch directory for the executor of the node bound at `addr`.
+pub fn scratch_dir(addr: SocketAddr) -> PathBuf {
+    let label: String = addr
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::env::temp_dir().join(format!("idunno-worker-{}-{label}", std::process::id()))
+}
+
+/// `model` rebuilt from a local weights file (as `train` stores them), at most
+/// [`WEIGHTS_BYTES_MAX`] bytes: `predict --weights`.
+pub fn load_weights_file(model: &str, file: &std::path::Path) -> Result<Box<dyn Model>, String> {
+    use std::io::Read;
+    let open = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut bytes = Vec::new();
+    open.take(WEIGHTS_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if bytes.len() as u64 > WEIGHTS_BYTES_MAX {
+        return Err(format!(
+            "{} is larger than {WEIGHTS_BYTES_MAX} bytes",
+            file.display()
+        ));
+    }
+    registry::from_weights(model, &bytes, &idunno_models::default_device())
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
