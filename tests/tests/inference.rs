@@ -420,7 +420,54 @@ fn two_model_jobs_match_a_local_run_through_killing_a_worker() {
     let logs: Vec<PathBuf> = (0..all.len())
         .map(|i| cluster.node(index_of[i]).log.clone())
         .collect();
-    print_batch_times(&logs);
+    print_batch_times(&logs, None);
+
+    // Opt-in measurement (IDUNNO_INFER_BENCH=N): once the cluster is steady again, N photos
+    // (copies of the test photos) and N digits in batches of 8; each step's median per batch.
+    if let Some(n) = std::env::var("IDUNNO_INFER_BENCH")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let bench = local.join("bench-photos");
+        std::fs::create_dir_all(&bench).expect("bench dir");
+        let real: Vec<&String> = photo_files
+            .iter()
+            .filter(|f| !f.ends_with(BROKEN))
+            .collect();
+        for i in 0..n {
+            let from = real[i % real.len()];
+            let ext = Path::new(from)
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("png");
+            std::fs::copy(from, bench.join(format!("p{i:04}.{ext}"))).expect("copy");
+        }
+        let bench_digits = local.join("bench-digits");
+        write_digits(&bench_digits, n);
+        for (model, dir) in [
+            ("efficientnet-lite0", &bench),
+            ("digits-cnn", &bench_digits),
+        ] {
+            let prefix = format!("inputs/bench-{model}");
+            client_long(
+                entry,
+                &["upload", dir.to_str().expect("utf8"), "--prefix", &prefix],
+            )
+            .expect("bench upload");
+            let t = Instant::now();
+            let job = client_long(
+                entry,
+                &["inference", model, &prefix, "--batch", "8", "--wait"],
+            )
+            .expect("bench job");
+            eprintln!(
+                "bench {model}: {n} inputs in {:.1} s ({:.1}/s) through the cluster",
+                t.elapsed().as_secs_f64(),
+                n as f64 / t.elapsed().as_secs_f64()
+            );
+            print_batch_times(&logs, job["job"].as_u64());
+        }
+    }
 }
 
 /// The value of `key=` in a log line.
@@ -434,19 +481,37 @@ fn field(line: &str, key: &str) -> Option<f64> {
 }
 
 /// Sums the workers' per-batch step timings ("batch ran", "batch reported") from the logs.
-fn print_batch_times(logs: &[PathBuf]) {
-    let mut per_model: BTreeMap<String, [f64; 7]> = BTreeMap::new();
-    let mut reports = (0usize, 0.0f64);
+/// With `IDUNNO_INFER_LOGS=DIR` the node logs are copied there as well.
+fn print_batch_times(logs: &[PathBuf], only_job: Option<u64>) {
+    let job_field = only_job.map(|j| format!(" job=job-{j} "));
+    if let Some(dir) = std::env::var_os("IDUNNO_INFER_LOGS") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for log in logs {
+            if let Some(name) = log.file_name() {
+                let _ = std::fs::copy(log, dir.join(name));
+            }
+        }
+    }
+    const KEYS: [&str; 6] = [
+        "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
+    ];
+    let mut per_model: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    let mut reports = Vec::new();
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
             if line.contains("batch reported") {
-                if let Some(ms) = field(line, "report_ms") {
-                    reports = (reports.0 + 1, reports.1 + ms);
+                if only_job.is_none() {
+                    reports.extend(field(line, "report_ms"));
                 }
                 continue;
             }
-            if !line.contains("batch ran") {
+            if !line.contains("batch ran")
+                || job_field
+                    .as_ref()
+                    .is_some_and(|j| !line.contains(j.as_str()))
+            {
                 continue;
             }
             let model = line
@@ -455,37 +520,42 @@ fn print_batch_times(logs: &[PathBuf]) {
                 .and_then(|m| m.split_whitespace().next())
                 .unwrap_or("?")
                 .to_owned();
-            let entry = per_model.entry(model).or_default();
-            entry[0] += 1.0;
-            for (slot, key) in [
-                "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
-            ]
-            .iter()
-            .enumerate()
-            {
-                entry[slot + 1] += field(line, key).unwrap_or(0.0);
+            let entry = per_model
+                .entry(model)
+                .or_insert_with(|| vec![Vec::new(); KEYS.len()]);
+            for (slot, key) in KEYS.iter().enumerate() {
+                entry[slot].push(field(line, key).unwrap_or(0.0));
             }
         }
     }
+    let median = |v: &[f64]| -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
     for (model, t) in &per_model {
-        let n = t[0].max(1.0);
         eprintln!(
-            "{model}: {} batches, {} inputs; mean per batch: load {:.1} ms, fetch {:.1} ms, \
-             run {:.1} ms, store {:.1} ms, total {:.1} ms",
-            t[0],
-            t[1],
-            t[2] / n,
-            t[3] / n,
-            t[4] / n,
-            t[5] / n,
-            t[6] / n
+            "{model}: {} batches, {} inputs; median per batch: load {:.1} ms, fetch {:.1} ms, \
+             run {:.1} ms, store {:.1} ms, total {:.1} ms{}",
+            t[0].len(),
+            t[0].iter().sum::<f64>(),
+            median(&t[1]),
+            median(&t[2]),
+            median(&t[3]),
+            median(&t[4]),
+            median(&t[5]),
+            if only_job.is_none() {
+                " (the kill slows the stores placed on the dead node until it is detected)"
+            } else {
+                ""
+            }
         );
     }
-    if reports.0 > 0 {
+    if !reports.is_empty() {
         eprintln!(
-            "reports: {}, mean {:.1} ms",
-            reports.0,
-            reports.1 / reports.0 as f64
+            "reports: {}, median {:.1} ms",
+            reports.len(),
+            median(&reports)
         );
     }
 }

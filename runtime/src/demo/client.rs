@@ -9,7 +9,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,24 +22,40 @@ const CLIENT_ERROR_BYTES_MAX: usize = 2000;
 /// Pause between two checks of a running client.
 const CLIENT_POLL: Duration = Duration::from_millis(5);
 
+/// Environment variables that would give a client another credential than the demo's key.
+const CREDENTIAL_ENVS: [&str; 3] = [
+    "IDUNNO_CLUSTER_KEY",
+    "IDUNNO_CLUSTER_KEY_FILE",
+    "IDUNNO_CLIENT_TOKEN",
+];
+
+/// How to run a client of the demo's cluster.
+#[derive(Debug, Clone)]
+pub struct ClientCmd {
+    /// The `idunno-node` executable.
+    pub exe: PathBuf,
+    /// The demo cluster's key file: the client proves its client token.
+    pub key_file: PathBuf,
+}
+
 /// Runs `exe client --node NODE --timeout-ms T ARGS..` within `timeout`; its stdout on
 /// success, else an error with its stderr.
 pub async fn client_text(
-    exe: &Path,
+    cmd: &ClientCmd,
     node: SocketAddr,
     args: &[String],
     timeout: Duration,
 ) -> Result<String, DemoError> {
-    let exe = exe.to_owned();
+    let cmd = cmd.clone();
     let args = args.to_vec();
-    tokio::task::spawn_blocking(move || run_blocking(&exe, node, &args, timeout))
+    tokio::task::spawn_blocking(move || run_blocking(&cmd, node, &args, timeout))
         .await
         .map_err(|e| DemoError(format!("client thread failed: {e}")))?
 }
 
 /// [`client_text`] with `--json` appended, parsed.
 pub async fn client_json(
-    exe: &Path,
+    exe: &ClientCmd,
     node: SocketAddr,
     args: &[String],
     timeout: Duration,
@@ -65,14 +81,19 @@ fn cut(text: &str) -> &str {
 }
 
 fn run_blocking(
-    exe: &Path,
+    cmd: &ClientCmd,
     node: SocketAddr,
     args: &[String],
     timeout: Duration,
 ) -> Result<String, DemoError> {
     let shown = args.join(" ");
     let timeout_ms = timeout.as_millis().clamp(1, 600_000).to_string();
-    let mut child = Command::new(exe)
+    let mut command = Command::new(&cmd.exe);
+    for env in CREDENTIAL_ENVS {
+        command.env_remove(env);
+    }
+    let mut child = command
+        .env("IDUNNO_CLUSTER_KEY_FILE", &cmd.key_file)
         .arg("client")
         .arg("--node")
         .arg(node.to_string())

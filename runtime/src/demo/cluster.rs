@@ -65,9 +65,12 @@ impl Cluster {
         fs::create_dir_all(&root)
             .map_err(|e| DemoError(format!("cannot create {}: {e}", root.display())))?;
         // The demo's cluster is authenticated like a real one: one fresh key for its nodes.
-        ClusterKey::generate()
-            .write_new_file(&root.join(KEY_FILE))
+        let key = ClusterKey::generate();
+        key.write_new_file(&root.join(KEY_FILE))
             .map_err(|e| DemoError(format!("cannot write the cluster key: {e}")))?;
+        // The demo's own calls are a client's: they prove the cluster's client token (its
+        // `client` children derive it from the key file, see `demo::client`).
+        let _ = crate::auth::tcp::install(crate::auth::TcpAuth::client_of(&key));
         Ok(Cluster {
             exe,
             root,
@@ -78,6 +81,11 @@ impl Cluster {
     /// The `idunno-node` executable the children run (and the demo's clients).
     pub fn exe(&self) -> &Path {
         &self.exe
+    }
+
+    /// The cluster key file (its client token is what the demo's clients prove).
+    pub fn key_file(&self) -> PathBuf {
+        self.root.join(KEY_FILE)
     }
 
     /// Node `index`'s id, while it runs.

@@ -22,7 +22,7 @@ use serde_json::Value;
 use idunno_core::scheduler::JobStatus;
 use idunno_core::scheduler::api::{SchedAnswer, SchedQuery};
 
-use super::client::{client_json, client_text};
+use super::client::{ClientCmd, client_json, client_text};
 use super::cluster::{Cluster, free_addr, node_ip};
 use super::inputs;
 use super::membership::wait_for_views;
@@ -90,7 +90,10 @@ pub async fn steps(
 ) -> Result<(), DemoError> {
     let progress = &mut progress;
     let addrs = start_cluster(args, cluster, progress).await?;
-    let exe = cluster.exe().to_owned();
+    let exe = ClientCmd {
+        exe: cluster.exe().to_owned(),
+        key_file: cluster.key_file(),
+    };
     let entry = addrs[addrs.len() - 1];
     let trained = if args.noop {
         progress.say("--noop: no training, no upload; both jobs run the no-op model");
@@ -225,7 +228,11 @@ fn args(words: &[&str]) -> Vec<String> {
 
 /// Trains digits-cnn and stores efficientnet-lite0's pretrained weights in the file system.
 /// Returns digits-cnn's held-out accuracy.
-async fn train(exe: &Path, entry: SocketAddr, progress: &mut Progress) -> Result<f64, DemoError> {
+async fn train(
+    exe: &ClientCmd,
+    entry: SocketAddr,
+    progress: &mut Progress,
+) -> Result<f64, DemoError> {
     let mut accuracy = None;
     let started = Instant::now();
     for model in [DIGITS_MODEL, PHOTOS_MODEL] {
@@ -260,7 +267,7 @@ async fn train(exe: &Path, entry: SocketAddr, progress: &mut Progress) -> Result
 async fn prepare_inputs(
     args: &DemoArgs,
     root: &Path,
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     progress: &mut Progress,
 ) -> Result<Inputs, DemoError> {
@@ -324,7 +331,7 @@ fn dfs_prefix(dir: &Path) -> String {
 }
 
 async fn upload(
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     dir: &Path,
     prefix: &str,
@@ -357,7 +364,7 @@ async fn upload(
 /// Starts both jobs at once. Returns them, digits first.
 async fn start_jobs(
     args: &DemoArgs,
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     digits: Vec<String>,
     photos: Vec<String>,
@@ -405,7 +412,7 @@ async fn start_jobs(
 }
 
 async fn start_job(
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     noop: bool,
     what: &'static str,
@@ -785,7 +792,7 @@ enum Check<'a> {
 
 /// Reads, checks and prints one job's results.
 async fn report_job(
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     job: &Job,
     check: Check<'_>,
@@ -923,7 +930,7 @@ fn photo_labels(
 
 /// Where the results are: the result file of the first input and its replicas.
 async fn print_result_files(
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     job: &Job,
     results: &[Outcome],
@@ -962,7 +969,7 @@ async fn print_result_files(
 
 /// Prints C1 (rates), C2 (processing times) of each job and C5 (workers).
 async fn statistics(
-    exe: &Path,
+    exe: &ClientCmd,
     entry: SocketAddr,
     jobs: &[Job],
     killed: &BTreeSet<NodeId>,

@@ -3,7 +3,7 @@
 //! Owns: [`ModelExecutor`]. Per batch: the model's weights come from the file-system file
 //! `models/<MODEL>` (written by `train`), cached per (model, version, hash) so a worker loads a
 //! model once and picks up a retrained one; the inputs come from the file system by name,
-//! [`FETCH_PARALLEL`] at a time; the model runs on the calling (blocking) thread through
+//! [`FETCH_PARALLEL`] at a time, while the weights' newest version is looked up; the model runs on the calling (blocking) thread through
 //! `idunno_models::predict_batch`; the results go to ONE file per batch,
 //! `results/job-J/lease-L.jsonl` (format in [`super::results`]), and each input's outcome is
 //! `Result(<that file's name>)` or `Failed(<short error>)`. Timings of each step (fetch, load,
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idunno_core::dfs::{ContentHash, DfsError};
+use idunno_core::dfs::{ContentHash, DfsError, VersionInfo};
 use idunno_core::scheduler::{
     Completion, ELAPSED_MICROS_MAX, ERROR_BYTES_MAX, Grant, InputOutcome,
 };
@@ -146,21 +146,27 @@ impl ModelExecutor {
             .cloned()
     }
 
-    /// The model with its newest weights: `Ok(Err(reason))` fails the batch's inputs,
-    /// `Err` makes the batch run again later.
-    fn model(&self, name: &str) -> Result<Result<Arc<Loaded>, String>, ExecError> {
+    /// The newest version of `name`'s weights file: `Ok(Err(reason))` when there is none.
+    async fn newest_weights(&self, name: &str) -> Result<Result<VersionInfo, String>, ExecError> {
         let file = weights_file_name(name);
         let dfs = DfsClient::new(self.node, self.timeout);
-        let version = match self.handle.block_on(dfs.versions(&file, 1)) {
-            Ok(versions) => match versions.into_iter().next() {
-                Some(v) => v,
-                None => return Ok(Err(not_trained(name))),
-            },
-            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => {
-                return Ok(Err(not_trained(name)));
-            }
-            Err(e) => return Err(ExecError(format!("looking up {file}: {e}"))),
-        };
+        match dfs.versions(&file, 1).await {
+            Ok(versions) => Ok(versions.into_iter().next().ok_or_else(|| not_trained(name))),
+            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => Ok(Err(not_trained(name))),
+            Err(e) => Err(ExecError(format!("looking up {file}: {e}"))),
+        }
+    }
+
+    /// The model loaded with the weights of `version` (from [`Self::newest_weights`]), from
+    /// the cache or fetched: `Ok(Err(reason))` fails the batch's inputs, `Err` makes the batch
+    /// run again later.
+    fn model(
+        &self,
+        name: &str,
+        version: VersionInfo,
+    ) -> Result<Result<Arc<Loaded>, String>, ExecError> {
+        let file = weights_file_name(name);
+        let dfs = DfsClient::new(self.node, self.timeout);
         if let Some(loaded) = self.cached(name, version.version, &version.hash) {
             return Ok(Ok(loaded));
         }
@@ -208,7 +214,7 @@ impl ModelExecutor {
 
     /// Fetches every input's bytes (or its own error), [`FETCH_PARALLEL`] at a time; `Err`
     /// when the cluster did not answer for some input.
-    fn fetch_inputs(
+    async fn fetch_inputs(
         &self,
         inputs: &[(u32, String)],
     ) -> Result<Vec<Result<Vec<u8>, String>>, ExecError> {
@@ -219,7 +225,7 @@ impl ModelExecutor {
             .enumerate()
             .map(|(slot, (_, name))| (slot, name.clone(), self.scratch_file()))
             .collect();
-        self.handle.block_on(async move {
+        async move {
             let mut set = JoinSet::new();
             for (slot, name, path) in jobs {
                 let dfs = Arc::clone(&dfs);
@@ -254,7 +260,8 @@ impl ModelExecutor {
                 };
             }
             Ok(out)
-        })
+        }
+        .await
     }
 
     /// Writes `lines` as the result file `name`; `Err` when it was not committed.
@@ -273,7 +280,19 @@ impl ModelExecutor {
     pub fn run_model(&self, grant: &Grant) -> Result<(Vec<Completion>, BatchTimes), ExecError> {
         let mut times = BatchTimes::default();
         let started = Instant::now();
-        let loaded = match self.model(&grant.model)? {
+        // The weights' lookup and the inputs' fetch overlap.
+        let (version, fetched) = self.handle.block_on(async {
+            tokio::join!(
+                self.newest_weights(&grant.model),
+                self.fetch_inputs(&grant.inputs)
+            )
+        });
+        times.fetch_ms = ms(started);
+        let step = Instant::now();
+        let loaded = match version?.and_then(|v| match self.model(&grant.model, v) {
+            Ok(loaded) => loaded,
+            Err(e) => Err(e.0),
+        }) {
             Ok(loaded) => loaded,
             Err(reason) => {
                 warn!(model = %grant.model, lease = %grant.lease, %reason, "the batch's model cannot run");
@@ -289,10 +308,8 @@ impl ModelExecutor {
                 return Ok((failed, times));
             }
         };
-        times.load_ms = ms(started);
-        let step = Instant::now();
-        let fetched = self.fetch_inputs(&grant.inputs)?;
-        times.fetch_ms = ms(step);
+        times.load_ms = ms(step);
+        let fetched = fetched?;
         let step = Instant::now();
         let good: Vec<&[u8]> = fetched
             .iter()
@@ -449,4 +466,33 @@ pub fn load_weights_file(model: &str, file: &std::path::Path) -> Result<Box<dyn 
     }
     registry::from_weights(model, &bytes, &idunno_models::default_device())
         .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_messages() {
+        assert_eq!(weights_file_name("digits-cnn"), "models/digits-cnn");
+        assert!(not_trained("digits-cnn").contains("train digits-cnn"));
+        assert!(short(&"x".repeat(500)).len() <= ERROR_BYTES_MAX);
+        let dir = scratch_dir("127.0.0.1:4000".parse().expect("addr"));
+        assert!(dir.to_string_lossy().contains("127_0_0_1_4000"));
+    }
+
+    #[test]
+    fn bad_weights_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("idunno-weights-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let garbage = dir.join("garbage");
+        std::fs::write(&garbage, b"not burnpack").expect("write");
+        match load_weights_file("digits-cnn", &garbage) {
+            Err(e) => assert!(e.contains("garbage"), "{e}"),
+            Ok(_) => panic!("garbage weights loaded"),
+        }
+        assert!(load_weights_file("digits-cnn", &dir.join("missing")).is_err());
+        assert!(load_weights_file("resnet", &garbage).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

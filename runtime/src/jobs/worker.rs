@@ -6,7 +6,9 @@
 //! running a granted batch on a blocking thread through the [`Executor`] while renewing the
 //! lease, and reporting the results together with the ask for the next batch
 //! (`CompleteAndLease`: one log entry per batch instead of two), retried until the scheduler
-//! answers; a second report of the same lease is refused as unknown. With no work, a lane backs off
+//! answers; a second report of the same lease is refused as unknown. A batch whose executor
+//! returns an error is not reported (its lease lapses and it runs again); a report refused on a
+//! try with no earlier unanswered try is final, and the executor may discard what it stored. With no work, a lane backs off
 //! exponentially from `idle_min` to `idle_max`; a granted batch resets it.
 //! Shutdown: the loop stops at the next await once the shutdown signal changes (or the task is
 //! aborted); either is safe, because a lease nobody completes expires and its inputs run again.
