@@ -31,7 +31,8 @@
 //! - `idunno-node client --node ADDR inference MODEL DIR [--batch B] [--lease-ms MS]
 //!   [--request ID] [--wait] [--json]` (JSON shapes of these and `c4` in `jobs::cli`)
 //! - `idunno-node predict MODEL FILE... [--json] [--weights FILE]`
-//! - `idunno-node demo [--nodes 10] [--kill 3]`
+//! - `idunno-node demo [--nodes 10] [--kill 3] [--voters 7] [--digits N] [--photos DIR]
+//!   [--photo-copies N] [--digits-batch B] [--photos-batch B] [--noop | --membership]`
 //!
 //! Must never: act on the arguments (main.rs dispatches) or accept an argument it cannot honour.
 
@@ -64,7 +65,8 @@ pub enum Command {
     Start(StartArgs),
     /// Ask a running node something over its control port.
     Client(ClientArgs),
-    /// Start a local cluster on 127.0.0.x, show it converge, kill nodes, heal, rejoin, leave.
+    /// Start a 10-node cluster on 127.0.0.x, train, upload, run two inference jobs while 3 nodes
+    /// (the coordinator among them) are SIGKILLed; exit 0 only if every input has one result.
     Demo(DemoArgs),
     /// Run a model on local files in this one process (the baseline the cluster is measured
     /// against): a table by default, one JSON object per input and line with --json.
@@ -353,17 +355,89 @@ pub enum DfsClientCommand {
 /// Arguments of `demo`.
 #[derive(Debug, Args, PartialEq, Eq)]
 pub struct DemoArgs {
-    /// Nodes to start, on 127.0.0.2 upwards.
+    /// Nodes to start, on 127.0.0.2 upwards (every one a worker).
     #[arg(long, default_value_t = 10,
           value_parser = clap::value_parser!(u16).range(2..=i64::from(DEMO_NODES_MAX)))]
     pub nodes: u16,
-    /// Nodes to SIGKILL at once (the seed among them); must leave at least one survivor.
+    /// Nodes to SIGKILL at once (the coordinator among them); must leave at least one
+    /// survivor, and (without --membership) a majority of the voters.
     #[arg(long, default_value_t = 3)]
     pub kill: u16,
+    /// Raft voters among the nodes (the first ones); the others are non-voting members.
+    #[arg(long, default_value_t = 7,
+          value_parser = clap::value_parser!(u16).range(1..=VOTERS_MAX as i64))]
+    pub voters: u16,
     /// Longest each step may take to converge, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30,
+    #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub step_timeout_secs: u64,
+    /// Longest the two jobs may take together, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=36_000))]
+    pub jobs_timeout_secs: u64,
+    /// Digits of the test split to classify (default: all of it).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub digits: Option<u64>,
+    /// Directory of the photos for efficientnet-lite0 (PNG, JPEG; other files are skipped).
+    /// Default: models/testdata of the source tree this binary was built from.
+    #[arg(long, value_name = "DIR")]
+    pub photos: Option<PathBuf>,
+    /// Copies of each photo in the efficientnet-lite0 job (so it runs as long as the digits).
+    #[arg(long, value_name = "N", default_value_t = DEMO_PHOTO_COPIES_DEFAULT,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub photo_copies: u16,
+    /// Batch size of the digits-cnn job.
+    #[arg(long, value_name = "B", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=idunno_core::scheduler::BATCH_SIZE_MAX as i64))]
+    pub digits_batch: u32,
+    /// Batch size of the efficientnet-lite0 job.
+    #[arg(long, value_name = "B", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=idunno_core::scheduler::BATCH_SIZE_MAX as i64))]
+    pub photos_batch: u32,
+    /// Run the no-op model for both jobs instead (no training, no file upload): the scheduling
+    /// and failure part alone.
+    #[arg(long, conflicts_with = "membership")]
+    pub noop: bool,
+    /// Run the membership demo instead: converge, kill nodes, restart one, one leaves (no Raft,
+    /// no jobs).
+    #[arg(long)]
+    pub membership: bool,
+}
+
+/// Copies of each photo in the demo's efficientnet-lite0 job by default.
+pub const DEMO_PHOTO_COPIES_DEFAULT: u16 = 16;
+
+impl DemoArgs {
+    /// Checks relations between the demo's arguments.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kill >= self.nodes {
+            return Err(format!(
+                "--kill {} must be smaller than --nodes {} (at least one node must survive)",
+                self.kill, self.nodes
+            ));
+        }
+        if self.membership {
+            return Ok(());
+        }
+        if self.voters > self.nodes {
+            return Err(format!(
+                "--voters {} cannot exceed --nodes {}",
+                self.voters, self.nodes
+            ));
+        }
+        let majority = self.voters / 2 + 1;
+        if self.kill > self.voters - majority {
+            return Err(format!(
+                "--kill {} could take the Raft log's majority ({majority} of --voters {}); \
+                 at most {} may be killed",
+                self.kill,
+                self.voters,
+                self.voters - majority
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Cli {
@@ -383,13 +457,8 @@ impl Cli {
         if let Command::Start(start) = &self.command {
             start.validate_raft()?;
         }
-        if let Command::Demo(demo) = &self.command
-            && demo.kill >= demo.nodes
-        {
-            return Err(format!(
-                "--kill {} must be smaller than --nodes {} (at least one node must survive)",
-                demo.kill, demo.nodes
-            ));
+        if let Command::Demo(demo) = &self.command {
+            demo.validate()?;
         }
         Ok(())
     }
@@ -602,7 +671,16 @@ mod tests {
             Command::Demo(DemoArgs {
                 nodes: 10,
                 kill: 3,
-                step_timeout_secs: 30
+                voters: 7,
+                step_timeout_secs: 60,
+                jobs_timeout_secs: 600,
+                digits: None,
+                photos: None,
+                photo_copies: DEMO_PHOTO_COPIES_DEFAULT,
+                digits_batch: 4,
+                photos_batch: 1,
+                noop: false,
+                membership: false,
             })
         );
         assert_eq!(cli.validate(), Ok(()));
@@ -610,7 +688,17 @@ mod tests {
         assert!(parse(&["demo", "--nodes", "251"]).is_err());
         let cli = parse(&["demo", "--nodes", "3", "--kill", "3"]).expect("parses");
         assert!(cli.validate().is_err(), "nobody would survive");
+        let cli = parse(&["demo", "--nodes", "3", "--kill", "0", "--membership"]).expect("parses");
+        assert_eq!(cli.validate(), Ok(()));
         let cli = parse(&["demo", "--nodes", "3", "--kill", "0"]).expect("parses");
+        assert!(cli.validate().is_err(), "7 voters on 3 nodes");
+        let cli = parse(&["demo", "--voters", "5", "--kill", "3"]).expect("parses");
+        assert!(cli.validate().is_err(), "3 of 5 voters is the majority");
+        let cli = parse(&["demo", "--nodes", "5", "--voters", "5", "--kill", "2"]).expect("parses");
+        assert_eq!(cli.validate(), Ok(()));
+        assert!(parse(&["demo", "--noop", "--membership"]).is_err());
+        assert!(parse(&["demo", "--digits", "0"]).is_err());
+        let cli = parse(&["demo", "--nodes", "3", "--kill", "0", "--voters", "3"]).expect("parses");
         assert_eq!(cli.validate(), Ok(()));
     }
 }
