@@ -75,6 +75,14 @@ pub enum Command {
         /// Where to write the key.
         file: PathBuf,
     },
+    /// Print the client token of the cluster key (FILE, else IDUNNO_CLUSTER_KEY_FILE, else
+    /// IDUNNO_CLUSTER_KEY). A client given the token in IDUNNO_CLIENT_TOKEN may send client
+    /// requests but cannot act as a node.
+    Token {
+        /// The cluster key file.
+        #[arg(long, value_name = "FILE")]
+        cluster_key_file: Option<PathBuf>,
+    },
 }
 
 /// Arguments of `predict`.
@@ -116,8 +124,8 @@ pub struct StartArgs {
     /// Raft is off when absent.
     #[arg(long, value_name = "N=ADDR,N=ADDR...", value_delimiter = ',', value_parser = parse_voter)]
     pub voters: Vec<VoterSpec>,
-    /// File holding the cluster key (from `idunno-node keygen`); every membership datagram is
-    /// authenticated and encrypted with it. Default: the file named by IDUNNO_CLUSTER_KEY_FILE,
+    /// File holding the cluster key (from `idunno-node keygen`); every membership datagram and
+    /// every TCP connection is authenticated and encrypted with it. Default: the file named by IDUNNO_CLUSTER_KEY_FILE,
     /// else the hex key in IDUNNO_CLUSTER_KEY, else none (insecure). The key itself is never
     /// taken on the command line.
     #[arg(long, value_name = "FILE")]

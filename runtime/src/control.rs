@@ -8,8 +8,12 @@
 //! connect-and-answer timeout. Raft requests are routed through [`consensus::route`]; a
 //! connection opening with `RaftHello` is handed to the voter's Raft transport, and a
 //! `BlobPut` / `BlobGet` request to the node's [`BlobService`] (raw bytes follow those frames).
+//! Every connection is opened with [`auth::tcp::connect`] and accepted through a [`TcpGuard`]
+//! (sealed when the node has a cluster key); a connection that proved only a client token may
+//! not send peer-only requests ([`is_peer_only`]).
 //! Must never: answer a request itself (the driver does), hold a connection open without a
-//! deadline, allocate more than a frame's cap for one message, or panic on what a peer sends.
+//! deadline, allocate more than a frame's cap for one message, serve a peer-only request to a
+//! client connection, or panic on what a peer sends.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,12 +25,14 @@ use idunno_core::wire::{self, ControlRequest, ControlResponse, FRAME_HEADER_BYTE
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, warn};
 
 use idunno_core::consensus::VoterId;
 
+use crate::auth::tcp::{self as auth_tcp, MAGIC_FRAME_LEN, NODE_INSECURE};
+use crate::auth::{Role, SecureStream, TcpGuard};
 use crate::blobs::BlobService;
 use crate::consensus::{self, RaftRoute};
 use crate::driver::Request;
@@ -134,6 +140,25 @@ pub async fn serve_full(
     raft: Option<RaftRoute>,
     blobs: Option<Arc<BlobService>>,
 ) {
+    serve_guarded(
+        listener,
+        requests,
+        raft,
+        blobs,
+        Arc::new(TcpGuard::insecure()),
+    )
+    .await;
+}
+
+/// [`serve_full`], with every accepted connection going through `guard` first: the handshake
+/// when the node has a cluster key (refused connections are counted there and closed).
+pub async fn serve_guarded(
+    listener: TcpListener,
+    requests: mpsc::Sender<Request>,
+    raft: Option<RaftRoute>,
+    blobs: Option<Arc<BlobService>>,
+    guard: Arc<TcpGuard>,
+) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -151,11 +176,16 @@ pub async fn serve_full(
         let requests = requests.clone();
         let raft = raft.clone();
         let blobs = blobs.clone();
+        let guard = Arc::clone(&guard);
         tokio::spawn(
             async move {
-                let mut stream = stream;
+                // The handshake holds a control slot, so a flood of them is bounded too.
+                let Ok((mut stream, role)) = guard.accept(stream).await else {
+                    return;
+                };
                 let handoff =
-                    serve_requests(&mut stream, &requests, raft.as_ref(), blobs.is_some()).await;
+                    serve_requests(&mut stream, &requests, raft.as_ref(), blobs.is_some(), role)
+                        .await;
                 // The control slot is released here; a Raft connection takes a transport slot,
                 // a blob transfer one of the blob service's.
                 drop(permit);
@@ -179,7 +209,7 @@ pub async fn serve_full(
     }
 }
 
-fn hand_to_raft(stream: TcpStream, from: VoterId, peer: SocketAddr, raft: Option<&RaftRoute>) {
+fn hand_to_raft(stream: SecureStream, from: VoterId, peer: SocketAddr, raft: Option<&RaftRoute>) {
     match raft.and_then(|r| r.local.as_ref()) {
         Some(local) => match local.inbound.accept(from, stream) {
             Ok(()) => debug!(%peer, ?from, "raft peer connection accepted"),
@@ -194,7 +224,7 @@ pub async fn serve_connection<T>(mut stream: T, requests: mpsc::Sender<Request>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(handoff) = serve_requests(&mut stream, &requests, None, false).await {
+    if let Some(handoff) = serve_requests(&mut stream, &requests, None, false, Role::Peer).await {
         debug!(
             ?handoff,
             "raft hello on a connection that cannot carry raft; closed"
@@ -213,14 +243,48 @@ enum Handoff {
     Dfs(ControlRequest),
 }
 
+/// Whether only another node may send `request`: a `RaftHello`, a request another node
+/// forwarded, or a node-internal file-system request (the leader's repair planning and the
+/// re-replication copy it orders). A connection that proved a client token gets an error
+/// answer for these.
+pub fn is_peer_only(request: &ControlRequest) -> bool {
+    use idunno_core::dfs::DfsRequest;
+    matches!(
+        request,
+        ControlRequest::RaftHello { .. }
+            | ControlRequest::Dfs {
+                request: DfsRequest::PlanRepairs { .. } | DfsRequest::Fetch { .. },
+                ..
+            }
+            | ControlRequest::KvPut {
+                forwarded: true,
+                ..
+            }
+            | ControlRequest::KvGet {
+                forwarded: true,
+                ..
+            }
+            | ControlRequest::FailedNodes { forwarded: true }
+            | ControlRequest::Sched {
+                forwarded: true,
+                ..
+            }
+            | ControlRequest::Dfs {
+                forwarded: true,
+                ..
+            }
+    )
+}
+
 /// Serves requests until the connection ends; returns a [`Handoff`] instead when the peer
 /// sends a `RaftHello`, or a blob request while `blobs` is set (the caller then owns the
-/// stream).
+/// stream). A connection in [`Role::Client`] gets an error answer to peer-only requests.
 async fn serve_requests<T>(
     stream: &mut T,
     requests: &mpsc::Sender<Request>,
     raft: Option<&RaftRoute>,
     blobs: bool,
+    role: Role,
 ) -> Option<Handoff>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -242,6 +306,16 @@ where
                 debug!(error = %e, "control connection failed");
                 return None;
             }
+            Ok(Err(FrameError::Wire(WireError::Oversized { len, .. })))
+                if len == MAGIC_FRAME_LEN =>
+            {
+                warn!(
+                    "a peer with a cluster key connected, but this node has none: {NODE_INSECURE}"
+                );
+                let answer = ControlResponse::Error(NODE_INSECURE.to_owned());
+                let _ = tokio::time::timeout(SERVER_TIMEOUT, write_frame(stream, &answer)).await;
+                return None;
+            }
             Ok(Err(FrameError::Wire(e))) => {
                 debug!(error = %e, "bad control frame");
                 let answer = ControlResponse::Error(format!("bad request: {e}"));
@@ -249,6 +323,14 @@ where
                 return None;
             }
         };
+        if role == Role::Client && is_peer_only(&request) {
+            debug!(?request, "a peer-only request on a client connection");
+            let answer = ControlResponse::Error(
+                "this request is for cluster nodes only; a client token cannot send it".to_owned(),
+            );
+            let _ = tokio::time::timeout(SERVER_TIMEOUT, write_frame(stream, &answer)).await;
+            return None;
+        }
         if let ControlRequest::RaftHello { from } = request {
             return Some(Handoff::Raft(from));
         }
@@ -367,7 +449,7 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<ControlResponse, ClientError> {
     let exchange = async {
-        let mut stream = TcpStream::connect(node)
+        let mut stream = auth_tcp::connect(node)
             .await
             .map_err(|source| ClientError::Connect { node, source })?;
         let frame_error = |e: FrameError| match e {
@@ -529,6 +611,33 @@ mod tests {
             }
         });
         tx
+    }
+
+    #[test]
+    fn node_internal_requests_are_peer_only_and_client_requests_are_not() {
+        use idunno_core::dfs::DfsRequest;
+        let plan = ControlRequest::Dfs {
+            request: DfsRequest::PlanRepairs {
+                in_flight: Vec::new(),
+                max_parallel: 1,
+            },
+            forwarded: false,
+        };
+        let hello = ControlRequest::RaftHello { from: VoterId(1) };
+        let forwarded = ControlRequest::KvGet {
+            key: "k".into(),
+            forwarded: true,
+        };
+        for request in [&plan, &hello, &forwarded] {
+            assert!(is_peer_only(request), "{request:?}");
+        }
+        let asked = ControlRequest::KvGet {
+            key: "k".into(),
+            forwarded: false,
+        };
+        for request in [&ControlRequest::ListSelf, &ControlRequest::Leave, &asked] {
+            assert!(!is_peer_only(request), "{request:?}");
+        }
     }
 
     #[tokio::test]

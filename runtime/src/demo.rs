@@ -437,9 +437,11 @@ impl Cluster {
         fs::create_dir_all(&root)
             .map_err(|e| DemoError(format!("cannot create {}: {e}", root.display())))?;
         // The demo's cluster is authenticated like a real one: one fresh key for its nodes.
-        ClusterKey::generate()
-            .write_new_file(&root.join(KEY_FILE))
+        let key = ClusterKey::generate();
+        key.write_new_file(&root.join(KEY_FILE))
             .map_err(|e| DemoError(format!("cannot write the cluster key: {e}")))?;
+        // The demo's own calls are a client's: they prove the cluster's client token.
+        let _ = crate::auth::tcp::install(crate::auth::TcpAuth::client_of(&key));
         Ok(Cluster {
             exe,
             root,

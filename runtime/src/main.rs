@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idunno_runtime::auth::ClusterKey;
+use idunno_runtime::auth::{ClientToken, ClusterKey, TcpAuth};
 use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, PredictArgs, StartArgs};
 use idunno_runtime::control;
 use idunno_runtime::driver::Exit;
@@ -27,6 +27,35 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Predict(args) => predict(args),
         Command::Keygen { file } => keygen(&file),
+        Command::Token { cluster_key_file } => token(cluster_key_file.as_deref()),
+    }
+}
+
+/// `token`: prints the client token of the cluster key.
+fn token(file: Option<&std::path::Path>) -> ExitCode {
+    match ClusterKey::from_file_or_env(file) {
+        Ok(Some(key)) => {
+            let token = ClientToken::from_key(&key);
+            match print_stdout(&format!("{}\n", token.to_hex())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Ok(None) => {
+            eprintln!(
+                "error: no cluster key: give --cluster-key-file FILE, or set {} or {}",
+                idunno_runtime::auth::KEY_FILE_ENV,
+                idunno_runtime::auth::KEY_ENV
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -129,6 +158,16 @@ fn start(args: StartArgs) -> ExitCode {
 }
 
 fn client(args: ClientArgs) -> ExitCode {
+    // A client proves the cluster's client token when it has the key or a token.
+    match TcpAuth::client_from_env() {
+        Ok(auth) => {
+            let _ = idunno_runtime::auth::tcp::install(auth);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let node = args.node;
     let timeout = Duration::from_millis(args.timeout_ms);
     if let ClientRequest::Dfs(command) = args.request {

@@ -10,8 +10,10 @@
 //! Raft-aware node the control server routes `leader` / `kv-put` / `kv-get` / `failed`. The
 //! membership driver publishes its view ([`crate::view`]); the Raft driver reads it to propose
 //! the failures of members the view reports gone.
-//! Membership datagrams go through [`AuthSocket`]: sealed with the cluster key when the node has
-//! one; without one the node warns that it is insecure.
+//! Membership datagrams go through [`AuthSocket`] and accepted TCP connections through a
+//! [`TcpGuard`]: sealed with the cluster key when the node has one (the key also becomes the
+//! process's credential for the connections it opens); without one the node warns that it is
+//! insecure.
 //! With a data dir it opens the blob store at `<data-dir>/blobs`, serves blob transfers on the
 //! control port and runs the scrubber; corrupt blobs are reported on a channel (logged for now,
 //! to be forwarded to the leader).
@@ -31,7 +33,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::auth::{AuthSocket, AuthStats, ClusterKey};
+use crate::auth::{AuthSocket, AuthStats, ClusterKey, TcpAuth, TcpAuthStats, TcpGuard};
 use crate::blobs::scrubber::{self, ScrubOptions};
 use crate::blobs::{BlobHash, BlobService, BlobStore, StoreLimits};
 use crate::consensus::driver::{RaftDriver, RaftDriverError};
@@ -146,6 +148,7 @@ impl NodeHandle {
 pub struct BoundNode {
     driver: Driver<AuthSocket<UdpSocket>>,
     auth: Arc<AuthStats>,
+    tcp_guard: Arc<TcpGuard>,
     listener: TcpListener,
     seeds: Vec<SocketAddr>,
     requests: mpsc::Receiver<Request>,
@@ -265,11 +268,26 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     debug!(rng_seed = seed, "identity fixed");
     let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
     let span = info_span!("node", addr = %addr);
+    let tcp_guard = Arc::new(TcpGuard::new(options.cluster_key.as_ref()));
+    if options.cluster_key.is_some() {
+        // This node's own connections (Raft, blob chains, calls to the leader) prove its key.
+        let installed = crate::auth::tcp::install(TcpAuth::node(options.cluster_key.as_ref()));
+        if installed.is_err() {
+            // Only a process running nodes of two clusters (a test) gets here.
+            span.in_scope(|| {
+                warn!(
+                    "this process already connects with another cluster key: this node's own \
+                     TCP connections prove that one (one process serves one cluster)"
+                );
+            });
+        }
+    }
     if options.cluster_key.is_none() {
         span.in_scope(|| {
             warn!(
-                "INSECURE: no cluster key, so anyone who can reach this node's port can join, \
-                 read and forge membership traffic; create one with `idunno-node keygen FILE` \
+                "INSECURE: no cluster key, so anyone who can reach this node's ports can join, \
+                 read and forge membership traffic, read and change every TCP request, Raft \
+                 message and file transfer, and send any request without a token; create one with `idunno-node keygen FILE` \
                  and start every node with --cluster-key-file FILE (or {})",
                 crate::auth::KEY_FILE_ENV
             );
@@ -302,6 +320,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     Ok(BoundNode {
         driver,
         auth,
+        tcp_guard,
         listener,
         seeds: options.join,
         requests,
@@ -345,6 +364,11 @@ impl BoundNode {
         Arc::clone(&self.auth)
     }
 
+    /// Counters of the TCP connections this node accepted and refused.
+    pub fn tcp_auth_stats(&self) -> Arc<TcpAuthStats> {
+        self.tcp_guard.stats()
+    }
+
     /// A handle to send requests from inside the process.
     pub fn handle(&self) -> NodeHandle {
         self.handle.clone()
@@ -372,9 +396,11 @@ impl BoundNode {
             raft,
             route,
             auth,
+            tcp_guard,
             blobs,
             worker,
         } = self;
+        let tcp_auth = tcp_guard.stats();
         let id = driver.id();
         // The worker asks through this node's own control port (which routes to the leader).
         let (stop_worker, worker_stopped) = watch::channel(false);
@@ -419,7 +445,8 @@ impl BoundNode {
             ));
         }
         let server = tokio::spawn(
-            control::serve_full(listener, handle.requests, route, service).instrument(span.clone()),
+            control::serve_guarded(listener, handle.requests, route, service, tcp_guard)
+                .instrument(span.clone()),
         );
         let raft_task = raft.map(|parts| {
             tokio::spawn(
@@ -450,7 +477,7 @@ impl BoundNode {
                     result
                 }
             };
-            info!(?exit, ?metrics, ?auth, "node stopped");
+            info!(?exit, ?metrics, ?auth, ?tcp_auth, "node stopped");
             (exit, metrics)
         }
         .instrument(span)

@@ -6,7 +6,9 @@
 //! ([`list_mem`], [`list_self`], [`leave`]), polling until a condition holds ([`eventually`]), and
 //! the [`Cluster`] guard that SIGKILLs every child it started when dropped, also while a failing
 //! test unwinds (and then prints each node's log tail). Every cluster gets a fresh cluster key
-//! (`IDUNNO_CLUSTER_KEY`), so real-process tests run authenticated membership.
+//! (`IDUNNO_CLUSTER_KEY`), so real-process tests run authenticated membership and sealed TCP;
+//! [`client`] proves the key of the cluster that started the node it asks ([`client_with`]
+//! picks another credential, or none).
 //!
 //! The CLI contract it relies on:
 //! - `idunno-node start --bind ADDR [--join ADDR,..] [--data-dir DIR]` prints exactly one stdout
@@ -31,6 +33,7 @@
 //! Must never: bind or contact anything outside 127.0.0.0/8, wait without a deadline, or outlive
 //! a test with a child still running (short of the test runner itself being SIGKILLed).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -351,10 +354,50 @@ pub struct ClientOutput {
     pub stderr: String,
 }
 
+/// The cluster key of every node a [`Cluster`] of this process started, by address, so that
+/// [`client`] proves the key of the node it asks.
+fn node_keys() -> &'static Mutex<BTreeMap<SocketAddr, String>> {
+    static KEYS: OnceLock<Mutex<BTreeMap<SocketAddr, String>>> = OnceLock::new();
+    KEYS.get_or_init(Mutex::default)
+}
+
+/// The environment variables that give a client a credential.
+const CREDENTIAL_ENVS: [&str; 3] = [
+    "IDUNNO_CLUSTER_KEY",
+    "IDUNNO_CLUSTER_KEY_FILE",
+    "IDUNNO_CLIENT_TOKEN",
+];
+
 /// Runs `idunno-node client --node NODE ARGS..` with a [`CLIENT_TIMEOUT`] deadline (the client
-/// is killed past it). `Err` when it could not run or ran out of time; a non-zero exit is `Ok`.
+/// is killed past it), proving the key of the cluster that started `node` (as an operator's
+/// client holding the key file would). `Err` when it could not run or ran out of time; a
+/// non-zero exit is `Ok`.
 pub fn client(node: SocketAddr, args: &[&str]) -> Result<ClientOutput, String> {
-    let mut child = Command::new(node_binary())
+    let key = node_keys()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&node)
+        .cloned();
+    match key {
+        Some(key) => client_with(node, args, Some(("IDUNNO_CLUSTER_KEY", &key))),
+        None => client_with(node, args, None),
+    }
+}
+
+/// [`client`] with exactly one credential variable set (`None`: no credential at all).
+pub fn client_with(
+    node: SocketAddr,
+    args: &[&str],
+    credential: Option<(&str, &str)>,
+) -> Result<ClientOutput, String> {
+    let mut command = Command::new(node_binary());
+    for name in CREDENTIAL_ENVS {
+        command.env_remove(name);
+    }
+    if let Some((name, value)) = credential {
+        command.env(name, value);
+    }
+    let mut child = command
         .arg("client")
         .args(["--node", &node.to_string()])
         .args(args)
@@ -718,6 +761,11 @@ impl Cluster {
         }
     }
 
+    /// The cluster key (64 hex digits) every node of this cluster gets.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Starts a node and waits (at most [`LISTEN_TIMEOUT`]) for its `LISTENING` line; returns
     /// its index in this cluster. Panics with the node's log if it does not come up.
     pub fn start(&mut self, spec: &NodeSpec) -> usize {
@@ -761,6 +809,7 @@ impl Cluster {
         // Every test cluster is authenticated, as a production one should be.
         command.env("IDUNNO_CLUSTER_KEY", &self.key);
         command.env_remove("IDUNNO_CLUSTER_KEY_FILE");
+        command.env_remove("IDUNNO_CLIENT_TOKEN");
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot spawn {}: {e}", node_binary().display()))?;
@@ -793,6 +842,10 @@ impl Cluster {
                 }
                 node.addr = addr;
                 node.generation = generation;
+                node_keys()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(addr, self.key.clone());
                 Ok(node)
             }
             Err(e) => {

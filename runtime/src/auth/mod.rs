@@ -2,14 +2,19 @@
 //!
 //! Owns: [`ClusterKey`] (32 secret bytes, loaded from a file or the environment, never from the
 //! command line, never printed), its generation for `idunno-node keygen`, and the submodules that
-//! use it: [`datagram`] (sealing and opening membership datagrams with replay protection) and
-//! [`socket`] (the [`crate::net::DatagramSocket`] wrapper the membership driver runs over).
+//! use it: [`datagram`] (sealing and opening membership datagrams with replay protection),
+//! [`socket`] (the [`crate::net::DatagramSocket`] wrapper the membership driver runs over), and
+//! for TCP [`handshake`] (roles, client tokens, the key schedule), [`stream`] (the sealed record
+//! layer) and [`tcp`] (the one place connections are opened and accepted).
 //! Must never: log, print or `Debug`-format key bytes; accept a key of the wrong length or a key
 //! file other users can read without warning; fall back silently to running without a key (the
 //! node says loudly that it is insecure).
 
 pub mod datagram;
+pub mod handshake;
 pub mod socket;
+pub mod stream;
+pub mod tcp;
 
 use std::fmt;
 use std::io;
@@ -19,7 +24,10 @@ use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 
 pub use datagram::{DatagramKey, Rejection, ReplayGuard};
+pub use handshake::{ClientToken, Role};
 pub use socket::{AuthSocket, AuthStats};
+pub use stream::SecureStream;
+pub use tcp::{TcpAuth, TcpAuthStats, TcpGuard};
 
 /// Length of the cluster key in bytes.
 pub const KEY_BYTES: usize = 32;

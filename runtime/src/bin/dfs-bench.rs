@@ -18,9 +18,14 @@
 //! and the client there, puts a `--rss-mb` file with 4 replicas (chain, then fan-out) and reports
 //! the process's peak resident memory (VmHWM) before and after.
 //!
+//! With `--secure`, every blob connection (client to replica, replica to replica) runs the
+//! cluster-key handshake and is sealed in ChaCha20-Poly1305 records, as in a keyed cluster
+//! (the raw copies stay plain: they are the baseline); compare a run with and without.
+//!
 //! ```sh
 //! cargo build --release -p idunno-runtime --bin dfs-bench
 //! target/release/dfs-bench --sizes-mb 25,500 --reps 3 --rss-mb 1024
+//! target/release/dfs-bench --sizes-mb 25,500 --reps 3 --rss-mb 1024 --secure
 //! ```
 //!
 //! Must never: leave its temp directory behind on a normal exit, or bind outside 127.0.0.1.
@@ -35,6 +40,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use idunno_runtime::auth::tcp::install;
+use idunno_runtime::auth::{ClusterKey, TcpAuth, TcpGuard};
 use idunno_runtime::blobs::{
     BlobHash, BlobService, BlobStore, CHUNK_BYTES, PutMode, StoreLimits, get_blob, hash_file,
     put_blob_from,
@@ -62,6 +69,9 @@ struct Args {
     /// Where the stores and files go (a fresh subdirectory is made and removed).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Seal every blob connection with a fresh cluster key (handshake and encrypted records).
+    #[arg(long)]
+    secure: bool,
     /// Internal: run the peak-memory put of this many MB in this process and print VmHWM.
     #[arg(long, hide = true)]
     rss_child: Option<u64>,
@@ -71,6 +81,12 @@ const MB: u64 = 1_000_000;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let key = args.secure.then(ClusterKey::generate);
+    // The client's and the replicas' own connections prove the key (one process, one key).
+    if install(TcpAuth::node(key.as_ref())).is_err() {
+        eprintln!("dfs-bench: cannot install the key");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,8 +102,8 @@ fn main() -> ExitCode {
     let result = match fs::create_dir_all(&root) {
         Ok(()) => runtime.block_on(async {
             match args.rss_child {
-                Some(size_mb) => rss_child(&root, size_mb, args.replicas).await,
-                None => bench(&args, &root).await,
+                Some(size_mb) => rss_child(&root, size_mb, args.replicas, key.as_ref()).await,
+                None => bench(&args, &root, key.as_ref()).await,
             }
         }),
         Err(e) => Err(format!("cannot create {}: {e}", root.display())),
@@ -117,7 +133,11 @@ impl Drop for Servers {
     }
 }
 
-async fn start_servers(root: &Path, count: usize) -> Result<Servers, String> {
+async fn start_servers(
+    root: &Path,
+    count: usize,
+    key: Option<&ClusterKey>,
+) -> Result<Servers, String> {
     let mut servers = Servers {
         addrs: Vec::new(),
         stores: Vec::new(),
@@ -132,11 +152,12 @@ async fn start_servers(root: &Path, count: usize) -> Result<Servers, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (service, mut corrupt) = BlobService::new(store.clone(), addr);
         let (requests, _) = mpsc::channel(1);
-        servers.tasks.push(tokio::spawn(control::serve_full(
+        servers.tasks.push(tokio::spawn(control::serve_guarded(
             listener,
             requests,
             None,
             Some(Arc::new(service)),
+            Arc::new(TcpGuard::new(key)),
         )));
         servers.tasks.push(tokio::spawn(async move {
             while let Some(hash) = corrupt.recv().await {
@@ -325,11 +346,11 @@ struct Row {
     get: Cost,
 }
 
-async fn bench(args: &Args, root: &Path) -> Result<(), String> {
+async fn bench(args: &Args, root: &Path, key: Option<&ClusterKey>) -> Result<(), String> {
     if args.replicas == 0 || args.reps == 0 {
         return Err("--replicas and --reps must be at least 1".to_owned());
     }
-    let servers = start_servers(root, args.replicas).await?;
+    let servers = start_servers(root, args.replicas, key).await?;
     let mut rows = Vec::new();
     for (index, &size_mb) in args.sizes_mb.iter().enumerate() {
         let size = size_mb * MB;
@@ -402,10 +423,15 @@ fn report(args: &Args, root: &Path, rows: &[Row], rss: Option<&str>) -> String {
         out,
         "Data under `{}` (every replica and the raw copy on the same disk, fsync on); {} \
          replicas; median of {} reps; 1 MB = 10^6 bytes; page cache warm (source file just \
-         written).\n",
+         written). Blob connections: {}.\n",
         root.display(),
         args.replicas,
-        args.reps
+        args.reps,
+        if args.secure {
+            "sealed (`--secure`: cluster-key handshake, ChaCha20-Poly1305 records)"
+        } else {
+            "plain TCP (no `--secure`)"
+        }
     );
     let _ = writeln!(
         out,
@@ -512,6 +538,7 @@ fn rss_in_child(args: &Args, root: &Path) -> Result<String, String> {
         .arg(args.replicas.to_string())
         .arg("--dir")
         .arg(root)
+        .args(args.secure.then_some("--secure"))
         .output()
         .map_err(|e| e.to_string())?;
     if !output.status.success() {
@@ -524,9 +551,14 @@ fn rss_in_child(args: &Args, root: &Path) -> Result<String, String> {
 }
 
 /// The child: R servers and the client in this process; a large put, chain then fan-out.
-async fn rss_child(root: &Path, size_mb: u64, replicas: usize) -> Result<(), String> {
+async fn rss_child(
+    root: &Path,
+    size_mb: u64,
+    replicas: usize,
+    key: Option<&ClusterKey>,
+) -> Result<(), String> {
     let size = size_mb * MB;
-    let servers = start_servers(root, replicas).await?;
+    let servers = start_servers(root, replicas, key).await?;
     let source = root.join("rss-source");
     write_source(&source, size, 99)?;
     let (hash, _) = hash_file(&source).await.map_err(|e| e.to_string())?;

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::SecureStream;
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -273,7 +273,7 @@ fn replica_error(target: SocketAddr, answer: ControlResponse) -> PutError {
 
 /// Sends the chunks to one target, then waits for its acknowledgement of the whole chain.
 async fn send_and_wait(
-    mut stream: TcpStream,
+    mut stream: SecureStream,
     target: SocketAddr,
     size: u64,
     hops_below: usize,
@@ -316,7 +316,7 @@ async fn send_and_wait(
 }
 
 /// A failure answer the peer may have sent before closing, else `fallback`.
-async fn answer_or(stream: &mut TcpStream, target: SocketAddr, fallback: PutError) -> PutError {
+async fn answer_or(stream: &mut SecureStream, target: SocketAddr, fallback: PutError) -> PutError {
     match read_answer(stream, Duration::from_millis(200)).await {
         Ok(answer @ ControlResponse::BlobFailed { .. }) => replica_error(target, answer),
         _ => fallback,
@@ -381,11 +381,12 @@ enum Attempt {
 /// One get attempt from one replica into `partial` (truncated first); the size on success.
 async fn get_from(replica: SocketAddr, hash: BlobHash, partial: &Path) -> Result<u64, Attempt> {
     let unreachable = |reason: String| Attempt::Replica(ReplicaFault::Unreachable(reason));
-    let mut stream = match tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(replica)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(unreachable(format!("cannot connect: {e}"))),
-        Err(_) => return Err(unreachable("connect timed out".to_owned())),
-    };
+    let mut stream =
+        match tokio::time::timeout(IO_TIMEOUT, crate::auth::tcp::connect(replica)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(unreachable(format!("cannot connect: {e}"))),
+            Err(_) => return Err(unreachable("connect timed out".to_owned())),
+        };
     let request = ControlRequest::BlobGet {
         hash: hash.0,
         offset: 0,

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::SecureStream;
 use idunno_core::wire::{ControlRequest, ControlResponse, FRAME_BYTES_MAX};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
@@ -329,14 +329,14 @@ pub(crate) async fn open_hop(
     hash: BlobHash,
     size: u64,
     rest: &[SocketAddr],
-) -> Result<TcpStream, ControlResponse> {
+) -> Result<SecureStream, ControlResponse> {
     let failed = |reason: String| ControlResponse::BlobFailed {
         replica: next,
         reason,
     };
     let budget = READY_TIMEOUT_PER_HOP * u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
     let setup = async {
-        let mut stream = TcpStream::connect(next)
+        let mut stream = crate::auth::tcp::connect(next)
             .await
             .map_err(|e| failed(format!("cannot connect: {e}")))?;
         let _ = stream.set_nodelay(true);
@@ -415,7 +415,7 @@ fn write_chunks(
 /// The forwarding task of a put: sends chunks to the next hop, then waits for its answer.
 /// Returns the replicas that acknowledged, or the replica that failed and why.
 async fn forward_chunks(
-    mut stream: TcpStream,
+    mut stream: SecureStream,
     next: SocketAddr,
     size: u64,
     hops_below: usize,

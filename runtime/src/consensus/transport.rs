@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::auth::SecureStream;
 use idunno_core::consensus::{self, MESSAGE_BYTES_MAX, Message, VoterId};
 use idunno_core::wire::{self, ControlRequest};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
@@ -196,11 +196,11 @@ async fn peer_task(me: VoterId, peer: VoterId, addr: SocketAddr, shared: Arc<Sha
     }
 }
 
-async fn connect(me: VoterId, addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn connect(me: VoterId, addr: SocketAddr) -> std::io::Result<SecureStream> {
     let hello = wire::encode_frame(&ControlRequest::RaftHello { from: me })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = crate::auth::tcp::connect(addr).await?;
         stream.set_nodelay(true)?;
         stream.write_all(&hello).await?;
         Ok(stream)
@@ -211,7 +211,7 @@ async fn connect(me: VoterId, addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Writes queued frames until a write fails; flushes whenever the queue runs dry.
-async fn write_loop(stream: TcpStream, shared: &Shared) -> std::io::Error {
+async fn write_loop(stream: SecureStream, shared: &Shared) -> std::io::Error {
     let mut writer = BufWriter::new(stream);
     loop {
         let frame = match shared.pop() {
@@ -281,7 +281,7 @@ impl Inbound {
     }
 
     /// Takes over `stream`, whose hello named `from`, and reads its messages in a new task.
-    pub fn accept(&self, from: VoterId, stream: TcpStream) -> Result<(), InboundRefused> {
+    pub fn accept(&self, from: VoterId, stream: SecureStream) -> Result<(), InboundRefused> {
         if from == self.me {
             return Err(InboundRefused::FromSelf);
         }
@@ -305,7 +305,7 @@ impl Inbound {
 
 async fn read_loop(
     from: VoterId,
-    mut stream: TcpStream,
+    mut stream: SecureStream,
     messages: mpsc::Sender<(VoterId, Message)>,
 ) {
     loop {
@@ -378,7 +378,11 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let connect = || TcpStream::connect(addr);
+        let connect = || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map(SecureStream::plain)
+        };
         let (a, _) = tokio::join!(connect(), listener.accept());
         let a = a.expect("connect");
         assert_eq!(inbound.accept(VoterId(1), a), Err(InboundRefused::FromSelf));
@@ -439,7 +443,7 @@ mod tests {
         }
         assert_eq!(outbound.dropped().get(&VoterId(1)), Some(&0));
         // A hello naming an unknown voter gets no connection (the server closes it).
-        let mut rogue = TcpStream::connect(addr).await.expect("connect");
+        let mut rogue = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let hello =
             wire::encode_frame(&ControlRequest::RaftHello { from: VoterId(99) }).expect("encodes");
         rogue.write_all(&hello).await.expect("write");
