@@ -44,6 +44,15 @@ pub const TOMBSTONES_MAX: usize = 4096;
 /// Most entries one `list` or `files_on` query returns.
 pub const LIST_ENTRIES_MAX: usize = 10_000;
 
+/// One page of [`Namespace::list_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage<'a> {
+    /// The names, in order.
+    pub names: Vec<&'a str>,
+    /// More names match after the last one.
+    pub more: bool,
+}
+
 /// One kept version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
@@ -161,17 +170,39 @@ impl Namespace {
             .unwrap_or_default()
     }
 
-    /// Names starting with `prefix`, in order, at most [`LIST_ENTRIES_MAX`].
+    /// Names starting with `prefix`, in order, at most [`LIST_ENTRIES_MAX`] (the first page
+    /// of [`Namespace::list_page`]).
     pub fn list(&self, prefix: &str) -> Vec<&str> {
-        self.files
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+        self.list_page(prefix, None, LIST_ENTRIES_MAX).names
+    }
+
+    /// One page of the names starting with `prefix`, in order: at most `limit` (clamped to
+    /// 1..=[`LIST_ENTRIES_MAX`]) of them, all after `start_after` (exclusive) when given, and
+    /// whether more match after the last one returned.
+    pub fn list_page<'a>(
+        &'a self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> ListPage<'a> {
+        use std::ops::Bound;
+        let limit = limit.clamp(1, LIST_ENTRIES_MAX);
+        // A cursor before the prefix starts at the prefix (names between them do not match).
+        let from = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut matching = self
+            .files
+            .range::<str, _>((from, Bound::Unbounded))
             .take_while(|(name, _)| name.starts_with(prefix))
-            .take(LIST_ENTRIES_MAX)
-            .map(|(name, _)| name.as_str())
-            .collect()
+            .map(|(name, _)| name.as_str());
+        let names: Vec<&str> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
+        debug_assert!(names.len() <= limit);
+        debug_assert!(names.windows(2).all(|w| w[0] < w[1]), "in order");
+        debug_assert!(!more || names.len() == limit, "more only after a full page");
+        ListPage { names, more }
     }
 
     /// Every (name, version number) whose bytes `node` holds, at most [`LIST_ENTRIES_MAX`].
@@ -733,6 +764,64 @@ mod tests {
         assert_eq!(ns.loads().get(&node(1)), Some(&400));
     }
 
+    /// Pages of every size walk the names in order, once each, and say whether more remain.
+    #[test]
+    fn list_pages_continue_after_the_cursor() {
+        let mut ns = Namespace::default();
+        let page = ns.list_page("", None, 3);
+        assert!(page.names.is_empty() && !page.more, "empty namespace");
+        let names = ["a", "in/a", "in/b", "in/c", "in/d", "inx", "out/a"];
+        for (i, name) in names.iter().enumerate() {
+            ns.execute(at(1), commit(name, i as u8, i as u64 + 1, &[1]))
+                .expect("commits");
+        }
+        let under: Vec<&str> = vec!["in/a", "in/b", "in/c", "in/d"];
+        for limit in 1..=6 {
+            let mut seen: Vec<&str> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = ns.list_page("in/", cursor.as_deref(), limit);
+                assert!(page.names.len() <= limit);
+                seen.extend(page.names.iter().copied());
+                if !page.more {
+                    break;
+                }
+                assert_eq!(page.names.len(), limit, "more only after a full page");
+                cursor = page.names.last().map(|n| (*n).to_owned());
+            }
+            assert_eq!(seen, under, "limit {limit}");
+        }
+        // Exact page edges: a page that ends on the last match says no more.
+        let page = ns.list_page("in/", None, 4);
+        assert_eq!(page.names, under);
+        assert!(!page.more);
+        let page = ns.list_page("in/", Some("in/b"), 2);
+        assert_eq!(page.names, vec!["in/c", "in/d"]);
+        assert!(!page.more);
+        let page = ns.list_page("in/", Some("in/b"), 1);
+        assert_eq!(page.names, vec!["in/c"]);
+        assert!(page.more);
+        // A cursor on the last match, past every match, or on a name that is not there.
+        assert_eq!(
+            ns.list_page("in/", Some("in/d"), 5).names,
+            Vec::<&str>::new()
+        );
+        assert!(!ns.list_page("in/", Some("in/d"), 5).more);
+        assert!(ns.list_page("in/", Some("zzz"), 5).names.is_empty());
+        assert_eq!(
+            ns.list_page("in/", Some("in/bb"), 5).names,
+            vec!["in/c", "in/d"]
+        );
+        // A cursor before the prefix starts at the prefix.
+        assert_eq!(ns.list_page("in/", Some("a"), 1).names, vec!["in/a"]);
+        assert_eq!(ns.list_page("in/", Some(""), 9).names, under);
+        // Limits are clamped: zero still returns one name.
+        assert_eq!(ns.list_page("", None, 0).names, vec!["a"]);
+        assert!(ns.list_page("", None, 0).more);
+        assert_eq!(ns.list_page("", None, usize::MAX).names.len(), names.len());
+        assert!(ns.list_page("nothing/", None, 10).names.is_empty());
+    }
+
     #[test]
     fn the_namespace_is_bounded_and_a_snapshot_fits_a_frame() {
         let mut ns = Namespace::default();
@@ -755,6 +844,16 @@ mod tests {
             }
         }
         assert_eq!(ns.files().len(), FILES_MAX);
+        // A full namespace fits one page exactly, with nothing after it.
+        let page = ns.list_page("inputs/", None, LIST_ENTRIES_MAX);
+        assert_eq!(page.names.len(), FILES_MAX);
+        assert!(!page.more);
+        let page = ns.list_page("inputs/", None, LIST_ENTRIES_MAX - 1);
+        assert!(page.more);
+        let last = page.names.last().map(|n| (*n).to_owned());
+        let rest = ns.list_page("inputs/", last.as_deref(), LIST_ENTRIES_MAX);
+        assert_eq!(rest.names.len(), 1);
+        assert!(!rest.more);
         // Overwrites of an existing name still go through.
         let r = ns.execute(at(2), commit("inputs/batch-000000/image.jpg", 1, 1, &[1]));
         assert!(r.is_ok(), "{r:?}");

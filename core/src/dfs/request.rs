@@ -13,6 +13,10 @@ use crate::membership::NodeId;
 
 /// Most versions one [`DfsRequest::Versions`] may ask for.
 pub const VERSIONS_ASKED_MAX: usize = super::VERSIONS_KEPT_MAX;
+/// Most nodes one [`DfsRequest::Place`] may exclude (the leader ignores the rest).
+pub const PLACE_EXCLUDE_MAX: usize = 16;
+/// Most names one [`DfsAnswer::Names`] page carries (a client pages through longer listings).
+pub const LIST_PAGE_NAMES: usize = 1_000;
 
 /// A file-system request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +27,9 @@ pub enum DfsRequest {
         hash: ContentHash,
         /// Its size.
         size: u64,
+        /// Nodes not to choose (they just refused this blob; at most [`PLACE_EXCLUDE_MAX`]
+        /// are honoured). Empty on a first placement.
+        exclude: Vec<NodeId>,
     },
     /// Leader: propose a namespace change and answer once it is applied.
     Apply(DfsCommand),
@@ -33,10 +40,13 @@ pub enum DfsRequest {
         /// How many (1..=[`VERSIONS_ASKED_MAX`]).
         count: usize,
     },
-    /// Leader, linearizable read: names starting with `prefix`.
+    /// Leader, linearizable read: one page of the names starting with `prefix`, in order,
+    /// after `start_after` (the last name of the previous page; `None` from the first).
     List {
         /// The prefix ("" lists everything).
         prefix: String,
+        /// Continue after this name (exclusive).
+        start_after: Option<String>,
     },
     /// Leader, linearizable read: the (name, version) pairs the namespace says `node` holds.
     FilesOn {
@@ -102,8 +112,13 @@ pub enum DfsAnswer {
     Applied(Result<DfsResult, DfsError>),
     /// Answer to [`DfsRequest::Versions`].
     Versions(Result<Vec<VersionInfo>, DfsError>),
-    /// Answer to [`DfsRequest::List`].
-    Names(Vec<String>),
+    /// Answer to [`DfsRequest::List`]: one page of names, in order.
+    Names {
+        /// The names (at most [`LIST_PAGE_NAMES`]).
+        names: Vec<String>,
+        /// More names match after the last one (ask again with it as `start_after`).
+        more: bool,
+    },
     /// Answer to [`DfsRequest::FilesOn`].
     Files(Vec<(String, u64)>),
     /// Answer to [`DfsRequest::Referenced`].
@@ -174,7 +189,8 @@ mod tests {
         assert!(DfsRequest::Referenced.for_leader());
         assert!(
             DfsRequest::List {
-                prefix: String::new()
+                prefix: String::new(),
+                start_after: None,
             }
             .for_leader()
         );

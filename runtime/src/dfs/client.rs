@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use idunno_core::dfs::namespace::FILES_MAX;
+use idunno_core::dfs::request::PLACE_EXCLUDE_MAX;
 use idunno_core::dfs::{
     ContentHash, DfsAnswer, DfsCommand, DfsError, DfsRequest, DfsResult, NameError, RequestId,
     VersionInfo, validate_name,
@@ -72,6 +74,14 @@ pub enum DfsClientError {
     /// No replica served a good copy.
     #[error("get failed: {0}")]
     Get(#[from] GetError),
+    /// More names match than the caller accepts.
+    #[error("more than {max} names start with {prefix:?}")]
+    TooManyNames {
+        /// The prefix listed.
+        prefix: String,
+        /// The bound.
+        max: usize,
+    },
     /// The file is larger than the caller accepts.
     #[error("{name:?} has {size} bytes, more than the {max} accepted")]
     TooLarge {
@@ -194,28 +204,45 @@ impl DfsClient {
         }
         let (hash, size) = hash_file(local).await.map_err(local_error)?;
         let mut tries = 0;
+        // Replicas that refused this blob: the next placement leaves them out, so a dead
+        // replica (not yet detected) costs one failed try and no pause.
+        let mut refused: Vec<NodeId> = Vec::new();
         let replicas = loop {
             tries += 1;
             let (at, answer) = self
                 .ask(DfsRequest::Place {
                     hash: content_hash(&hash),
                     size,
+                    exclude: refused.clone(),
                 })
                 .await?;
             let DfsAnswer::Placed { replicas } = answer else {
                 return Err(unexpected(at, &answer));
             };
+            debug_assert!(replicas.iter().all(|n| !refused.contains(n)));
             if replicas.is_empty() {
-                return Err(DfsClientError::NoReplicas);
+                if refused.is_empty() || tries >= PUT_TRIES {
+                    return Err(DfsClientError::NoReplicas);
+                }
+                // Every live node refused: no other choice than to wait and try them again.
+                debug!(refused = refused.len(), "every live node refused; pausing");
+                refused.clear();
+                tokio::time::sleep(RETRY_PAUSE * 2).await;
+                continue;
             }
             let addrs: Vec<SocketAddr> = replicas.iter().map(|n| n.addr).collect();
             let file = tokio::fs::File::open(local).await.map_err(local_error)?;
             let file = Progress::new(file, size, name);
             match put_blob_from(&addrs, hash, size, file, PutMode::Chain).await {
                 Ok(()) => break replicas,
-                Err(e @ PutError::Replica { .. }) if tries < PUT_TRIES => {
-                    debug!(error = %e, "put failed on a replica; placing again");
-                    tokio::time::sleep(RETRY_PAUSE * 2).await;
+                Err(PutError::Replica { replica, reason }) if tries < PUT_TRIES => {
+                    if exclude_refused(&mut refused, &replicas, replica) {
+                        debug!(%replica, %reason, "a replica refused; placing again without it");
+                    } else {
+                        // Not one of ours, or the list is full: nothing better than a pause.
+                        debug!(%replica, %reason, "put failed on a replica; pausing");
+                        tokio::time::sleep(RETRY_PAUSE * 2).await;
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -432,15 +459,64 @@ impl DfsClient {
         }
     }
 
-    /// Names starting with `prefix`.
+    /// Names starting with `prefix`, in order: every page, up to `max` names; refused with
+    /// [`DfsClientError::TooManyNames`] when more than `max` match.
+    pub async fn list_at_most(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, DfsClientError> {
+        let mut all: Vec<String> = Vec::new();
+        let mut start_after: Option<String> = None;
+        loop {
+            let (page, more) = self.list_page(prefix, start_after.take()).await?;
+            if let (Some(last), Some(first)) = (all.last(), page.first())
+                && first <= last
+            {
+                // A leader that ignores the cursor would loop forever.
+                return Err(DfsClientError::Unexpected {
+                    node: self.node,
+                    answer: format!("a listing page went back from {last:?} to {first:?}"),
+                });
+            }
+            all.extend(page);
+            if all.len() > max {
+                return Err(DfsClientError::TooManyNames {
+                    prefix: prefix.to_owned(),
+                    max,
+                });
+            }
+            if !more {
+                return Ok(all);
+            }
+            match all.last() {
+                Some(last) => start_after = Some(last.clone()),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Every name starting with `prefix`, in order (all pages; the namespace holds at most
+    /// `namespace::FILES_MAX` names).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, DfsClientError> {
+        self.list_at_most(prefix, FILES_MAX).await
+    }
+
+    /// One page of the names starting with `prefix` after `start_after`, and whether more
+    /// remain.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+    ) -> Result<(Vec<String>, bool), DfsClientError> {
         let (at, answer) = self
             .ask(DfsRequest::List {
                 prefix: prefix.to_owned(),
+                start_after,
             })
             .await?;
         match answer {
-            DfsAnswer::Names(names) => Ok(names),
+            DfsAnswer::Names { names, more } => Ok((names, more)),
             other => Err(unexpected(at, &other)),
         }
     }
@@ -479,6 +555,19 @@ pub struct StoreListing {
     pub files: Vec<(String, u64)>,
     /// (hash, size) of every blob in its store.
     pub blobs: Vec<(ContentHash, u64)>,
+}
+
+/// Adds the node at `failed` among `placed` to `refused` (bounded by [`PLACE_EXCLUDE_MAX`]);
+/// whether it was added (false: not a placed node, already there, or the list is full).
+fn exclude_refused(refused: &mut Vec<NodeId>, placed: &[NodeId], failed: SocketAddr) -> bool {
+    let Some(node) = placed.iter().find(|n| n.addr == failed) else {
+        return false;
+    };
+    if refused.contains(node) || refused.len() >= PLACE_EXCLUDE_MAX {
+        return false;
+    }
+    refused.push(*node);
+    true
 }
 
 fn check_name(name: &str) -> Result<(), DfsClientError> {

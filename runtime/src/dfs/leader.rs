@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use idunno_core::cluster::{ClusterOp, ClusterResult, ClusterState};
 use idunno_core::dfs::placement::{self, Candidate};
 use idunno_core::dfs::repair::{self, Repair};
-use idunno_core::dfs::request::VERSIONS_ASKED_MAX;
+use idunno_core::dfs::request::{LIST_PAGE_NAMES, PLACE_EXCLUDE_MAX, VERSIONS_ASKED_MAX};
 use idunno_core::dfs::{DfsAnswer, DfsCommand, DfsError, DfsRequest, VersionInfo};
 use idunno_core::membership::NodeId;
 use idunno_core::wire::ControlResponse;
@@ -41,25 +41,38 @@ pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
             }
             Action::Propose(ClusterOp::Dfs(command))
         }
-        DfsRequest::Place { hash, .. } => Action::Read(Box::new(move |state: &ClusterState| {
-            let ns = state.dfs();
-            let candidates = candidates(state, &alive);
-            let placed = placement::place(&hash, &candidates, ns.config().replication);
-            dfs(DfsAnswer::Placed {
-                replicas: placed.nodes,
-            })
-        })),
+        DfsRequest::Place { hash, exclude, .. } => {
+            Action::Read(Box::new(move |state: &ClusterState| {
+                let ns = state.dfs();
+                // Nodes that just refused this blob are left out (a bounded list).
+                let excluded: BTreeSet<NodeId> =
+                    exclude.into_iter().take(PLACE_EXCLUDE_MAX).collect();
+                let mut candidates = candidates(state, &alive);
+                candidates.retain(|c| !excluded.contains(&c.node));
+                let placed = placement::place(&hash, &candidates, ns.config().replication);
+                debug_assert!(placed.nodes.iter().all(|n| !excluded.contains(n)));
+                dfs(DfsAnswer::Placed {
+                    replicas: placed.nodes,
+                })
+            }))
+        }
         DfsRequest::Versions { name, count } => {
             let count = count.clamp(1, VERSIONS_ASKED_MAX);
             Action::Read(Box::new(move |state: &ClusterState| {
                 dfs(DfsAnswer::Versions(versions(state, &name, count)))
             }))
         }
-        DfsRequest::List { prefix } => Action::Read(Box::new(move |state: &ClusterState| {
-            let names = state.dfs().list(&prefix);
-            dfs(DfsAnswer::Names(
-                names.into_iter().map(str::to_owned).collect(),
-            ))
+        DfsRequest::List {
+            prefix,
+            start_after,
+        } => Action::Read(Box::new(move |state: &ClusterState| {
+            let page = state
+                .dfs()
+                .list_page(&prefix, start_after.as_deref(), LIST_PAGE_NAMES);
+            dfs(DfsAnswer::Names {
+                names: page.names.into_iter().map(str::to_owned).collect(),
+                more: page.more,
+            })
         })),
         DfsRequest::FilesOn { node } => Action::Read(Box::new(move |state: &ClusterState| {
             let files = state.dfs().files_on(&node);
@@ -197,6 +210,7 @@ mod tests {
         let request = DfsRequest::Place {
             hash: ContentHash([1; 32]),
             size: 5,
+            exclude: Vec::new(),
         };
         let DfsAnswer::Placed { replicas } = read(action(request, alive.clone()), &state) else {
             panic!("not a placement");
@@ -207,11 +221,84 @@ mod tests {
         let request = DfsRequest::Place {
             hash: ContentHash([1; 32]),
             size: 5,
+            exclude: Vec::new(),
         };
         let DfsAnswer::Placed { replicas } = read(action(request, few), &state) else {
             panic!("not a placement");
         };
         assert_eq!(replicas.len(), 2, "degraded, never a dead node");
+    }
+
+    /// A node that refused a blob is never placed again for it while others are alive; with
+    /// every live node excluded the placement is empty (the client pauses then, and only then).
+    #[test]
+    fn placement_leaves_out_excluded_nodes() {
+        let state = ClusterState::default();
+        let alive: BTreeSet<NodeId> = (1..=6).map(node).collect();
+        let place = |exclude: Vec<NodeId>| {
+            let request = DfsRequest::Place {
+                hash: ContentHash([1; 32]),
+                size: 5,
+                exclude,
+            };
+            match read(action(request, alive.clone()), &state) {
+                DfsAnswer::Placed { replicas } => replicas,
+                other => panic!("not a placement: {other:?}"),
+            }
+        };
+        let first = place(Vec::new());
+        assert_eq!(first.len(), 4);
+        let refused = first[1];
+        let again = place(vec![refused]);
+        assert_eq!(again.len(), 4, "two spare live nodes fill the gap");
+        assert!(!again.contains(&refused), "{again:?}");
+        let two_left = place(vec![node(1), node(2), node(3), node(4)]);
+        assert_eq!(two_left.len(), 2, "degraded rather than a refused node");
+        assert!(two_left.iter().all(|n| [node(5), node(6)].contains(n)));
+        assert!(place((1..=6).map(node).collect()).is_empty());
+        // Only the first PLACE_EXCLUDE_MAX are honoured.
+        let mut long: Vec<NodeId> = (10..10 + PLACE_EXCLUDE_MAX as u8).map(node).collect();
+        long.extend((1..=6).map(node));
+        assert_eq!(
+            place(long).len(),
+            4,
+            "exclusions past the bound are ignored"
+        );
+    }
+
+    #[test]
+    fn lists_come_in_pages_with_a_cursor() {
+        let mut state = ClusterState::default();
+        let total = LIST_PAGE_NAMES + 1;
+        for i in 0..total {
+            let op = ClusterOp::Dfs(DfsCommand::Commit {
+                name: format!("in/{i:05}"),
+                size: 1,
+                hash: ContentHash([7; 32]),
+                replicas: vec![node(1)],
+                request: RequestId {
+                    client: 1,
+                    seq: i as u64 + 1,
+                },
+            });
+            state.execute(ClusterCommand::new(Instant::from_micros(1), op));
+        }
+        let list = |start_after: Option<String>| {
+            let request = DfsRequest::List {
+                prefix: "in/".into(),
+                start_after,
+            };
+            match read(action(request, BTreeSet::new()), &state) {
+                DfsAnswer::Names { names, more } => (names, more),
+                other => panic!("not names: {other:?}"),
+            }
+        };
+        let (first, more) = list(None);
+        assert_eq!(first.len(), LIST_PAGE_NAMES);
+        assert!(more);
+        let (rest, more) = list(first.last().cloned());
+        assert_eq!(rest, vec![format!("in/{:05}", LIST_PAGE_NAMES)]);
+        assert!(!more);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub mod leader;
 pub mod service;
 pub mod tasks;
 
+#[cfg(test)]
+mod tests;
+
 use idunno_core::dfs::{ContentHash, DfsRequest};
 use idunno_core::wire::ControlRequest;
 

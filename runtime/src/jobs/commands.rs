@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idunno_core::dfs::namespace::LIST_ENTRIES_MAX;
 use idunno_core::dfs::{DfsError, validate_name};
 use idunno_core::scheduler::api::{InputResult, SchedAnswer, SchedQuery};
 use idunno_core::scheduler::{INPUTS_PER_JOB_MAX, InputOutcome, JobId, JobSpec, JobStatus};
@@ -293,19 +292,26 @@ pub async fn inference(
         }
     }
     let prefix = input_prefix(dir);
-    let names = dfs.list(&format!("{prefix}/")).await.map_err(dfs_error)?;
+    // Every page of the listing, refused past the scheduler's limit (exactly that many run).
+    let names = match dfs
+        .list_at_most(&format!("{prefix}/"), INPUTS_PER_JOB_MAX)
+        .await
+    {
+        Ok(names) => names,
+        Err(DfsClientError::TooManyNames { max, .. }) => {
+            return Err(usage(format!(
+                "more than {max} files under {prefix}/: a job takes at most {INPUTS_PER_JOB_MAX} \
+                 inputs (upload fewer, or split them over several directories)"
+            )));
+        }
+        Err(e) => return Err(dfs_error(e)),
+    };
     if names.is_empty() {
         return Err(usage(format!(
             "no files under {prefix}/ (upload a directory first)"
         )));
     }
-    // A listing is cut at LIST_ENTRIES_MAX names: one that long may hide more.
-    if names.len() > INPUTS_PER_JOB_MAX || names.len() >= LIST_ENTRIES_MAX {
-        return Err(usage(format!(
-            "{} or more files under {prefix}/: a job takes at most {INPUTS_PER_JOB_MAX} inputs",
-            names.len()
-        )));
-    }
+    debug_assert!(names.len() <= INPUTS_PER_JOB_MAX);
     let inputs = names.len();
     let client = SchedClient::new(node, timeout);
     let spec = JobSpec {
