@@ -1,6 +1,16 @@
 //! Throughput of the models on the CPU (Flex backend), for docs/benchmarks.md:
 //! `cargo run -p idunno-models --release --example bench -- [--seconds 5] [--repeats 5]`.
 //!
+//! With a device (`--device cpu|wgpu`, or `IDUNNO_DEVICE`; `wgpu` needs the `wgpu` feature),
+//! a shorter report on that device instead, for comparing a GPU with
+//! the CPU of the same machine: EfficientNet-Lite0 checked against the reference top-5
+//! (`testdata/efficientnet-lite0.reference.tsv`, probabilities within 0.01, as
+//! tests/efficientnet.rs does), its images/s at batch 1, 8, 32 on all the machine's cores (or the
+//! GPU), and the digits CNN's training time (default `TrainConfig`) and held-out accuracy; the
+//! markdown rows go to stdout and, with `--out FILE`, are appended to FILE (`--machine TEXT`
+//! names the machine in them, `--testdata DIR` finds the images away from the source tree).
+//! Exits 1 if the reference check fails.
+//!
 //! EfficientNet-Lite0: images/s at batch 1, 8, 32 on 1 and 2 rayon threads, network only (the
 //! input tensors are preprocessed once), measured like ../shared/tools/onnxruntime_bench.py:
 //! warm-up, then `repeats` timed repeats of back-to-back batches for at least `seconds` each,
@@ -13,6 +23,9 @@ use std::time::{Duration, Instant};
 use idunno_models::digits::{Dataset, DigitsCnn, TrainConfig};
 use idunno_models::efficientnet::{EfficientNetLite0, preprocess_image};
 use idunno_models::{Model, Preprocessed, default_device};
+
+#[path = "bench/device_report.rs"]
+mod device_report;
 
 fn arg(name: &str, default: f64) -> f64 {
     let args: Vec<String> = std::env::args().collect();
@@ -81,9 +94,36 @@ fn measure(seconds: f64, repeats: usize, items: usize, mut run: impl FnMut()) ->
     (rates[rates.len() / 2], rates[0], rates[rates.len() - 1])
 }
 
+/// The value after `name` on the command line, as text.
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds = arg("--seconds", 5.0);
     let repeats = arg("--repeats", 5.0) as usize;
+    if let Some(name) = text_arg("--device").or_else(|| std::env::var("IDUNNO_DEVICE").ok()) {
+        let options = device_report::Options {
+            device_name: name,
+            seconds,
+            repeats,
+            machine: text_arg("--machine").unwrap_or_else(|| "this machine".to_owned()),
+            testdata: text_arg("--testdata")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+                }),
+            out: text_arg("--out").map(std::path::PathBuf::from),
+        };
+        return match device_report::run(&options)? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        };
+    }
     let device = default_device();
     let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
     let names = [

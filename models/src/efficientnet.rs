@@ -44,6 +44,10 @@ pub const WEIGHTS_DIR_ENV: &str = "IDUNNO_MODELS_WEIGHTS_DIR";
 /// also makes an image's result independent of the batch it arrives in.
 pub const MICRO_BATCH: usize = 1;
 
+/// Images per forward pass on a GPU device: a whole batch of this size goes in one pass (a GPU
+/// needs many images in flight to fill its cores; a pass per image leaves it mostly idle).
+pub const GPU_MICRO_BATCH: usize = 64;
+
 const BATCH_NORM_EPSILON: f64 = 1e-3;
 const STEM_CHANNELS: usize = 32;
 const HEAD_CHANNELS: usize = 1280;
@@ -375,7 +379,8 @@ impl EfficientNetLite0 {
         Ok(Self::with_net(net, device))
     }
 
-    /// Run batches `images` at a time internally (at least 1); see [`MICRO_BATCH`].
+    /// Run batches `images` at a time internally (at least 1); see [`MICRO_BATCH`] (the CPU's
+    /// default) and [`GPU_MICRO_BATCH`] (any other device's).
     pub fn with_micro_batch(mut self, images: usize) -> Self {
         self.micro_batch = images.max(1);
         self
@@ -398,7 +403,11 @@ impl EfficientNetLite0 {
     fn with_net(net: EfficientNet, device: &Device) -> Self {
         Self {
             folded: FoldedNet::new(&net),
-            micro_batch: MICRO_BATCH,
+            micro_batch: if crate::device::is_cpu(device) {
+                MICRO_BATCH
+            } else {
+                GPU_MICRO_BATCH
+            },
             net,
             device: device.clone(),
             labels: imagenet_labels(),

@@ -16,12 +16,14 @@
 //! Must never: depend on the cluster crates (core, runtime), do network I/O, or panic on input
 //! bytes. Files are read only where a path is handed in (pretrained weights, `predict::run`).
 //! Burn runs on the device the caller picks (CPU `Device::flex()` by default, see
-//! [`default_device`]).
+//! [`default_device`]; a GPU through the optional `wgpu` feature, picked by name with
+//! [`device::parse`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod classify;
+pub mod device;
 pub mod digits;
 pub mod efficientnet;
 pub mod error;
@@ -34,6 +36,7 @@ mod weights;
 pub use burn::tensor::Device;
 use burn::tensor::{Tensor, TensorData};
 pub use classify::{ClassScore, Prediction};
+pub use device::DeviceError;
 pub use error::{InputError, ModelError};
 
 /// What kind of bytes a model takes as one input.
@@ -158,7 +161,8 @@ pub fn predict_batch(
 }
 
 /// The device models run on unless the caller picks another: Burn's pure-Rust CPU backend
-/// (Flex), multi-threaded through rayon (`RAYON_NUM_THREADS` caps the threads).
+/// (Flex), multi-threaded through rayon (`RAYON_NUM_THREADS` caps the threads). Always the CPU,
+/// also in builds with a GPU feature; [`device::parse`] gives the others.
 pub fn default_device() -> Device {
     Device::flex()
 }
