@@ -384,6 +384,15 @@ pub fn client(node: SocketAddr, args: &[&str]) -> Result<ClientOutput, String> {
     }
 }
 
+/// The cluster key of the cluster that started `node`, if a harness cluster did.
+pub fn key_of(node: SocketAddr) -> Option<String> {
+    node_keys()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&node)
+        .cloned()
+}
+
 /// [`client`] with exactly one credential variable set (`None`: no credential at all).
 pub fn client_with(
     node: SocketAddr,

@@ -32,9 +32,14 @@ const DIGITS: usize = 60;
 /// The broken input among the photos.
 const BROKEN: &str = "zz-broken.png";
 
-/// Runs `idunno-node ARGS` to completion within `limit`; its stdout, or an error with stderr.
-fn run_node(args: &[&str], limit: Duration) -> Result<String, String> {
-    let mut child = Command::new(node_binary())
+/// Runs `idunno-node ARGS` to completion within `limit`, proving `key` (the cluster key) when
+/// given; its stdout, or an error with stderr.
+fn run_node(args: &[&str], key: Option<String>, limit: Duration) -> Result<String, String> {
+    let mut command = Command::new(node_binary());
+    if let Some(key) = key {
+        command.env("IDUNNO_CLUSTER_KEY", key);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -71,11 +76,12 @@ fn run_node(args: &[&str], limit: Duration) -> Result<String, String> {
 
 /// A client command with a long deadline (training, uploads), its JSON answer.
 fn client_long(node: SocketAddr, args: &[&str]) -> Result<serde_json::Value, String> {
+    let key = idunno_tests::harness::key_of(node);
     let node = node.to_string();
     let mut all = vec!["client", "--node", &node, "--timeout-ms", "10000"];
     all.extend_from_slice(args);
     all.push("--json");
-    let stdout = run_node(&all, Duration::from_secs(180))?;
+    let stdout = run_node(&all, key, Duration::from_secs(180))?;
     serde_json::from_str(stdout.trim()).map_err(|e| format!("{args:?}: not JSON ({e}): {stdout}"))
 }
 
