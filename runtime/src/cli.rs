@@ -137,6 +137,11 @@ pub struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = crate::consensus::COMPACT_EVERY_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_compact_every: u64,
+    /// Where a voter fsyncs its Raft log: `background` (a storage thread; the node's event loop
+    /// goes on meanwhile and queued batches share one fsync) or `inline` (on the event loop;
+    /// for comparison).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = crate::consensus::persister::PersistMode::Background)]
+    pub raft_persist: crate::consensus::persister::PersistMode,
     /// Inference batches this node works on at once (with Raft configured); 0 runs no worker.
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(0..=idunno_core::scheduler::LEASES_PER_WORKER_MAX as u64))]
@@ -175,6 +180,7 @@ impl StartArgs {
         }
         Some(RaftOptions {
             compact_every: self.raft_compact_every,
+            persist: self.raft_persist,
             id: self.raft_id.map(VoterId),
             voters: self
                 .voters

@@ -219,11 +219,12 @@ fn setup_raft(
     }
     let data_dir = data_dir
         .ok_or_else(|| NodeError::RaftOptions("a voter needs --data-dir for its log".into()))?;
-    let driver = RaftDriver::open(
+    let driver = RaftDriver::open_with(
         me,
         Arc::clone(&voters),
         &data_dir.join(RAFT_DIR),
         rng_seed ^ me.0,
+        options.persist,
     )?
     .with_compaction(options.compact_every);
     let (inbound, messages) = Inbound::new(me, Arc::clone(&voters));

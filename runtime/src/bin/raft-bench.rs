@@ -65,6 +65,9 @@ struct Args {
     /// Leader kills in the failover part (0 skips it).
     #[arg(long, default_value_t = 5)]
     failovers: u16,
+    /// Where the voters fsync their log (`idunno-node start --raft-persist`): background or inline.
+    #[arg(long, default_value = "background", value_parser = ["background", "inline"])]
+    persist: String,
 }
 
 /// A failed step; the message says which and why.
@@ -89,7 +92,7 @@ fn main() -> ExitCode {
         unix_time_ms()
     ));
     let outcome = block_on(async {
-        let mut cluster = Cluster::new(root, usize::from(args.voters))?;
+        let mut cluster = Cluster::new(root, usize::from(args.voters), &args.persist)?;
         let interrupted = interrupted()?;
         tokio::select! {
             result = bench(&args, &mut cluster) => result,
@@ -239,7 +242,12 @@ async fn throughput(args: &Args, leader: SocketAddr) -> Result<Throughput, Bench
                 .await
                 {
                     Ok(_) => latencies.push(sent.elapsed()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("raft-bench: client {client}: first failed put: {e}");
+                        }
+                        errors += 1;
+                    }
                 }
             }
             (latencies, errors)
@@ -414,6 +422,8 @@ struct Cluster {
     root: PathBuf,
     addrs: Vec<SocketAddr>,
     voters_arg: String,
+    /// `--raft-persist` of every voter.
+    persist: String,
     /// Indexed by voter; `None` when not running.
     children: Vec<Option<Child>>,
     /// The first stdout line of a child that was started and not yet waited for.
@@ -449,7 +459,7 @@ fn free_addr(ip: IpAddr) -> Result<SocketAddr, BenchError> {
 }
 
 impl Cluster {
-    fn new(root: PathBuf, voters: usize) -> Result<Self, BenchError> {
+    fn new(root: PathBuf, voters: usize, persist: &str) -> Result<Self, BenchError> {
         let me = std::env::current_exe()?;
         let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
         if !exe.is_file() {
@@ -475,6 +485,7 @@ impl Cluster {
             root,
             addrs,
             voters_arg,
+            persist: persist.to_string(),
             children: (0..voters).map(|_| None).collect(),
             listening: (0..voters).map(|_| None).collect(),
         })
@@ -516,6 +527,8 @@ impl Cluster {
             .arg(&self.voters_arg)
             .arg("--data-dir")
             .arg(self.root.join(format!("voter-{index}")))
+            .arg("--raft-persist")
+            .arg(&self.persist)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or("warn".into()),

@@ -8,9 +8,10 @@
 //! Inputs: peer messages (from [`super::transport::Inbound`]), due timers, control requests
 //! (`Leader`, `KvPut`, `KvGet`, `FailedNodes`, `Sched`), and, as leader, a tick that proposes
 //! `ExpireLeases` when a scheduler lease is due. Outputs, carried out in the order the machine decided them:
-//! each `Persist` is written and fsynced inline and acknowledged with `Input::Persisted` before
-//! the next output is looked at (so no later `Send` leaves before it), messages are queued on
-//! the transport, timers armed, committed entries applied and answered.
+//! each `Persist` goes to the [`Persister`] (a storage thread by default, which fsyncs batches
+//! that queue up together) and is acknowledged with `Input::Persisted` when durable (the machine
+//! holds every message that depends on it until then); messages are queued on the transport,
+//! timers armed, committed entries applied and answered.
 //! Must never: decide anything about Raft, reorder the machine's outputs, send before a persist
 //! it follows is durable, answer a put before its entry applied, serve a read before the read
 //! index applied, hold more than its bounds of waiting requests, or panic on peer or disk data.
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::RaftRequest;
+use super::persister::{Completion, PersistMode, PersistStats, Persister};
 use super::transport::Outbound;
 use crate::dfs::leader::Action as DfsAction;
 use crate::storage::{Options as StoreOptions, StorageError, Store};
@@ -133,7 +135,7 @@ impl std::fmt::Debug for PendingRead {
 #[derive(Debug)]
 pub struct RaftDriver {
     raft: Raft,
-    store: Store,
+    persister: Persister,
     state: ClusterState,
     timers: TimerQueue<Timer>,
     epoch: tokio::time::Instant,
@@ -161,12 +163,24 @@ pub struct RaftDriver {
 
 impl RaftDriver {
     /// Opens (or creates) the store in `dir`, restores the machine and the key-value state from
-    /// it, and starts the outbound transport. Blocks on the disk; call at startup, inside tokio.
+    /// it, and starts the outbound transport and the storage thread. Blocks on the disk; call at
+    /// startup, inside tokio.
     pub fn open(
         me: VoterId,
         voters: Arc<BTreeMap<VoterId, SocketAddr>>,
         dir: &Path,
         rng_seed: u64,
+    ) -> Result<Self, RaftDriverError> {
+        Self::open_with(me, voters, dir, rng_seed, PersistMode::default())
+    }
+
+    /// [`Self::open`] with the persist batches written as `mode` says.
+    pub fn open_with(
+        me: VoterId,
+        voters: Arc<BTreeMap<VoterId, SocketAddr>>,
+        dir: &Path,
+        rng_seed: u64,
+        mode: PersistMode,
     ) -> Result<Self, RaftDriverError> {
         let (store, persisted) = Store::open(dir, StoreOptions::default())?;
         let mut state = ClusterState::default();
@@ -193,9 +207,11 @@ impl RaftDriver {
         )
         .map_err(RaftDriverError::Setup)?;
         let outbound = Outbound::start(me, &voters);
+        let persister = Persister::start(store, mode)
+            .map_err(|e| RaftDriverError::Storage(StorageError::io(dir, e)))?;
         Ok(RaftDriver {
             raft,
-            store,
+            persister,
             state,
             timers: TimerQueue::new(),
             epoch,
@@ -221,6 +237,7 @@ impl RaftDriver {
         mut messages: mpsc::Receiver<(VoterId, Message)>,
     ) -> Result<(), RaftDriverError> {
         self.drain()?;
+        let mut completions = self.persister.take_completions();
         let mut requests_open = true;
         let mut messages_open = true;
         let mut view = self.view.clone();
@@ -236,6 +253,9 @@ impl RaftDriver {
                     if changed.is_err() {
                         view = None;
                     }
+                }
+                done = recv_opt(completions.as_mut()), if completions.is_some() => {
+                    self.on_persisted(done)?;
                 }
                 () = sleep_until_opt(wake), if wake.is_some() => self.on_timers()?,
                 _ = expire_tick.tick() => self.propose_expiry()?,
@@ -368,6 +388,32 @@ impl RaftDriver {
             debug!(error = %e, "raft input dropped");
         }
         self.drain()
+    }
+
+    /// Tells the machine that batches up to `batch` are durable.
+    fn acknowledge(&mut self, batch: u64) {
+        let now = self.now();
+        if let Err(e) = self.raft.handle(now, Input::Persisted(batch)) {
+            error!(batch, error = %e, "persist acknowledgement refused");
+        }
+    }
+
+    /// A completion from the storage thread: acknowledges it, or stops the voter on a storage
+    /// error (or a stopped thread).
+    fn on_persisted(&mut self, done: Option<Completion>) -> Result<(), RaftDriverError> {
+        match done {
+            Some(Ok(batch)) => {
+                self.acknowledge(batch);
+                self.drain()
+            }
+            Some(Err(e)) => Err(RaftDriverError::Storage(e)),
+            None => Err(RaftDriverError::Storage(StorageError::Failed)),
+        }
+    }
+
+    /// Counters of the persistence path.
+    pub fn persist_stats(&self) -> PersistStats {
+        self.persister.stats()
     }
 
     fn on_timers(&mut self) -> Result<(), RaftDriverError> {
@@ -556,12 +602,10 @@ impl RaftDriver {
         while let Some(output) = self.raft.poll_output() {
             match output {
                 Output::Persist(batch) => {
-                    // Durable (fsynced) before the machine hears of it, so before any later
-                    // output, and every message held for it, is carried out.
-                    self.store.apply_persist(&batch)?;
-                    let now = self.now();
-                    if let Err(e) = self.raft.handle(now, Input::Persisted(batch.batch)) {
-                        error!(batch = batch.batch, error = %e, "persist acknowledgement refused");
+                    // The machine hears of a batch only once it is durable (fsynced); until
+                    // then it holds every message that depends on it.
+                    if let Some(durable) = self.persister.submit(batch)? {
+                        self.acknowledge(durable);
                     }
                 }
                 Output::Send { to, msg } => self.outbound.send(to, &msg),
@@ -667,6 +711,13 @@ async fn changed_opt(
 ) -> Result<(), watch::error::RecvError> {
     match view {
         Some(view) => view.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(done: Option<&mut mpsc::UnboundedReceiver<Completion>>) -> Option<Completion> {
+    match done {
+        Some(done) => done.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -13,6 +13,7 @@
 //! without a deadline, or panic on peer data.
 
 pub mod driver;
+pub mod persister;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,8 @@ pub struct RaftOptions {
     pub voters: BTreeMap<VoterId, SocketAddr>,
     /// Compact the log into a snapshot of the state every this many applied entries.
     pub compact_every: u64,
+    /// Where the voter's persist batches are written and fsynced.
+    pub persist: persister::PersistMode,
 }
 
 /// Default of [`RaftOptions::compact_every`].

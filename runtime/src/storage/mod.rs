@@ -26,7 +26,7 @@ pub mod record;
 pub mod segment;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -302,17 +302,38 @@ impl Store {
     /// fsynced, after which the driver may hand `Input::Persisted(batch.batch)` to Raft.
     /// After an error every later call fails with [`StorageError::Failed`].
     pub fn apply_persist(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
+        self.apply_persist_group(std::slice::from_ref(batch))
+    }
+
+    /// Makes consecutive `batches` durable in order with one fsync of the log at the end (group
+    /// commit): each batch's hard state and snapshot are written (and fsynced) as it comes, its
+    /// log changes are written, and the log is fsynced once after the last. When this returns
+    /// `Ok`, every batch is durable and the driver may acknowledge the last one (Raft's
+    /// acknowledgements are cumulative). A crash before the fsync loses only the group's log
+    /// writes, none of which was acknowledged. After an error every later call fails with
+    /// [`StorageError::Failed`].
+    pub fn apply_persist_group(&mut self, batches: &[PersistBatch]) -> Result<(), StorageError> {
         if self.failed {
             return Err(StorageError::Failed);
         }
-        let result = self.apply_steps(batch);
+        let result = batches
+            .iter()
+            .try_for_each(|batch| self.write_steps(batch))
+            .and_then(|()| self.log.sync());
         if result.is_err() {
             self.failed = true;
         }
+        debug_assert!(
+            result.is_err()
+                || batches
+                    .last()
+                    .is_none_or(|b| b.hard_state == self.hard_state)
+        );
         result
     }
 
-    fn apply_steps(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
+    /// Writes one batch (hard state and snapshot durably, log changes unsynced).
+    fn write_steps(&mut self, batch: &PersistBatch) -> Result<(), StorageError> {
         if batch.hard_state != self.hard_state {
             meta::write(
                 &self.dir,
@@ -337,7 +358,6 @@ impl Store {
             }
             self.log.append(&batch.entries)?;
         }
-        self.log.sync()?;
         debug_assert!(self.hard_state == batch.hard_state);
         Ok(())
     }

@@ -14,10 +14,10 @@ use super::segment::segment_name;
 use super::{HARD_STATE_FILE, Options, SNAPSHOT_FILE, StorageError, Store, record};
 
 /// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub(crate) fn new(name: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path =
@@ -487,6 +487,7 @@ fn random_batches_match_the_model_across_reopens() {
     let dir = TempDir::new("model");
     let (mut store, mut model) = Store::open(&dir.0, small()).expect("opens");
     let mut term = 1;
+    let mut group = Vec::new();
     for n in 1..=120u64 {
         let offset = model.snapshot.as_ref().map_or(0, |s| s.index);
         let last = offset + model.entries.len() as u64;
@@ -515,13 +516,24 @@ fn random_batches_match_the_model_across_reopens() {
             .map(|i| entry(i, term))
             .collect();
         let b = batch(n, hard(term, None), snapshot, first_index, new);
-        store.apply_persist(&b).expect("persists");
         model.apply(&b);
+        // Batches are written one at a time or in groups with one fsync (group commit).
+        group.push(b);
+        if next(3) == 0 {
+            store.apply_persist_group(&group).expect("persists");
+            group.clear();
+        }
         if next(5) == 0 {
+            store.apply_persist_group(&group).expect("persists");
+            group.clear();
             drop(store);
             let (reopened, persisted) = Store::open(&dir.0, small()).expect("reopens");
             assert_eq!(persisted, model, "after batch {n}");
             store = reopened;
         }
     }
+    store.apply_persist_group(&group).expect("persists");
+    drop(store);
+    let (_, persisted) = Store::open(&dir.0, small()).expect("reopens");
+    assert_eq!(persisted, model, "at the end");
 }
