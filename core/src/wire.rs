@@ -148,6 +148,39 @@ pub enum ControlRequest {
         /// Already forwarded once by another node: answer, never forward again.
         forwarded: bool,
     },
+    /// This node's own counters (membership, Raft, authentication, worker): answered by the
+    /// node asked, never forwarded.
+    NodeStats,
+}
+
+/// Most groups in a [`ControlResponse::NodeStats`] answer.
+pub const STATS_GROUPS_MAX: usize = 16;
+/// Most counters in one [`StatsGroup`].
+pub const STATS_COUNTERS_MAX: usize = 64;
+
+/// One named group of a node's counters (for example `raft` or `membership`), as the `stats`
+/// client command shows them. Counters are monotonic totals since the process started, except
+/// where the name says otherwise (`term`, `commit_index`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDerive, Deserialize)]
+pub struct StatsGroup {
+    /// The group's name.
+    pub name: String,
+    /// `(counter name, value)`, in a fixed order.
+    pub counters: Vec<(String, u64)>,
+}
+
+impl StatsGroup {
+    /// A group named `name` with `counters`, cut to [`STATS_COUNTERS_MAX`].
+    pub fn new(name: &str, counters: &[(&str, u64)]) -> Self {
+        StatsGroup {
+            name: name.to_owned(),
+            counters: counters
+                .iter()
+                .take(STATS_COUNTERS_MAX)
+                .map(|&(n, v)| (n.to_owned(), v))
+                .collect(),
+        }
+    }
 }
 
 /// A node's answer to a [`ControlRequest`].
@@ -224,6 +257,8 @@ pub enum ControlResponse {
     Sched(crate::scheduler::api::SchedAnswer),
     /// Answer to [`ControlRequest::Dfs`].
     Dfs(crate::dfs::DfsAnswer),
+    /// Answer to [`ControlRequest::NodeStats`]: at most [`STATS_GROUPS_MAX`] groups.
+    NodeStats(Vec<StatsGroup>),
 }
 
 /// Number of bytes `value` takes in the bincode encoding (without the version byte).

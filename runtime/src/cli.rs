@@ -247,6 +247,14 @@ pub enum ClientRequest {
     },
     /// Tell the node to leave the cluster gracefully and exit.
     Leave,
+    /// The node's own counters: membership (datagrams, drops, suspicions), authentication
+    /// (refused datagrams and connections), its worker, and on a voter Raft (term, indexes,
+    /// dropped and stale messages, persist batches and fsyncs).
+    Stats {
+        /// Print one JSON object `{"GROUP":{"COUNTER":VALUE}}` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Who leads the Raft log: voter id, address and term (any node answers).
     Leader {
         /// Print one JSON object instead of a line.

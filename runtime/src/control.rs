@@ -244,16 +244,31 @@ enum Handoff {
 }
 
 /// Whether only another node may send `request`: a `RaftHello`, a request another node
-/// forwarded, or a node-internal file-system request (the leader's repair planning and the
-/// re-replication copy it orders). A connection that proved a client token gets an error
-/// answer for these.
+/// forwarded, a node-internal file-system request (the leader's repair planning, the
+/// re-replication copy it orders and the new replica it records), or a worker's scheduler
+/// command (lease, renew, complete: a token holder must not report results for a worker or
+/// expire its leases). A connection that proved a client token gets an error answer for these.
 pub fn is_peer_only(request: &ControlRequest) -> bool {
-    use idunno_core::dfs::DfsRequest;
+    use idunno_core::dfs::{DfsCommand, DfsRequest};
+    use idunno_core::scheduler::SchedCommand;
+    use idunno_core::scheduler::api::SchedRequest;
     matches!(
         request,
         ControlRequest::RaftHello { .. }
             | ControlRequest::Dfs {
-                request: DfsRequest::PlanRepairs { .. } | DfsRequest::Fetch { .. },
+                request: DfsRequest::PlanRepairs { .. }
+                    | DfsRequest::Fetch { .. }
+                    | DfsRequest::Apply(DfsCommand::ReplicaAdded { .. }),
+                ..
+            }
+            | ControlRequest::Sched {
+                request: SchedRequest::Command(
+                    SchedCommand::Lease { .. }
+                        | SchedCommand::Renew { .. }
+                        | SchedCommand::Complete { .. }
+                        | SchedCommand::CompleteAndLease { .. }
+                        | SchedCommand::ExpireLeases
+                ),
                 ..
             }
             | ControlRequest::KvPut {
@@ -341,7 +356,9 @@ where
             return Some(Handoff::Dfs(request));
         }
         debug!(?request, "control request");
-        let answer = if consensus::is_raft_request(&request) {
+        let answer = if request == ControlRequest::NodeStats {
+            crate::stats::node_stats(requests, raft).await
+        } else if consensus::is_raft_request(&request) {
             match raft {
                 Some(raft) => consensus::route(raft, request).await,
                 None => ControlResponse::Error("raft is not enabled on this node".to_owned()),
@@ -364,7 +381,10 @@ where
     None
 }
 
-async fn ask_driver(requests: &mpsc::Sender<Request>, request: ControlRequest) -> ControlResponse {
+pub(crate) async fn ask_driver(
+    requests: &mpsc::Sender<Request>,
+    request: ControlRequest,
+) -> ControlResponse {
     let shutting_down = || ControlResponse::Error("node is shutting down".to_owned());
     let (reply, answer) = oneshot::channel();
     let asked = async {
@@ -486,6 +506,17 @@ fn unexpected(node: SocketAddr, answer: &ControlResponse) -> ClientError {
 pub async fn list_members(node: SocketAddr, timeout: Duration) -> Result<Vec<Member>, ClientError> {
     match call(node, &ControlRequest::ListMembers, timeout).await? {
         ControlResponse::Members(members) => Ok(members),
+        other => Err(unexpected(node, &other)),
+    }
+}
+
+/// `node`'s own counters, in named groups (membership, authentication, worker, Raft).
+pub async fn node_stats(
+    node: SocketAddr,
+    timeout: Duration,
+) -> Result<Vec<idunno_core::wire::StatsGroup>, ClientError> {
+    match call(node, &ControlRequest::NodeStats, timeout).await? {
+        ControlResponse::NodeStats(groups) => Ok(groups),
         other => Err(unexpected(node, &other)),
     }
 }
@@ -628,14 +659,40 @@ mod tests {
             key: "k".into(),
             forwarded: true,
         };
-        for request in [&plan, &hello, &forwarded] {
+        let sched = |command| ControlRequest::Sched {
+            request: idunno_core::scheduler::api::SchedRequest::Command(command),
+            forwarded: false,
+        };
+        let expire = sched(idunno_core::scheduler::SchedCommand::ExpireLeases);
+        let added = ControlRequest::Dfs {
+            request: DfsRequest::Apply(idunno_core::dfs::DfsCommand::ReplicaAdded {
+                hash: idunno_core::dfs::ContentHash([0; 32]),
+                node: NodeId::new(addr(7), 1),
+            }),
+            forwarded: false,
+        };
+        for request in [&plan, &hello, &forwarded, &expire, &added] {
             assert!(is_peer_only(request), "{request:?}");
         }
         let asked = ControlRequest::KvGet {
             key: "k".into(),
             forwarded: false,
         };
-        for request in [&ControlRequest::ListSelf, &ControlRequest::Leave, &asked] {
+        let cancel = sched(idunno_core::scheduler::SchedCommand::Cancel {
+            job: idunno_core::scheduler::JobId(1),
+        });
+        let held = ControlRequest::Dfs {
+            request: DfsRequest::Held,
+            forwarded: false,
+        };
+        for request in [
+            &ControlRequest::ListSelf,
+            &ControlRequest::Leave,
+            &ControlRequest::NodeStats,
+            &asked,
+            &cancel,
+            &held,
+        ] {
             assert!(!is_peer_only(request), "{request:?}");
         }
     }

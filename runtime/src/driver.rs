@@ -9,6 +9,7 @@
 //! Must never: decide anything about membership, drop or reorder the machine's outputs, block
 //! on anything but its own socket, or panic on what a peer sends.
 
+use crate::stats::NodeCounters;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -73,6 +74,7 @@ pub struct Driver<S> {
     left: bool,
     leave_deadline: Option<tokio::time::Instant>,
     view: Option<watch::Sender<MembershipView>>,
+    counters: NodeCounters,
 }
 
 impl<S: DatagramSocket> Driver<S> {
@@ -96,12 +98,19 @@ impl<S: DatagramSocket> Driver<S> {
             left: false,
             leave_deadline: None,
             view: None,
+            counters: NodeCounters::default(),
         })
     }
 
     /// Publishes the membership view on `view` from now on.
     pub fn with_view(mut self, view: watch::Sender<MembershipView>) -> Self {
         self.view = Some(view);
+        self
+    }
+
+    /// Adds the node's other counters to this driver's `NodeStats` answers.
+    pub fn with_counters(mut self, counters: NodeCounters) -> Self {
+        self.counters = counters;
         self
     }
 
@@ -196,6 +205,19 @@ impl<S: DatagramSocket> Driver<S> {
     async fn on_request(&mut self, Request { request, reply }: Request) {
         let response = match request {
             ControlRequest::ListMembers => ControlResponse::Members(self.machine.members()),
+            ControlRequest::NodeStats => {
+                let members = u64::try_from(self.machine.members().len()).unwrap_or(u64::MAX);
+                let mut groups = vec![crate::stats::group_of(
+                    "membership",
+                    &[
+                        ("incarnation", self.machine.incarnation()),
+                        ("members", members),
+                    ],
+                    self.machine.metrics(),
+                )];
+                groups.extend(self.counters.groups());
+                ControlResponse::NodeStats(groups)
+            }
             ControlRequest::ListSelf => ControlResponse::SelfInfo {
                 id: self.machine.me(),
                 incarnation: self.machine.incarnation(),

@@ -41,6 +41,7 @@ pub mod logging;
 pub mod net;
 pub mod node;
 pub mod render;
+pub mod stats;
 pub mod storage;
 pub mod timers;
 pub mod view;

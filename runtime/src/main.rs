@@ -191,6 +191,14 @@ fn client(args: ClientArgs) -> ExitCode {
                     format!("{}\n", render::self_line(id, incarnation))
                 })
             }
+            ClientRequest::Stats { json } => {
+                let groups = control::node_stats(node, timeout).await?;
+                Ok(if json {
+                    format!("{}\n", render::stats_json(&groups))
+                } else {
+                    render::stats_table(&groups)
+                })
+            }
             ClientRequest::Leave => {
                 control::leave(node, timeout).await?;
                 Ok(format!("node {node} is leaving the cluster\n"))

@@ -403,6 +403,7 @@ impl BoundNode {
         } = self;
         let tcp_auth = tcp_guard.stats();
         let id = driver.id();
+        let worker_stats = Arc::new(WorkerStats::default());
         // The worker asks through this node's own control port (which routes to the leader).
         let (stop_worker, worker_stopped) = watch::channel(false);
         let worker_task = (route.is_some() && worker.lanes > 0).then(|| {
@@ -427,7 +428,7 @@ impl BoundNode {
                     client,
                     executor,
                     worker,
-                    Arc::new(WorkerStats::default()),
+                    Arc::clone(&worker_stats),
                     worker_stopped,
                 )
                 .instrument(span.clone()),
@@ -459,7 +460,12 @@ impl BoundNode {
         });
         let (exit, metrics) = async {
             info!(generation = id.generation, "node started");
-            let membership = driver.run(seeds, requests);
+            let counters = crate::stats::NodeCounters {
+                datagrams: Some(Arc::clone(&auth)),
+                connections: Some(Arc::clone(&tcp_auth)),
+                worker: worker_task.is_some().then(|| Arc::clone(&worker_stats)),
+            };
+            let membership = driver.with_counters(counters).run(seeds, requests);
             let (exit, metrics) = match raft_task {
                 None => membership.await,
                 Some(mut raft_task) => {

@@ -3,12 +3,14 @@
 //! Owns: the member table's columns and the JSON shapes of `list_mem --json`
 //! (`[{"id","addr","generation","incarnation","state"}]`) and `list_self --json`
 //! (`{"id","addr","generation","incarnation"}`). `id` is `"addr#generation"`, `state` one of
-//! `alive`, `suspect`, `dead`, `left`. Other tools parse these: change them only on purpose.
+//! `alive`, `suspect`, `dead`, `left`; and `stats` (a `GROUP  COUNTER  VALUE` table, or
+//! `{"GROUP":{"COUNTER":VALUE,...},...}`). Other tools parse these: change them only on purpose.
 //! Must never: print (callers decide where text goes) or talk to a node.
 
 use std::fmt::Write as _;
 
 use idunno_core::membership::{Member, NodeId};
+use idunno_core::wire::StatsGroup;
 use serde_json::{Value, json};
 
 /// The member table: a header line, then one line per member, each ending in a newline.
@@ -84,6 +86,40 @@ pub fn self_line(id: NodeId, incarnation: u64) -> String {
         "id {id}  addr {}  generation {}  incarnation {incarnation}",
         id.addr, id.generation
     )
+}
+
+/// `stats`: one line per counter, `GROUP  COUNTER  VALUE`, groups in the node's order.
+pub fn stats_table(groups: &[StatsGroup]) -> String {
+    let width = groups
+        .iter()
+        .flat_map(|g| g.counters.iter().map(|(name, _)| name.len()))
+        .max()
+        .unwrap_or(0);
+    let group_width = groups.iter().map(|g| g.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for group in groups {
+        if group.counters.is_empty() {
+            let _ = writeln!(out, "{}", group.name);
+        }
+        for (name, value) in &group.counters {
+            let _ = writeln!(out, "{:group_width$}  {name:width$}  {value}", group.name);
+        }
+    }
+    out
+}
+
+/// `stats --json`: `{"GROUP": {"COUNTER": VALUE, ...}, ...}`.
+pub fn stats_json(groups: &[StatsGroup]) -> Value {
+    let mut object = serde_json::Map::new();
+    for group in groups {
+        let counters: serde_json::Map<String, Value> = group
+            .counters
+            .iter()
+            .map(|(name, value)| (name.clone(), json!(value)))
+            .collect();
+        object.insert(group.name.clone(), Value::Object(counters));
+    }
+    Value::Object(object)
 }
 
 #[cfg(test)]

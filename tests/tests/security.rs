@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, client_with, eventually, free_addr, ip, kv_get, kv_put,
-    leader, list_self, node_binary,
+    CONVERGE_TIMEOUT, Cluster, NodeSpec, client, client_with, eventually, free_addr, ip, kv_get,
+    kv_put, leader, list_self, node_binary,
 };
 
 /// This test's addresses start here (unique among the tests in this crate).
@@ -133,6 +133,34 @@ fn a_voter_with_the_wrong_key_is_refused_and_the_others_commit_without_it() {
                 Ok(())
             } else {
                 Err("no refusal logged yet".to_owned())
+            }
+        },
+    );
+    // `stats` on a good voter shows the refusals counted, beside its Raft progress.
+    eventually(
+        "a good voter's stats count the intruder's refused traffic",
+        CONVERGE_TIMEOUT,
+        || {
+            let out = client(good_addrs[0], &["stats", "--json"])?;
+            if !out.status.success() {
+                return Err(format!("stats failed: {}", out.stderr));
+            }
+            let stats: serde_json::Value =
+                serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stdout))?;
+            let counter = |group: &str, name: &str| stats[group][name].as_u64();
+            let refused_tcp = counter("tcp_auth", "forged").unwrap_or(0)
+                + counter("tcp_auth", "unauthenticated").unwrap_or(0)
+                + counter("tcp_auth", "broken").unwrap_or(0);
+            let refused_udp = counter("datagram_auth", "forged").unwrap_or(0);
+            let committed = counter("raft", "commit_index").unwrap_or(0);
+            match (
+                refused_tcp,
+                refused_udp,
+                committed,
+                counter("membership", "members"),
+            ) {
+                (1.., 1.., 1.., Some(1..)) => Ok(()),
+                _ => Err(format!("not counted yet: {stats}")),
             }
         },
     );

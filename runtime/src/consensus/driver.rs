@@ -482,6 +482,23 @@ impl RaftDriver {
                     self.read(query, reply)?;
                 }
             },
+            ControlRequest::NodeStats => {
+                let persist = self.persister.stats();
+                let group = crate::stats::group_of(
+                    "raft",
+                    &[
+                        ("term", self.raft.term()),
+                        ("leader", u64::from(self.raft.is_leader())),
+                        ("commit_index", self.raft.commit_index()),
+                        ("applied_index", self.applied),
+                        ("last_index", self.raft.last_index()),
+                        ("proposals_waiting", self.proposals.len() as u64),
+                        ("persist_fsyncs", persist.groups),
+                    ],
+                    self.raft.metrics(),
+                );
+                let _ = reply.send(ControlResponse::NodeStats(vec![group]));
+            }
             ControlRequest::Dfs { request, .. } if request.for_leader() => {
                 let alive = self
                     .view

@@ -159,7 +159,7 @@ pub async fn route(route: &RaftRoute, request: ControlRequest) -> ControlRespons
     }
 }
 
-async fn ask_local(local: &LocalVoter, request: ControlRequest) -> ControlResponse {
+pub(crate) async fn ask_local(local: &LocalVoter, request: ControlRequest) -> ControlResponse {
     let stopped = || ControlResponse::Error("the raft driver has stopped".to_owned());
     let (reply, answer) = oneshot::channel();
     let asked = async {
