@@ -74,14 +74,36 @@ pub fn wall_clock() -> SystemTime {
     SystemTime::now()
 }
 
+/// `addr` with the unspecified address of its family (what turmoil binds).
+#[cfg(feature = "sim")]
+fn unspecified(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr {
+        SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// The bound address `bound` as the caller asked for it: the asked IP unless that was
+/// unspecified itself.
+#[cfg(feature = "sim")]
+fn as_asked(bound: SocketAddr, asked: std::net::IpAddr) -> SocketAddr {
+    if asked.is_unspecified() {
+        bound
+    } else {
+        SocketAddr::new(asked, bound.port())
+    }
+}
+
 /// A UDP socket: tokio's, or turmoil's inside a simulation.
 #[derive(Debug)]
 pub enum UdpSocket {
     /// A real socket.
     Tokio(tokio::net::UdpSocket),
-    /// A simulated socket.
+    /// A simulated socket, bound on every address of its host, and the address it was asked
+    /// for (turmoil binds only unspecified addresses; the node's identity is the one asked for).
     #[cfg(feature = "sim")]
-    Sim(turmoil::net::UdpSocket),
+    Sim(turmoil::net::UdpSocket, std::net::IpAddr),
 }
 
 impl UdpSocket {
@@ -89,7 +111,8 @@ impl UdpSocket {
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         #[cfg(feature = "sim")]
         if simulated() {
-            return Ok(UdpSocket::Sim(turmoil::net::UdpSocket::bind(addr).await?));
+            let socket = turmoil::net::UdpSocket::bind(unspecified(addr)).await?;
+            return Ok(UdpSocket::Sim(socket, addr.ip()));
         }
         Ok(UdpSocket::Tokio(tokio::net::UdpSocket::bind(addr).await?))
     }
@@ -106,7 +129,7 @@ impl DatagramSocket for UdpSocket {
         match self {
             UdpSocket::Tokio(s) => s.local_addr(),
             #[cfg(feature = "sim")]
-            UdpSocket::Sim(s) => s.local_addr(),
+            UdpSocket::Sim(s, ip) => s.local_addr().map(|a| as_asked(a, *ip)),
         }
     }
 
@@ -114,7 +137,7 @@ impl DatagramSocket for UdpSocket {
         match self {
             UdpSocket::Tokio(s) => s.recv_from(buf).await,
             #[cfg(feature = "sim")]
-            UdpSocket::Sim(s) => s.recv_from(buf).await,
+            UdpSocket::Sim(s, _) => s.recv_from(buf).await,
         }
     }
 
@@ -122,7 +145,7 @@ impl DatagramSocket for UdpSocket {
         match self {
             UdpSocket::Tokio(s) => s.send_to(buf, target).await,
             #[cfg(feature = "sim")]
-            UdpSocket::Sim(s) => s.send_to(buf, target).await,
+            UdpSocket::Sim(s, _) => s.send_to(buf, target).await,
         }
     }
 }
@@ -131,9 +154,9 @@ impl DatagramSocket for UdpSocket {
 pub enum TcpListener {
     /// A real listener.
     Tokio(tokio::net::TcpListener),
-    /// A simulated listener.
+    /// A simulated listener and the address it was asked for (see [`UdpSocket::Sim`]).
     #[cfg(feature = "sim")]
-    Sim(turmoil::net::TcpListener),
+    Sim(turmoil::net::TcpListener, std::net::IpAddr),
 }
 
 impl TcpListener {
@@ -141,9 +164,8 @@ impl TcpListener {
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         #[cfg(feature = "sim")]
         if simulated() {
-            return Ok(TcpListener::Sim(
-                turmoil::net::TcpListener::bind(addr).await?,
-            ));
+            let listener = turmoil::net::TcpListener::bind(unspecified(addr)).await?;
+            return Ok(TcpListener::Sim(listener, addr.ip()));
         }
         Ok(TcpListener::Tokio(
             tokio::net::TcpListener::bind(addr).await?,
@@ -158,7 +180,7 @@ impl TcpListener {
                 Ok((TcpStream::Tokio(stream), peer))
             }
             #[cfg(feature = "sim")]
-            TcpListener::Sim(l) => {
+            TcpListener::Sim(l, _) => {
                 let (stream, peer) = l.accept().await?;
                 Ok((TcpStream::Sim(stream), peer))
             }
@@ -170,7 +192,7 @@ impl TcpListener {
         match self {
             TcpListener::Tokio(l) => l.local_addr(),
             #[cfg(feature = "sim")]
-            TcpListener::Sim(l) => l.local_addr(),
+            TcpListener::Sim(l, ip) => l.local_addr().map(|a| as_asked(a, *ip)),
         }
     }
 }
@@ -180,7 +202,11 @@ impl std::fmt::Debug for TcpListener {
         match self {
             TcpListener::Tokio(l) => f.debug_tuple("Tokio").field(l).finish(),
             #[cfg(feature = "sim")]
-            TcpListener::Sim(l) => f.debug_tuple("Sim").field(&l.local_addr().ok()).finish(),
+            TcpListener::Sim(l, ip) => f
+                .debug_tuple("Sim")
+                .field(&l.local_addr().ok())
+                .field(ip)
+                .finish(),
         }
     }
 }
@@ -309,6 +335,68 @@ impl AsyncWrite for TcpStream {
             TcpStream::Tokio(s) => s.is_write_vectored(),
             #[cfg(feature = "sim")]
             TcpStream::Sim(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Runs blocking `f` off the event loop: `tokio::task::spawn_blocking` in production; inside a
+/// simulation a plain thread instead. Under turmoil's paused clock a tokio blocking task stops
+/// time from advancing until it ends, so a blocking task that waits on the event loop (a disk
+/// thread fed chunks from the network) would hang the whole simulation; a plain thread does
+/// not hold the clock (the work then takes no virtual time, whatever it takes in real time).
+pub fn spawn_blocking<F, T>(f: F) -> Blocking<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if !simulated() {
+        return Blocking::Tokio(tokio::task::spawn_blocking(f));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("idunno-sim-blocking".to_owned())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(outcome.map_err(|_| ()));
+        });
+    match spawned {
+        Ok(_) => Blocking::Thread(rx),
+        Err(e) => Blocking::Failed(Some(e.to_string())),
+    }
+}
+
+/// Why a blocking task gave no value: it panicked, was cancelled, or could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("blocking task failed: {0}")]
+pub struct BlockingError(String);
+
+/// A running [`spawn_blocking`] task; resolves to its value.
+#[derive(Debug)]
+pub enum Blocking<T> {
+    /// On tokio's blocking pool.
+    Tokio(tokio::task::JoinHandle<T>),
+    /// On a plain thread (in simulation).
+    Thread(tokio::sync::oneshot::Receiver<Result<T, ()>>),
+    /// The thread could not be started (the error, until polled).
+    Failed(Option<String>),
+}
+
+impl<T> Future for Blocking<T> {
+    type Output = Result<T, BlockingError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Blocking::Tokio(handle) => Pin::new(handle)
+                .poll(cx)
+                .map(|r| r.map_err(|e| BlockingError(e.to_string()))),
+            Blocking::Thread(rx) => Pin::new(rx).poll(cx).map(|r| match r {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(())) => Err(BlockingError("it panicked".to_owned())),
+                Err(_) => Err(BlockingError("its thread ended without a value".to_owned())),
+            }),
+            Blocking::Failed(e) => Poll::Ready(Err(BlockingError(
+                e.take().unwrap_or_else(|| "polled again".to_owned()),
+            ))),
         }
     }
 }
