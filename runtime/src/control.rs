@@ -20,12 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::TcpListener;
 use idunno_core::membership::{Member, NodeId};
 use idunno_core::wire::{self, ControlRequest, ControlResponse, FRAME_HEADER_BYTES, WireError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, warn};
 
@@ -116,7 +116,7 @@ where
 // ----- server -----
 
 /// Accepts control connections forever, serving each in its own task.
-pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
+pub async fn serve(listener: impl Into<TcpListener>, requests: mpsc::Sender<Request>) {
     serve_with(listener, requests, None).await;
 }
 
@@ -124,7 +124,7 @@ pub async fn serve(listener: TcpListener, requests: mpsc::Sender<Request>) {
 /// [`consensus::route`], and a connection that opens with `RaftHello` is handed to the voter's
 /// transport. Without `raft`, Raft requests are answered with an error and hellos closed.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<TcpListener>,
     requests: mpsc::Sender<Request>,
     raft: Option<RaftRoute>,
 ) {
@@ -135,7 +135,7 @@ pub async fn serve_with(
 /// request hands the connection to the blob service (which has its own cap on concurrent
 /// transfers). Without `blobs`, blob requests are answered with an error.
 pub async fn serve_full(
-    listener: TcpListener,
+    listener: impl Into<TcpListener>,
     requests: mpsc::Sender<Request>,
     raft: Option<RaftRoute>,
     blobs: Option<Arc<BlobService>>,
@@ -153,12 +153,13 @@ pub async fn serve_full(
 /// [`serve_full`], with every accepted connection going through `guard` first: the handshake
 /// when the node has a cluster key (refused connections are counted there and closed).
 pub async fn serve_guarded(
-    listener: TcpListener,
+    listener: impl Into<TcpListener>,
     requests: mpsc::Sender<Request>,
     raft: Option<RaftRoute>,
     blobs: Option<Arc<BlobService>>,
     guard: Arc<TcpGuard>,
 ) {
+    let listener = listener.into();
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// Name of the file, inside the data directory, that holds the last generation in decimal.
 pub const GENERATION_FILE: &str = "generation";
@@ -45,7 +45,7 @@ pub enum IdentityError {
 
 /// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
 pub fn unix_time_ms() -> u64 {
-    SystemTime::now()
+    crate::net::wall_clock()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

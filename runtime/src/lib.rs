@@ -7,7 +7,7 @@
 //!
 //! Modules, one job each:
 //! - [`auth`]: the cluster key and the authenticated membership socket.
-//! - [`net`]: the datagram socket seam (tokio's `UdpSocket` today, turmoil's in simulation).
+//! - [`net`]: the network and wall-clock seam (tokio in production, turmoil in simulation).
 //! - [`timers`]: the timer queue that hands timers back to the machine when they are due.
 //! - [`driver`]: the event loop of one node's membership machine.
 //! - [`view`]: the membership view (alive and gone members) the driver publishes.

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use idunno_core::consensus::{Message, VoterId};
 use idunno_core::membership::{Config, Metrics, NodeId};
 use idunno_core::wire::{ControlRequest, ControlResponse};
-use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -46,6 +45,7 @@ use crate::jobs::{
     self, client::SchedClient, model::ModelExecutor, noop::NoopExecutor, worker::WorkerOptions,
     worker::WorkerStats,
 };
+use crate::net::{DatagramSocket, TcpListener, UdpSocket};
 use crate::view;
 
 /// Tries at binding UDP and TCP to one free port when asked for port 0 (the port the UDP socket

@@ -75,7 +75,7 @@ pub struct AuthSocket<S> {
 }
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
+    crate::net::wall_clock()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }

@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use crate::net::TcpStream;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Largest plaintext in one record, in bytes.
 pub const RECORD_PLAINTEXT_MAX: usize = 64 * 1024;
@@ -155,13 +155,20 @@ pub struct SecureStream {
 
 impl SecureStream {
     /// A plain connection (an insecure cluster): bytes pass unchanged.
-    pub fn plain(tcp: TcpStream) -> Self {
-        SecureStream { tcp, records: None }
+    pub fn plain(tcp: impl Into<TcpStream>) -> Self {
+        SecureStream {
+            tcp: tcp.into(),
+            records: None,
+        }
     }
 
     /// A sealed connection whose handshake produced `send` and `recv` (and read nothing past
     /// its own messages).
-    pub(crate) fn sealed(tcp: TcpStream, send: DirectionKey, recv: DirectionKey) -> Self {
+    pub(crate) fn sealed(
+        tcp: impl Into<TcpStream>,
+        send: DirectionKey,
+        recv: DirectionKey,
+    ) -> Self {
         let records = Records {
             send,
             recv,
@@ -177,7 +184,7 @@ impl SecureStream {
             write_plain: Vec::new(),
         };
         SecureStream {
-            tcp,
+            tcp: tcp.into(),
             records: Some(Box::new(records)),
         }
     }
@@ -393,7 +400,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use idunno_core::wire::{self, ControlResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::handshake::{
@@ -27,6 +26,7 @@ use super::handshake::{
 };
 use super::stream::{RECORD_HEADER_BYTES, SecureStream, TAG_BYTES, record_len};
 use super::{ClusterKey, KeyError};
+use crate::net::TcpStream;
 
 /// Longest the accepting side waits for a handshake to complete.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ pub async fn connect(addr: SocketAddr) -> io::Result<SecureStream> {
 /// Connects to `addr` proving `auth`. Refusals are `PermissionDenied` errors whose message
 /// says why (a wrong key, a node without a key); the caller bounds the time.
 pub async fn connect_with(addr: SocketAddr, auth: &TcpAuth) -> io::Result<SecureStream> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = crate::net::connect(addr).await?;
     match auth {
         TcpAuth::Insecure => Ok(SecureStream::plain(tcp)),
         TcpAuth::Secure(credential) => Ok(client_handshake(tcp, credential).await?),
@@ -299,7 +299,8 @@ impl TcpGuard {
 
     /// Runs the node's side of the handshake on an accepted connection, within
     /// [`HANDSHAKE_TIMEOUT`]; the role it proved, or why it was refused (counted and logged).
-    pub async fn accept(&self, tcp: TcpStream) -> Result<(SecureStream, Role), Refusal> {
+    pub async fn accept(&self, tcp: impl Into<TcpStream>) -> Result<(SecureStream, Role), Refusal> {
+        let tcp = tcp.into();
         let Some(keys) = &self.keys else {
             return Ok((SecureStream::plain(tcp), Role::Peer));
         };
@@ -371,7 +372,7 @@ mod tests {
     use idunno_core::wire::ControlRequest;
     use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
 
     const WAIT: Duration = Duration::from_secs(5);

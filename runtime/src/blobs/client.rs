@@ -412,7 +412,7 @@ async fn get_from(replica: SocketAddr, hash: BlobHash, partial: &Path) -> Result
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
     let pool = ChunkPool::new();
     let recycler = pool.recycler();
-    let disk = tokio::task::spawn_blocking(move || hash_and_write(file, rx, recycler));
+    let disk = crate::net::spawn_blocking(move || hash_and_write(file, rx, recycler));
     let mut left = size;
     let mut received: Result<(), String> = Ok(());
     while left > 0 {

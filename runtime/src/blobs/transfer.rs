@@ -192,7 +192,7 @@ impl BlobService {
         let pool = ChunkPool::new();
         let (disk_tx, disk_rx) = mpsc::channel::<Chunk>(QUEUE_CHUNKS);
         let recycler = pool.recycler();
-        let disk = tokio::task::spawn_blocking(move || write_chunks(writer, disk_rx, recycler));
+        let disk = crate::net::spawn_blocking(move || write_chunks(writer, disk_rx, recycler));
         let (forward, hop) = match downstream {
             None => (None, None),
             Some((next, stream)) => {
@@ -250,7 +250,7 @@ impl BlobService {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE_CHUNKS);
         let pool = ChunkPool::new();
         let recycler = pool.recycler();
-        let read = tokio::task::spawn_blocking(move || read_chunks(reader, tx, &pool));
+        let read = crate::net::spawn_blocking(move || read_chunks(reader, tx, &pool));
         let mut sent = offset;
         while let Some(chunk) = rx.recv().await {
             timed(IO_TIMEOUT, stream.write_all(&chunk)).await?;

@@ -110,7 +110,7 @@ fn answer_sched(_index: u64, result: ClusterResult) -> ControlResponse {
 /// The replicated clock's reading for a proposal: wall-clock microseconds since the Unix epoch,
 /// the one epoch every node shares (up to clock skew, which the state's monotonic clamp absorbs).
 pub fn cluster_now() -> Instant {
-    let micros = std::time::SystemTime::now()
+    let micros = crate::net::wall_clock()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     Instant::from_micros(micros)
