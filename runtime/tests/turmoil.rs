@@ -26,6 +26,7 @@ use idunno_core::consensus::VoterId;
 use idunno_core::membership::{Config, MemberState};
 use idunno_core::scheduler::{InputOutcome, JobId, JobSpec};
 use idunno_runtime::auth::ClusterKey;
+use idunno_runtime::consensus::persister::PersistMode;
 use idunno_runtime::consensus::{COMPACT_EVERY_DEFAULT, RaftOptions};
 use idunno_runtime::control;
 use idunno_runtime::dfs::client::DfsClient;
@@ -114,6 +115,8 @@ fn node_options(i: usize, dir: &Path) -> NodeOptions {
             id: (i < VOTERS).then(|| VoterId(i as u64 + 1)),
             voters,
             compact_every: COMPACT_EVERY_DEFAULT,
+            // fsync on the event loop: a storage thread's real time would race the virtual clock.
+            persist: PersistMode::Inline,
         }),
         cluster_key: Some(key()),
         blobs: BlobOptions::default(),
