@@ -246,6 +246,8 @@ struct Probe {
     period_end: Instant,
     /// Extra probe periods left before a silent target is suspected (local health).
     extensions_left: u32,
+    /// Extra probe periods granted when the probe started.
+    extensions_granted: u32,
     /// Whether this period's ping-req wave went out.
     waved: bool,
 }
@@ -784,6 +786,7 @@ impl Membership {
             pings_at_ack: 0,
             period_end,
             extensions_left,
+            extensions_granted: extensions_left,
             waved: false,
         });
         self.metrics.probes += 1;
@@ -792,26 +795,22 @@ impl Membership {
     }
 
     /// Lifeguard's local health: a probe answered at the first ping is evidence that this
-    /// node's links are fine (the score falls by one); each direct ping that went unanswered
-    /// before the ack came (by a retry or through a relay) is evidence of loss (the score rises
-    /// by one per missed ping, at most two per probe). A probe never answered says nothing: the
-    /// target may be dead.
+    /// node's links are fine (the score falls by one); a probe answered only after the first
+    /// ping went unanswered (by a retry or through a relay) is evidence of loss (the score rises
+    /// by [`AWARENESS_MISSED_ACK`]). So the score climbs while more than a third of first pings
+    /// go unanswered and falls otherwise. A probe never answered says nothing: the target may
+    /// really be dead.
     fn note_probe_answered(&mut self, probe: Probe) {
         debug_assert!(probe.acked && probe.pings_at_ack >= 1);
         if probe.pings_at_ack <= 1 {
             self.awareness = self.awareness.saturating_sub(1);
         } else {
-            let missed = (probe.pings_at_ack - 1).min(AWARENESS_STEP_MAX);
             self.awareness = self
                 .awareness
-                .saturating_add(missed)
+                .saturating_add(AWARENESS_MISSED_ACK)
                 .min(self.config.awareness_max);
         }
-        if probe.extensions_left
-            < self
-                .config
-                .probe_extensions(self.cluster_size(), self.awareness)
-        {
+        if probe.extensions_left < probe.extensions_granted {
             // Answered during an extension: a suspicion this node would otherwise have raised.
             self.metrics.probe_extensions_answered += 1;
         }
@@ -1558,8 +1557,9 @@ const PACKET_OVERHEAD_BYTES: usize = 96;
 const RECORD_BYTES_MAX: usize = 80;
 /// Room for the gossip vector's length prefix growing as updates are added.
 const GOSSIP_LEN_SLACK_BYTES: usize = 4;
-/// Most the local health score rises for one probe's missed acks.
-const AWARENESS_STEP_MAX: u32 = 2;
+/// How much the local health score rises for a probe whose first ping went unanswered (it
+/// falls by one for a probe answered at once).
+const AWARENESS_MISSED_ACK: u32 = 2;
 
 #[cfg(test)]
 mod tests;

@@ -147,6 +147,47 @@ fn traffic_by_kind(sim: &SwimSim) -> Traffic {
     sum
 }
 
+/// Decision counters summed over the live nodes: suspicions raised, refutations, failures
+/// declared, probes, retries, extensions, extensions answered.
+fn decisions(sim: &SwimSim) -> [u64; 7] {
+    let cluster = sim.cluster();
+    let mut out = [0u64; 7];
+    for m in cluster
+        .live_indices()
+        .into_iter()
+        .filter_map(|i| cluster.node(i))
+    {
+        let x = m.metrics();
+        let row = [
+            x.suspicions_raised,
+            x.refutations,
+            x.failures_declared,
+            x.probes,
+            x.probe_retries,
+            x.probe_extensions,
+            x.probe_extensions_answered,
+        ];
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// How many live nodes have each local health score.
+fn awareness_histogram(sim: &SwimSim) -> std::collections::BTreeMap<u32, usize> {
+    let cluster = sim.cluster();
+    let mut out = std::collections::BTreeMap::new();
+    for m in cluster
+        .live_indices()
+        .into_iter()
+        .filter_map(|i| cluster.node(i))
+    {
+        *out.entry(m.awareness()).or_insert(0) += 1;
+    }
+    out
+}
+
 fn total_traffic(sim: &SwimSim) -> (u64, u64) {
     sim.cluster()
         .world()
@@ -199,7 +240,27 @@ fn measure(seed: u64, p: Point) -> Result<Measured, Violation> {
     // Quiet window: steady-state traffic.
     let (bytes_0, datagrams_0) = total_traffic(&sim);
     let kinds_0 = traffic_by_kind(&sim);
+    let decisions_0 = decisions(&sim);
     run_counting(&mut sim, p.quiet, &mut m.node_seconds)?;
+    if std::env::var_os("SWIM_BENCH_DEBUG").is_some() {
+        let d1 = decisions(&sim);
+        let delta: Vec<u64> = d1.iter().zip(decisions_0).map(|(a, b)| a - b).collect();
+        eprintln!(
+            "n = {}, loss {}%: quiet window: suspicions raised {}, refutations {}, failures \
+             declared {}, probes {}, retries {}, extensions {} (answered {}); awareness \
+             histogram {:?}",
+            p.nodes,
+            p.loss_percent,
+            delta[0],
+            delta[1],
+            delta[2],
+            delta[3],
+            delta[4],
+            delta[5],
+            delta[6],
+            awareness_histogram(&sim)
+        );
+    }
     let (bytes_1, datagrams_1) = total_traffic(&sim);
     let kinds_1 = traffic_by_kind(&sim);
     m.traffic = kinds_1
