@@ -207,6 +207,10 @@ pub struct Metrics {
     pub probe_extensions: u64,
     /// Probes whose target answered during an extension (each a suspicion avoided).
     pub probe_extensions_answered: u64,
+    /// Deaths heard from others and not adopted, because the member itself had sent us a
+    /// datagram too recently for the verdict to be about a crash (the accuser is cut off from
+    /// it, not dead); the verdict was forwarded to the member, which refutes it.
+    pub deaths_overruled: u64,
     /// Sent traffic by kind (adds up to `datagrams_sent` / `bytes_sent`).
     pub traffic: Traffic,
 }
@@ -228,6 +232,8 @@ struct Entry {
     /// Who declared it dead (for re-dissemination in syncs).
     declared_by: Option<NodeId>,
     suspicion: Option<Suspicion>,
+    /// When this node last received a datagram from the member itself.
+    heard: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -500,6 +506,9 @@ impl Membership {
             return Err(Error::Decode(WireError::Malformed(
                 "too many updates".into(),
             )));
+        }
+        if let Some(entry) = self.members.get_mut(&packet.from) {
+            entry.heard = Some(now);
         }
         // Updates first: a refutation must count before the message is judged.
         for update in &packet.gossip {
@@ -1211,6 +1220,13 @@ impl Membership {
                 if !state.is_live() || incarnation < known {
                     return false;
                 }
+                if by != self.me && self.heard_since_any_death_could_be_declared(now, node) {
+                    // The accuser is cut off from it (a one-way partition), not the member
+                    // dead: do not adopt the verdict, make the member refute it.
+                    self.metrics.deaths_overruled += 1;
+                    self.send(node.addr, Some(node), Message::Gossip, &[update]);
+                    return false;
+                }
                 self.set_state(node, incarnation, MemberState::Dead, now, Some(by));
                 self.outputs.push_back(Output::Event(Event::Failed(node)));
                 if by != self.me {
@@ -1240,6 +1256,22 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// Whether `node` itself sent us a datagram within the suspicion floor. A crash is declared
+    /// at the earliest one probe timeout plus the suspicion floor after the crashed node's last
+    /// datagram, so a death verdict arriving sooner than that after we heard from the node is
+    /// not about a crash: its accuser could not hear it (a one-way partition or a lossy link).
+    fn heard_since_any_death_could_be_declared(&self, now: Instant, node: NodeId) -> bool {
+        if self.newer_generation_known(node) {
+            // Restarted: the old generation is gone however recently it spoke.
+            return false;
+        }
+        let floor = self.config.suspicion_timeout_min(self.cluster_size());
+        self.members
+            .get(&node)
+            .and_then(|e| e.heard)
+            .is_some_and(|heard| now.saturating_duration_since(heard) < floor)
     }
 
     fn start_suspicion(&mut self, now: Instant, node: NodeId, incarnation: u64, by: NodeId) {
@@ -1321,6 +1353,7 @@ impl Membership {
                 since: now,
                 declared_by,
                 suspicion: None,
+                heard: None,
             },
         );
         if state.is_live() {

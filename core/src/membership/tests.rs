@@ -525,11 +525,15 @@ impl Solo {
     }
 
     fn feed(&mut self, from: NodeId, message: Message) {
+        self.feed_with(from, message, Vec::new());
+    }
+
+    fn feed_with(&mut self, from: NodeId, message: Message, gossip: Vec<Update>) {
         let packet = Packet {
             from,
             to: Some(self.machine.me()),
             message,
-            gossip: Vec::new(),
+            gossip,
         };
         let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
         self.machine
@@ -710,4 +714,34 @@ fn being_suspected_worsens_local_health() {
         .expect("accepted");
     assert_eq!(solo.machine.incarnation(), 1);
     assert_eq!(solo.machine.awareness(), 1);
+}
+
+#[test]
+fn a_death_verdict_about_a_member_that_just_spoke_to_us_is_refused_and_forwarded() {
+    let mut solo = Solo::with_peers(3);
+    let victim = NodeId::new(addr(1), 1);
+    let accuser = NodeId::new(addr(2), 1);
+    let verdict = Update::Dead {
+        node: victim,
+        incarnation: 0,
+        by: accuser,
+    };
+    // The victim talks to us; the accuser (cut off from it one way) declares it dead.
+    solo.feed(victim, Message::Gossip);
+    solo.now = solo.now + Duration::from_millis(300);
+    solo.sent.clear();
+    solo.feed_with(accuser, Message::Gossip, vec![verdict]);
+    assert_eq!(solo.machine.state_of(victim), Some(MemberState::Alive));
+    assert_eq!(solo.machine.metrics().deaths_overruled, 1);
+    assert!(
+        solo.sent
+            .iter()
+            .any(|(to, p)| *to == victim.addr && p.gossip.contains(&verdict)),
+        "the verdict is forwarded to the victim so that it refutes"
+    );
+    // Silent for longer than the suspicion floor: the verdict may be about a crash; adopted.
+    let floor = Config::lan().suspicion_timeout_min(solo.machine.cluster_size());
+    solo.now = solo.now + floor;
+    solo.feed_with(accuser, Message::Gossip, vec![verdict]);
+    assert_eq!(solo.machine.state_of(victim), Some(MemberState::Dead));
 }
