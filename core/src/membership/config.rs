@@ -22,6 +22,19 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// How many members relay an indirect probe (SWIM's k). 0 disables indirect probing.
     pub indirect_checks: usize,
+    /// After `probe_timeout`, the direct ping is resent every `probe_retry_interval` until the
+    /// probe is judged (one lost datagram must not start a suspicion). Must be non-zero.
+    pub probe_retry_interval: Duration,
+    /// Lifeguard's local health multiplier: the highest score of this node's own health (0 is
+    /// healthy). Each direct ack this node missed raises it, each probe answered at the first
+    /// ping lowers it. 0 disables the mechanism.
+    pub awareness_max: u32,
+    /// Most extra probe periods a node at `awareness_max` keeps probing a silent member before
+    /// suspecting it (each one with a fresh ping-req wave and direct retries). The count also
+    /// grows with the cluster: none below 100 members, one per decade of members above 10, so the
+    /// cluster-wide rate of false suspicions (each of which costs every member bytes) does not
+    /// grow with n. See [`Config::probe_extensions`].
+    pub probe_extensions_max: u32,
     /// Suspicion timeout floor = `suspicion_mult` x log10(max(n, 10)) x `probe_interval`.
     /// Must be >= 1.
     pub suspicion_mult: u32,
@@ -66,6 +79,9 @@ impl Config {
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(200),
             indirect_checks: 5,
+            probe_retry_interval: Duration::from_millis(50),
+            awareness_max: 8,
+            probe_extensions_max: 2,
             suspicion_mult: 2,
             suspicion_max_mult: 3,
             suspicion_confirmations: 2,
@@ -89,6 +105,9 @@ impl Config {
         }
         if self.probe_timeout >= self.probe_interval {
             return fail("probe_timeout must be smaller than probe_interval");
+        }
+        if self.probe_retry_interval.is_zero() {
+            return fail("probe_retry_interval must be non-zero");
         }
         if self.suspicion_mult == 0 || self.suspicion_max_mult == 0 {
             return fail("suspicion_mult and suspicion_max_mult must be >= 1");
@@ -144,6 +163,24 @@ impl Config {
         (max - shrink).max(min)
     }
 
+    /// Lifeguard's local health multiplier applied to accusations: how many extra probe periods a
+    /// node with health score `awareness` (0 = healthy) keeps probing a silent member before it
+    /// suspects it, in a cluster of `cluster_size`. Proportional to the score, at most
+    /// `probe_extensions_max`, and at most floor(log10(n)) - 1: each extension multiplies the
+    /// chance that a lossy network makes a live member look dead by about the chance that one
+    /// probe period fails, so the count needed to keep false suspicions per second bounded
+    /// cluster-wide grows with log n. A healthy node (score 0) never waits.
+    pub fn probe_extensions(&self, cluster_size: usize, awareness: u32) -> u32 {
+        if self.awareness_max == 0 || awareness == 0 {
+            return 0;
+        }
+        let decades = (Self::log10_size(cluster_size).floor() as u32).saturating_sub(1);
+        let cap = self.probe_extensions_max.min(decades);
+        let score = u64::from(awareness.min(self.awareness_max));
+        let scaled = (score * u64::from(cap)).div_ceil(u64::from(self.awareness_max));
+        u32::try_from(scaled).unwrap_or(cap).min(cap)
+    }
+
     /// How many times each update is transmitted in a cluster of `cluster_size` members.
     pub fn retransmit_limit(&self, cluster_size: usize) -> u32 {
         let log = ((cluster_size as f64) + 1.0).log10().ceil().max(1.0) as u32;
@@ -171,6 +208,30 @@ mod tests {
         assert!(c.suspicion_timeout(10, 1) < c.suspicion_timeout(10, 0));
         assert_eq!(c.suspicion_timeout(10, 2), at10);
         assert_eq!(c.suspicion_timeout(10, 50), at10);
+    }
+
+    #[test]
+    fn probe_extensions_follow_health_and_cluster_size() {
+        let c = Config::lan();
+        // A healthy node never delays an accusation, at any size.
+        assert_eq!(c.probe_extensions(1000, 0), 0);
+        // Small clusters never wait: false suspicions there cost little.
+        assert_eq!(c.probe_extensions(10, 8), 0);
+        assert_eq!(c.probe_extensions(99, 8), 0);
+        // One extension per decade above 10, scaled by the score, rounded up.
+        assert_eq!(c.probe_extensions(100, 1), 1);
+        assert_eq!(c.probe_extensions(100, 8), 1);
+        assert_eq!(c.probe_extensions(1000, 1), 1);
+        assert_eq!(c.probe_extensions(1000, 4), 1);
+        assert_eq!(c.probe_extensions(1000, 5), 2);
+        assert_eq!(c.probe_extensions(1000, 8), 2);
+        // Capped by probe_extensions_max and by awareness_max.
+        assert_eq!(c.probe_extensions(1_000_000, 100), 2);
+        let off = Config {
+            awareness_max: 0,
+            ..Config::lan()
+        };
+        assert_eq!(off.probe_extensions(1000, 8), 0);
     }
 
     #[test]

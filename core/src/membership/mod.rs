@@ -16,6 +16,7 @@
 mod config;
 mod gossip;
 mod msg;
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -28,10 +29,12 @@ use serde::{Deserialize, Serialize};
 pub use config::{Config, ConfigError};
 pub use gossip::QUEUE_ITEMS_MAX;
 pub use msg::{MemberState, Message, NodeId, Packet, Update};
+pub use traffic::{Count, Traffic};
 
 use crate::time::Instant;
 use crate::wire::{self, Datagram, WireError};
 use gossip::BroadcastQueue;
+use traffic::Purpose;
 
 /// Most datagrams a seed sends to answer one join (the whole member table, chunked).
 pub const JOIN_REPLY_DATAGRAMS_MAX: usize = 128;
@@ -198,6 +201,18 @@ pub struct Metrics {
     pub encode_errors: u64,
     /// Updates dropped because the dissemination queue was full.
     pub broadcasts_dropped: u64,
+    /// Direct ping retries sent after the probe timeout.
+    pub probe_retries: u64,
+    /// Probe periods added to a silent target's probe because this node's health was poor.
+    pub probe_extensions: u64,
+    /// Probes whose target answered during an extension (each a suspicion avoided).
+    pub probe_extensions_answered: u64,
+    /// Deaths heard from others and not adopted, because the member itself had sent us a
+    /// datagram too recently for the verdict to be about a crash (the accuser is cut off from
+    /// it, not dead); the verdict was forwarded to the member, which refutes it.
+    pub deaths_overruled: u64,
+    /// Sent traffic by kind (adds up to `datagrams_sent` / `bytes_sent`).
+    pub traffic: Traffic,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +232,8 @@ struct Entry {
     /// Who declared it dead (for re-dissemination in syncs).
     declared_by: Option<NodeId>,
     suspicion: Option<Suspicion>,
+    /// When this node last received a datagram from the member itself.
+    heard: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,7 +241,21 @@ struct Probe {
     target: NodeId,
     seq: u64,
     acked: bool,
+    /// The current retry timer.
     token: TimerToken,
+    /// Direct pings sent so far, the first included.
+    pings: u32,
+    /// Direct pings that had been sent when the ack arrived (1: the first one was answered
+    /// before any retry).
+    pings_at_ack: u32,
+    /// When the next probe tick fires: retries are not scheduled past it.
+    period_end: Instant,
+    /// Extra probe periods left before a silent target is suspected (local health).
+    extensions_left: u32,
+    /// Extra probe periods granted when the probe started.
+    extensions_granted: u32,
+    /// Whether this period's ping-req wave went out.
+    waved: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -262,6 +293,10 @@ pub struct Membership {
     leaving: bool,
     left: bool,
     sync_cursor: usize,
+    /// Lifeguard's local health score, 0 (healthy) ..= `Config::awareness_max`.
+    awareness: u32,
+    /// Why the packet being sent is sent (for [`Metrics::traffic`] only).
+    purpose: Purpose,
     outputs: VecDeque<Output>,
     metrics: Metrics,
 }
@@ -300,6 +335,8 @@ impl Membership {
             leaving: false,
             left: false,
             sync_cursor: 0,
+            awareness: 0,
+            purpose: Purpose::Direct,
             outputs: VecDeque::new(),
             metrics: Metrics::default(),
         };
@@ -393,6 +430,14 @@ impl Membership {
         self.live.len() + 1
     }
 
+    /// Lifeguard's local health score: 0 when this node's probes are answered at the first
+    /// ping, up to `Config::awareness_max` when it keeps missing acks (its own links, or the
+    /// network, lose datagrams). A poor score makes it probe a silent member longer before
+    /// accusing it ([`Config::probe_extensions`]).
+    pub fn awareness(&self) -> u32 {
+        self.awareness
+    }
+
     /// Updates waiting to be disseminated.
     pub fn pending_broadcasts(&self) -> usize {
         self.broadcasts.len()
@@ -462,6 +507,9 @@ impl Membership {
                 "too many updates".into(),
             )));
         }
+        if let Some(entry) = self.members.get_mut(&packet.from) {
+            entry.heard = Some(now);
+        }
         // Updates first: a refutation must count before the message is judged.
         for update in &packet.gossip {
             self.apply(now, *update);
@@ -516,7 +564,10 @@ impl Membership {
         if let Some(probe) = self.probe.as_mut()
             && probe.seq == seq
         {
-            probe.acked = true;
+            if !probe.acked {
+                probe.acked = true;
+                probe.pings_at_ack = probe.pings;
+            }
             return;
         }
         if let Some(relay) = self.relays.remove(&seq) {
@@ -684,7 +735,7 @@ impl Membership {
         }
         match timer.kind {
             TimerKind::Probe => self.on_probe_tick(now),
-            TimerKind::ProbeTimeout => self.on_probe_timeout(),
+            TimerKind::ProbeTimeout => self.on_probe_timeout(now),
             TimerKind::Gossip => self.on_gossip_tick(now),
             TimerKind::PushPull => self.on_push_pull_tick(now),
             TimerKind::JoinRetry => {
@@ -703,40 +754,100 @@ impl Membership {
     // ----- probing -----
 
     fn on_probe_tick(&mut self, now: Instant) {
-        self.probe_token = self.arm(TimerKind::Probe, now + self.config.probe_interval);
+        let period_end = now + self.config.probe_interval;
+        self.probe_token = self.arm(TimerKind::Probe, period_end);
         self.relays.retain(|_, r| r.expires > now);
         if self.leaving {
             return;
         }
-        if let Some(probe) = self.probe.take()
-            && !probe.acked
-        {
-            self.suspect_after_failed_probe(now, probe.target);
+        if let Some(mut probe) = self.probe.take() {
+            if probe.acked {
+                self.note_probe_answered(probe);
+            } else if probe.extensions_left > 0 {
+                // Local health is poor: this node may be the one losing datagrams. Keep probing
+                // the same member for another period, with a fresh ping-req wave, instead of
+                // accusing it (and instead of starting a new probe: Lifeguard's slower probing).
+                probe.extensions_left -= 1;
+                probe.period_end = period_end;
+                probe.waved = false;
+                self.metrics.probe_extensions += 1;
+                self.probe = Some(probe);
+                self.probe_retry(now);
+                return;
+            } else {
+                self.suspect_after_failed_probe(now, probe.target);
+            }
         }
         let Some(target) = self.next_probe_target() else {
             return;
         };
         let seq = self.next_seq();
         let token = self.arm(TimerKind::ProbeTimeout, now + self.config.probe_timeout);
+        let extensions_left = self
+            .config
+            .probe_extensions(self.cluster_size(), self.awareness);
         self.probe = Some(Probe {
             target,
             seq,
             acked: false,
             token,
+            pings: 1,
+            pings_at_ack: 0,
+            period_end,
+            extensions_left,
+            extensions_granted: extensions_left,
+            waved: false,
         });
         self.metrics.probes += 1;
         let extra = self.about_peer(target);
         self.send(target.addr, Some(target), Message::Ping { seq }, &extra);
     }
 
-    fn on_probe_timeout(&mut self) {
-        let Some(probe) = self.probe else { return };
-        if probe.acked || self.config.indirect_checks == 0 {
-            return;
+    /// Lifeguard's local health: a probe answered at the first ping is evidence that this
+    /// node's links are fine (the score falls by one); a probe answered only after the first
+    /// ping went unanswered (by a retry or through a relay) is evidence of loss (the score rises
+    /// by [`AWARENESS_MISSED_ACK`]). So the score climbs while more than a third of first pings
+    /// go unanswered and falls otherwise. A probe never answered says nothing: the target may
+    /// really be dead.
+    fn note_probe_answered(&mut self, probe: Probe) {
+        debug_assert!(probe.acked && probe.pings_at_ack >= 1);
+        if probe.pings_at_ack <= 1 {
+            self.awareness = self.awareness.saturating_sub(1);
+        } else {
+            self.awareness = self
+                .awareness
+                .saturating_add(AWARENESS_MISSED_ACK)
+                .min(self.config.awareness_max);
         }
-        self.metrics.indirect_probes += 1;
+        if probe.extensions_left < probe.extensions_granted {
+            // Answered during an extension: a suspicion this node would otherwise have raised.
+            self.metrics.probe_extensions_answered += 1;
+        }
+    }
+
+    /// The direct ack is late: resend the direct ping and, once per probe period, ask
+    /// `indirect_checks` members to probe; then retry every `probe_retry_interval` until the
+    /// period ends.
+    fn on_probe_timeout(&mut self, now: Instant) {
+        if self.probe.is_some_and(|p| !p.acked) {
+            self.probe_retry(now);
+        }
+    }
+
+    fn probe_retry(&mut self, now: Instant) {
+        let Some(mut probe) = self.probe else { return };
+        debug_assert!(!probe.acked);
         // Retry the direct ping alongside the indirect ones: one lost datagram should not be
         // enough to start a suspicion (memberlist does the same over TCP).
+        probe.pings = probe.pings.saturating_add(1);
+        self.metrics.probe_retries += 1;
+        let wave = !probe.waved && self.config.indirect_checks > 0;
+        probe.waved = true;
+        let next = now + self.config.probe_retry_interval;
+        if next < probe.period_end {
+            probe.token = self.arm(TimerKind::ProbeTimeout, next);
+        }
+        self.probe = Some(probe);
         let extra = self.about_peer(probe.target);
         self.send(
             probe.target.addr,
@@ -744,6 +855,10 @@ impl Membership {
             Message::Ping { seq: probe.seq },
             &extra,
         );
+        if !wave {
+            return;
+        }
+        self.metrics.indirect_probes += 1;
         let relays = self.random_live(self.config.indirect_checks, Some(probe.target));
         for relay in relays {
             self.send(
@@ -827,7 +942,9 @@ impl Membership {
             if self.broadcasts.is_empty() {
                 break;
             }
+            self.purpose = Purpose::GossipRound;
             self.send(target.addr, Some(target), Message::Gossip, &[]);
+            self.purpose = Purpose::Direct;
         }
     }
 
@@ -1018,6 +1135,11 @@ impl Membership {
         // authentication so that no outsider can send one).
         self.incarnation = incarnation.saturating_add(1);
         self.metrics.refutations += 1;
+        // Lifeguard: being suspected means others cannot hear us well; be slower to accuse.
+        self.awareness = self
+            .awareness
+            .saturating_add(1)
+            .min(self.config.awareness_max);
         let alive = Update::Alive {
             node: self.me,
             incarnation: self.incarnation,
@@ -1098,6 +1220,13 @@ impl Membership {
                 if !state.is_live() || incarnation < known {
                     return false;
                 }
+                if by != self.me && self.heard_since_any_death_could_be_declared(now, node) {
+                    // The accuser is cut off from it (a one-way partition), not the member
+                    // dead: do not adopt the verdict, make the member refute it.
+                    self.metrics.deaths_overruled += 1;
+                    self.send(node.addr, Some(node), Message::Gossip, &[update]);
+                    return false;
+                }
                 self.set_state(node, incarnation, MemberState::Dead, now, Some(by));
                 self.outputs.push_back(Output::Event(Event::Failed(node)));
                 if by != self.me {
@@ -1127,6 +1256,22 @@ impl Membership {
                 }
             }
         }
+    }
+
+    /// Whether `node` itself sent us a datagram within the suspicion floor. A crash is declared
+    /// at the earliest one probe timeout plus the suspicion floor after the crashed node's last
+    /// datagram, so a death verdict arriving sooner than that after we heard from the node is
+    /// not about a crash: its accuser could not hear it (a one-way partition or a lossy link).
+    fn heard_since_any_death_could_be_declared(&self, now: Instant, node: NodeId) -> bool {
+        if self.newer_generation_known(node) {
+            // Restarted: the old generation is gone however recently it spoke.
+            return false;
+        }
+        let floor = self.config.suspicion_timeout_min(self.cluster_size());
+        self.members
+            .get(&node)
+            .and_then(|e| e.heard)
+            .is_some_and(|heard| now.saturating_duration_since(heard) < floor)
     }
 
     fn start_suspicion(&mut self, now: Instant, node: NodeId, incarnation: u64, by: NodeId) {
@@ -1208,6 +1353,7 @@ impl Membership {
                 since: now,
                 declared_by,
                 suspicion: None,
+                heard: None,
             },
         );
         if state.is_live() {
@@ -1333,6 +1479,9 @@ impl Membership {
             Ok(bytes) if bytes.len() <= self.config.datagram_bytes_max => {
                 self.metrics.datagrams_sent += 1;
                 self.metrics.bytes_sent += bytes.len() as u64;
+                self.metrics
+                    .traffic
+                    .record(packet, bytes.len(), self.purpose);
                 self.outputs.push_back(Output::Send { to, bytes });
             }
             Ok(_) | Err(_) => {
@@ -1441,6 +1590,9 @@ const PACKET_OVERHEAD_BYTES: usize = 96;
 const RECORD_BYTES_MAX: usize = 80;
 /// Room for the gossip vector's length prefix growing as updates are added.
 const GOSSIP_LEN_SLACK_BYTES: usize = 4;
+/// How much the local health score rises for a probe whose first ping went unanswered (it
+/// falls by one for a probe answered at once).
+const AWARENESS_MISSED_ACK: u32 = 2;
 
 #[cfg(test)]
 mod tests;

@@ -466,3 +466,282 @@ fn a_stale_accusation_is_answered_with_the_current_incarnation() {
     assert_eq!(machine.metrics().refutations, 1);
     assert_eq!(told, BTreeSet::from([relay.addr, accuser.addr]));
 }
+
+/// One machine driven by hand: its timers are fired on request and its datagrams collected.
+struct Solo {
+    machine: Membership,
+    now: Instant,
+    timers: Vec<(Timer, Instant)>,
+    sent: Vec<(SocketAddr, Packet)>,
+}
+
+impl Solo {
+    /// A node that knows `peers` other members (all alive), learnt through sync chunks.
+    fn with_peers(peers: usize) -> Solo {
+        let me = NodeId::new(addr(0), 1);
+        let now = Instant::from_micros(1_000_000);
+        let machine = Membership::new(Config::lan(), me, 11, now).expect("valid config");
+        let mut solo = Solo {
+            machine,
+            now,
+            timers: Vec::new(),
+            sent: Vec::new(),
+        };
+        solo.drain();
+        let ids: Vec<NodeId> = (1..=peers).map(|i| NodeId::new(addr(i), 1)).collect();
+        for chunk in ids.chunks(40) {
+            let entries = chunk
+                .iter()
+                .map(|&node| Update::Alive {
+                    node,
+                    incarnation: 0,
+                })
+                .collect();
+            solo.feed(
+                chunk[0],
+                Message::Sync {
+                    entries,
+                    reply: true,
+                },
+            );
+        }
+        assert_eq!(solo.machine.cluster_size(), peers + 1);
+        solo.sent.clear();
+        solo
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                Output::Send { to, bytes } => {
+                    if let Ok(Datagram::Membership(p)) = wire::decode_datagram(&bytes) {
+                        self.sent.push((to, p));
+                    }
+                }
+                Output::SetTimer { timer, at } => self.timers.push((timer, at)),
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn feed(&mut self, from: NodeId, message: Message) {
+        self.feed_with(from, message, Vec::new());
+    }
+
+    fn feed_with(&mut self, from: NodeId, message: Message, gossip: Vec<Update>) {
+        let packet = Packet {
+            from,
+            to: Some(self.machine.me()),
+            message,
+            gossip,
+        };
+        let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
+        self.machine
+            .handle(
+                self.now,
+                Input::Datagram {
+                    from: from.addr,
+                    bytes: &bytes,
+                },
+            )
+            .expect("accepted");
+        self.drain();
+    }
+
+    /// Fires the most recently armed timer of `kind`, moving the clock to its deadline.
+    fn fire(&mut self, kind: TimerKind) {
+        let at = self
+            .timers
+            .iter()
+            .rposition(|(t, _)| t.kind == kind)
+            .expect("timer armed");
+        let (timer, at) = self.timers.remove(at);
+        self.now = self.now.max(at);
+        self.machine
+            .handle(self.now, Input::Timer(timer))
+            .expect("timer handled");
+        self.drain();
+    }
+
+    /// Fires every retry armed before the next probe tick.
+    fn fire_retries(&mut self) {
+        while self
+            .timers
+            .iter()
+            .any(|(t, _)| t.kind == TimerKind::ProbeTimeout)
+        {
+            self.fire(TimerKind::ProbeTimeout);
+        }
+    }
+
+    /// The probe in flight: target and sequence number.
+    fn probe(&self) -> (NodeId, u64) {
+        let p = self.machine.probe.expect("a probe is in flight");
+        (p.target, p.seq)
+    }
+
+    fn pings_to(&self, target: NodeId) -> usize {
+        self.sent
+            .iter()
+            .filter(|(to, p)| *to == target.addr && matches!(p.message, Message::Ping { .. }))
+            .count()
+    }
+
+    fn ping_reqs(&self) -> usize {
+        self.sent
+            .iter()
+            .filter(|(_, p)| matches!(p.message, Message::PingReq { .. }))
+            .count()
+    }
+}
+
+#[test]
+fn a_late_ack_is_retried_directly_before_anyone_is_suspected() {
+    let mut solo = Solo::with_peers(3);
+    solo.fire(TimerKind::Probe);
+    let (target, _) = solo.probe();
+    solo.fire_retries();
+    // 200 ms timeout, then a retry every 50 ms until the 500 ms period ends.
+    assert_eq!(solo.pings_to(target), 7);
+    assert_eq!(solo.machine.metrics().probe_retries, 6);
+    assert_eq!(
+        solo.ping_reqs(),
+        2,
+        "one ping-req wave through the two other members"
+    );
+}
+
+#[test]
+fn local_health_rises_on_missed_acks_and_falls_on_prompt_ones() {
+    let mut solo = Solo::with_peers(3);
+    assert_eq!(solo.machine.awareness(), 0);
+    // Answered only after the first ping went unanswered: +2.
+    solo.fire(TimerKind::Probe);
+    let (target, seq) = solo.probe();
+    solo.fire(TimerKind::ProbeTimeout);
+    solo.feed(target, Message::Ack { seq });
+    solo.fire(TimerKind::Probe);
+    assert_eq!(solo.machine.awareness(), 2);
+    // Answered at once: -1.
+    let (target, seq) = solo.probe();
+    solo.feed(target, Message::Ack { seq });
+    solo.fire(TimerKind::Probe);
+    assert_eq!(solo.machine.awareness(), 1);
+    // Never answered: says nothing about our own health (the target may be dead).
+    let (target, _) = solo.probe();
+    solo.fire_retries();
+    solo.fire(TimerKind::Probe);
+    assert_eq!(solo.machine.awareness(), 1);
+    assert_eq!(solo.machine.state_of(target), Some(MemberState::Suspect));
+    // Capped at awareness_max.
+    for _ in 0..20 {
+        let (target, seq) = solo.probe();
+        solo.fire(TimerKind::ProbeTimeout);
+        solo.feed(target, Message::Ack { seq });
+        solo.fire(TimerKind::Probe);
+    }
+    assert_eq!(solo.machine.awareness(), Config::lan().awareness_max);
+}
+
+#[test]
+fn poor_health_keeps_probing_a_silent_member_before_accusing_it() {
+    // 1000 members: a node at the worst score waits two extra probe periods.
+    let mut solo = Solo::with_peers(999);
+    solo.machine.awareness = Config::lan().awareness_max;
+    solo.fire(TimerKind::Probe);
+    let (target, _) = solo.probe();
+    for extension in 1..=2 {
+        solo.fire_retries();
+        solo.fire(TimerKind::Probe);
+        assert_eq!(solo.probe().0, target, "still probing the same member");
+        assert_eq!(solo.machine.state_of(target), Some(MemberState::Alive));
+        assert_eq!(solo.machine.metrics().probe_extensions, extension);
+        // Each extension sends a fresh ping-req wave.
+        assert_eq!(solo.ping_reqs(), 5 * (extension as usize + 1));
+    }
+    solo.fire_retries();
+    solo.fire(TimerKind::Probe);
+    assert_eq!(solo.machine.state_of(target), Some(MemberState::Suspect));
+    assert_eq!(solo.machine.metrics().suspicions_raised, 1);
+
+    // An answer during an extension ends the probe without any suspicion.
+    let mut solo = Solo::with_peers(999);
+    solo.machine.awareness = Config::lan().awareness_max;
+    solo.fire(TimerKind::Probe);
+    let (target, seq) = solo.probe();
+    solo.fire_retries();
+    solo.fire(TimerKind::Probe);
+    solo.feed(target, Message::Ack { seq });
+    solo.fire(TimerKind::Probe);
+    assert_ne!(solo.probe().0, target);
+    assert_eq!(solo.machine.state_of(target), Some(MemberState::Alive));
+    assert_eq!(solo.machine.metrics().suspicions_raised, 0);
+    assert_eq!(solo.machine.metrics().probe_extensions_answered, 1);
+
+    // A healthy node accuses at the end of the first period, whatever the size.
+    let mut solo = Solo::with_peers(999);
+    solo.fire(TimerKind::Probe);
+    let (target, _) = solo.probe();
+    solo.fire_retries();
+    solo.fire(TimerKind::Probe);
+    assert_eq!(solo.machine.state_of(target), Some(MemberState::Suspect));
+}
+
+#[test]
+fn being_suspected_worsens_local_health() {
+    let mut solo = Solo::with_peers(3);
+    let accuser = NodeId::new(addr(1), 1);
+    let me = solo.machine.me();
+    let packet = Packet {
+        from: accuser,
+        to: Some(me),
+        message: Message::Gossip,
+        gossip: vec![Update::Suspect {
+            node: me,
+            incarnation: 0,
+            by: accuser,
+        }],
+    };
+    let bytes = wire::encode_datagram(&Datagram::Membership(packet)).expect("encodes");
+    solo.machine
+        .handle(
+            solo.now,
+            Input::Datagram {
+                from: accuser.addr,
+                bytes: &bytes,
+            },
+        )
+        .expect("accepted");
+    assert_eq!(solo.machine.incarnation(), 1);
+    assert_eq!(solo.machine.awareness(), 1);
+}
+
+#[test]
+fn a_death_verdict_about_a_member_that_just_spoke_to_us_is_refused_and_forwarded() {
+    let mut solo = Solo::with_peers(3);
+    let victim = NodeId::new(addr(1), 1);
+    let accuser = NodeId::new(addr(2), 1);
+    let verdict = Update::Dead {
+        node: victim,
+        incarnation: 0,
+        by: accuser,
+    };
+    // The victim talks to us; the accuser (cut off from it one way) declares it dead.
+    solo.feed(victim, Message::Gossip);
+    solo.now = solo.now + Duration::from_millis(300);
+    solo.sent.clear();
+    solo.feed_with(accuser, Message::Gossip, vec![verdict]);
+    assert_eq!(solo.machine.state_of(victim), Some(MemberState::Alive));
+    assert_eq!(solo.machine.metrics().deaths_overruled, 1);
+    assert!(
+        solo.sent
+            .iter()
+            .any(|(to, p)| *to == victim.addr && p.gossip.contains(&verdict)),
+        "the verdict is forwarded to the victim so that it refutes"
+    );
+    // Silent for longer than the suspicion floor: the verdict may be about a crash; adopted.
+    let floor = Config::lan().suspicion_timeout_min(solo.machine.cluster_size());
+    solo.now = solo.now + floor;
+    solo.feed_with(accuser, Message::Gossip, vec![verdict]);
+    assert_eq!(solo.machine.state_of(victim), Some(MemberState::Dead));
+}

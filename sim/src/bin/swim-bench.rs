@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idunno_core::membership::Config;
+use idunno_core::membership::{Config, Count, Traffic};
 use idunno_core::time::Instant;
 use idunno_sim::checker::Violation;
 use idunno_sim::{FaultOptions, SwimSim};
@@ -41,6 +41,8 @@ struct Measured {
     datagrams_per_node_second: f64,
     virtual_seconds: f64,
     wall_seconds: f64,
+    /// Sent traffic by kind over the quiet window, summed over the nodes.
+    traffic: Vec<(&'static str, Count)>,
 }
 
 /// Longest wait for every live member to drop a crashed node before the trial counts as
@@ -56,6 +58,8 @@ struct Options {
     losses: Vec<f64>,
     seed: u64,
     quick: bool,
+    /// Overrides the quiet window (seconds), for steady-state traffic studies.
+    quiet_s: Option<u64>,
 }
 
 fn parse_list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, String> {
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Options, String> {
         losses: vec![0.0, 3.0, 10.0, 30.0],
         seed: 1,
         quick: false,
+        quiet_s: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -86,10 +91,13 @@ fn parse_args() -> Result<Options, String> {
                 options.seed = value()?.parse().map_err(|_| "bad --seed".to_owned())?;
             }
             "--quick" => options.quick = true,
+            "--quiet-s" => {
+                options.quiet_s = Some(value()?.parse().map_err(|_| "bad --quiet-s".to_owned())?);
+            }
             "-h" | "--help" => {
                 return Err(
                     "usage: swim-bench [--sizes 10,100,1000] [--loss 0,3,10,30] \
-                            [--seed N] [--quick]"
+                            [--seed N] [--quick] [--quiet-s S]"
                         .to_owned(),
                 );
             }
@@ -123,6 +131,61 @@ fn pending_broadcasts(sim: &SwimSim) -> usize {
         .filter_map(|i| cluster.node(i))
         .map(|m| m.pending_broadcasts())
         .sum()
+}
+
+/// Every live node's traffic counters, summed.
+fn traffic_by_kind(sim: &SwimSim) -> Traffic {
+    let cluster = sim.cluster();
+    let mut sum = Traffic::default();
+    for m in cluster
+        .live_indices()
+        .into_iter()
+        .filter_map(|i| cluster.node(i))
+    {
+        sum.add(&m.metrics().traffic);
+    }
+    sum
+}
+
+/// Decision counters summed over the live nodes: suspicions raised, refutations, failures
+/// declared, probes, retries, extensions, extensions answered.
+fn decisions(sim: &SwimSim) -> [u64; 7] {
+    let cluster = sim.cluster();
+    let mut out = [0u64; 7];
+    for m in cluster
+        .live_indices()
+        .into_iter()
+        .filter_map(|i| cluster.node(i))
+    {
+        let x = m.metrics();
+        let row = [
+            x.suspicions_raised,
+            x.refutations,
+            x.failures_declared,
+            x.probes,
+            x.probe_retries,
+            x.probe_extensions,
+            x.probe_extensions_answered,
+        ];
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// How many live nodes have each local health score.
+fn awareness_histogram(sim: &SwimSim) -> std::collections::BTreeMap<u32, usize> {
+    let cluster = sim.cluster();
+    let mut out = std::collections::BTreeMap::new();
+    for m in cluster
+        .live_indices()
+        .into_iter()
+        .filter_map(|i| cluster.node(i))
+    {
+        *out.entry(m.awareness()).or_insert(0) += 1;
+    }
+    out
 }
 
 fn total_traffic(sim: &SwimSim) -> (u64, u64) {
@@ -176,8 +239,36 @@ fn measure(seed: u64, p: Point) -> Result<Measured, Violation> {
 
     // Quiet window: steady-state traffic.
     let (bytes_0, datagrams_0) = total_traffic(&sim);
+    let kinds_0 = traffic_by_kind(&sim);
+    let decisions_0 = decisions(&sim);
     run_counting(&mut sim, p.quiet, &mut m.node_seconds)?;
+    if std::env::var_os("SWIM_BENCH_DEBUG").is_some() {
+        let d1 = decisions(&sim);
+        let delta: Vec<u64> = d1.iter().zip(decisions_0).map(|(a, b)| a - b).collect();
+        eprintln!(
+            "n = {}, loss {}%: quiet window: suspicions raised {}, refutations {}, failures \
+             declared {}, probes {}, retries {}, extensions {} (answered {}); awareness \
+             histogram {:?}",
+            p.nodes,
+            p.loss_percent,
+            delta[0],
+            delta[1],
+            delta[2],
+            delta[3],
+            delta[4],
+            delta[5],
+            delta[6],
+            awareness_histogram(&sim)
+        );
+    }
     let (bytes_1, datagrams_1) = total_traffic(&sim);
+    let kinds_1 = traffic_by_kind(&sim);
+    m.traffic = kinds_1
+        .named()
+        .iter()
+        .zip(kinds_0.named())
+        .map(|(&(name, after), (_, before))| (name, after.since(&before)))
+        .collect();
     let per_node_second = p.nodes as f64 * p.quiet.as_secs_f64();
     m.bytes_per_node_second = (bytes_1 - bytes_0) as f64 / per_node_second;
     m.datagrams_per_node_second = (datagrams_1 - datagrams_0) as f64 / per_node_second;
@@ -260,9 +351,13 @@ fn main() -> ExitCode {
          | virtual s | wall s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut breakdown: Vec<(usize, f64, Measured, Point)> = Vec::new();
     for &nodes in &options.sizes {
         for &loss in &options.losses {
-            let p = point(nodes, loss, options.quick);
+            let mut p = point(nodes, loss, options.quick);
+            if let Some(quiet_s) = options.quiet_s {
+                p.quiet = Duration::from_secs(quiet_s);
+            }
             let m = match measure(options.seed, p) {
                 Ok(m) => m,
                 Err(v) => {
@@ -291,9 +386,34 @@ fn main() -> ExitCode {
                 m.virtual_seconds,
                 m.wall_seconds,
             );
+            breakdown.push((nodes, loss, m, p));
         }
     }
+    print_breakdown(&breakdown);
     ExitCode::SUCCESS
+}
+
+/// The quiet window's sent bytes per node per second by kind (records inside packets are
+/// part of their packet's bytes; their columns say how much of it they are).
+fn print_breakdown(points: &[(usize, f64, Measured, Point)]) {
+    let Some((_, _, first, _)) = points.first() else {
+        return;
+    };
+    println!(
+        "\nSent bytes / node / s in the quiet window, by kind (record columns are part of the packet columns):\n"
+    );
+    let names: Vec<&str> = first.traffic.iter().map(|(name, _)| *name).collect();
+    println!("| n | loss | {} |", names.join(" | "));
+    println!("|---|---|{}", "---|".repeat(names.len()));
+    for (nodes, loss, m, p) in points {
+        let per = *nodes as f64 * p.quiet.as_secs_f64();
+        let cells: Vec<String> = m
+            .traffic
+            .iter()
+            .map(|(_, c)| format!("{:.0}", c.bytes as f64 / per))
+            .collect();
+        println!("| {nodes} | {loss}% | {} |", cells.join(" | "));
+    }
 }
 
 #[cfg(test)]
