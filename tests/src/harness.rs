@@ -729,6 +729,77 @@ impl NodeSpec {
     }
 }
 
+/// Where a Raft cluster's nodes go on loopback: voter `i` (0-based, Raft id `i + 1`) on
+/// `127.0.0.<first + i>` at a free port, and the `--voters` list naming them all.
+#[derive(Debug, Clone)]
+pub struct RaftLayout {
+    /// Every voter's address, by index (id - 1).
+    pub voters: Vec<SocketAddr>,
+    /// The `--voters` argument: `1=ADDR,2=ADDR,...`.
+    pub voters_arg: String,
+}
+
+impl RaftLayout {
+    /// `voters` voters on `127.0.0.<first>` onwards.
+    pub fn new(first: u8, voters: u8) -> Self {
+        let voters: Vec<SocketAddr> = (0..voters).map(|i| free_addr(ip(first + i))).collect();
+        let voters_arg = voters
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("{}={addr}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        RaftLayout { voters, voters_arg }
+    }
+
+    /// Voter `i`'s spec: its address, `--raft-id i+1`, the voter set, joining the other voters
+    /// (voter 0 joins nobody: it is the one the others find first).
+    pub fn voter(&self, i: usize) -> NodeSpec {
+        let addr = self.voters[i];
+        let others: Vec<SocketAddr> = self.voters.iter().copied().filter(|&a| a != addr).collect();
+        let spec = NodeSpec::on(addr.ip()).at(addr).args(&[
+            "--raft-id".to_owned(),
+            (i + 1).to_string(),
+            "--voters".to_owned(),
+            self.voters_arg.clone(),
+        ]);
+        if i == 0 { spec } else { spec.join(&others) }
+    }
+
+    /// A non-voting member's spec on `ip`: the voter set, joining through the voters.
+    pub fn member(&self, ip: IpAddr) -> NodeSpec {
+        NodeSpec::on(ip)
+            .join(&self.voters)
+            .args(&["--voters".to_owned(), self.voters_arg.clone()])
+    }
+
+    /// Starts every voter (with `extra` arguments) and `members` members on the addresses after
+    /// the voters'; returns each node's address and its index in `cluster`, voters first.
+    pub fn start(
+        &self,
+        cluster: &mut Cluster,
+        members: u8,
+        extra: &[String],
+    ) -> (Vec<SocketAddr>, Vec<usize>) {
+        let mut all = Vec::new();
+        let mut index_of = Vec::new();
+        for i in 0..self.voters.len() {
+            index_of.push(cluster.start(&self.voter(i).args(extra)));
+            all.push(self.voters[i]);
+        }
+        let first_member = self.voters.last().map_or(1, |a| match a.ip() {
+            IpAddr::V4(v4) => v4.octets()[3].saturating_add(1),
+            IpAddr::V6(_) => 1,
+        });
+        for m in 0..members {
+            let index = cluster.start(&self.member(ip(first_member + m)).args(extra));
+            index_of.push(index);
+            all.push(cluster.node(index).addr);
+        }
+        (all, index_of)
+    }
+}
+
 /// The guard over every node a test starts: kills them all when dropped, and when the test is
 /// panicking, prints each node's log tail first so the failure explains itself.
 #[derive(Debug)]

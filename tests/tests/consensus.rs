@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, eventually, failed_nodes, free_addr, ip, kv_get, kv_put,
-    leader,
+    CONVERGE_TIMEOUT, Cluster, RaftLayout, eventually, failed_nodes, ip, kv_get, kv_put, leader,
 };
 
 const VOTERS: u8 = 7;
@@ -57,31 +56,12 @@ fn put_all(through: &[SocketAddr], keys: impl Iterator<Item = (String, String)>)
 #[test]
 fn seven_voters_survive_killing_the_leader_and_two_followers() {
     let mut cluster = Cluster::new("consensus10");
-    let voter_addrs: Vec<SocketAddr> = (0..VOTERS).map(|i| free_addr(ip(FIRST_HOST + i))).collect();
-    let voters_arg = voter_addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| format!("{}={addr}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let voter_spec = |i: usize| {
-        let others: Vec<SocketAddr> = voter_addrs
-            .iter()
-            .copied()
-            .filter(|&a| a != voter_addrs[i])
-            .collect();
-        let spec = NodeSpec::on(voter_addrs[i].ip()).at(voter_addrs[i]).args(&[
-            "--raft-id".to_owned(),
-            (i + 1).to_string(),
-            "--voters".to_owned(),
-            voters_arg.clone(),
-            // Compact often, so that restarts recover from snapshots and lagging voters
-            // catch up through InstallSnapshot.
-            "--raft-compact-every".to_owned(),
-            COMPACT_EVERY.to_string(),
-        ]);
-        if i == 0 { spec } else { spec.join(&others) }
-    };
+    let layout = RaftLayout::new(FIRST_HOST, VOTERS);
+    let voter_addrs = layout.voters.clone();
+    // Compact often, so that restarts recover from snapshots and lagging voters catch up
+    // through InstallSnapshot.
+    let compact = ["--raft-compact-every".to_owned(), COMPACT_EVERY.to_string()];
+    let voter_spec = |i: usize| layout.voter(i).args(&compact);
 
     // 1. Seven voters (each joining the membership through the others) and three members.
     let mut voter_index = BTreeMap::new();
@@ -90,10 +70,7 @@ fn seven_voters_survive_killing_the_leader_and_two_followers() {
     }
     let mut all: Vec<SocketAddr> = voter_addrs.clone();
     for m in 0..MEMBERS {
-        let spec = NodeSpec::on(ip(FIRST_HOST + VOTERS + m))
-            .join(&voter_addrs)
-            .args(&["--voters".to_owned(), voters_arg.clone()]);
-        let index = cluster.start(&spec);
+        let index = cluster.start(&layout.member(ip(FIRST_HOST + VOTERS + m)));
         all.push(cluster.node(index).addr);
     }
 

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, client, dfs_get, dfs_ls, dfs_put, eventually, free_addr,
-    ip, leader, patience,
+    CONVERGE_TIMEOUT, Cluster, RaftLayout, client, dfs_get, dfs_ls, dfs_put, eventually, leader,
+    patience,
 };
 
 const VOTERS: u8 = 5;
@@ -42,31 +42,7 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
 /// Starts `voters` voters and `members` members from `first`; returns every node's address
 /// (voters first) and the voter count.
 fn start_cluster(cluster: &mut Cluster, first: u8, voters: u8, members: u8) -> Vec<SocketAddr> {
-    let voter_addrs: Vec<SocketAddr> = (0..voters).map(|i| free_addr(ip(first + i))).collect();
-    let voters_arg = voter_addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| format!("{}={addr}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, &addr) in voter_addrs.iter().enumerate() {
-        let others: Vec<SocketAddr> = voter_addrs.iter().copied().filter(|&a| a != addr).collect();
-        let spec = NodeSpec::on(addr.ip()).at(addr).args(&[
-            "--raft-id".to_owned(),
-            (i + 1).to_string(),
-            "--voters".to_owned(),
-            voters_arg.clone(),
-        ]);
-        cluster.start(&if i == 0 { spec } else { spec.join(&others) });
-    }
-    let mut all = voter_addrs.clone();
-    for m in 0..members {
-        let spec = NodeSpec::on(ip(first + voters + m))
-            .join(&voter_addrs)
-            .args(&["--voters".to_owned(), voters_arg.clone()]);
-        let index = cluster.start(&spec);
-        all.push(cluster.node(index).addr);
-    }
+    let (all, _) = RaftLayout::new(first, voters).start(cluster, members, &[]);
     eventually("a leader is known everywhere", CONVERGE_TIMEOUT, || {
         for &node in &all {
             if leader(node)?.addr.is_none() {

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use idunno_models::digits::{Dataset, TrainConfig};
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, client_json, eventually, free_addr, ip, leader,
-    node_binary, patience,
+    CONVERGE_TIMEOUT, Cluster, RaftLayout, client_json, eventually, leader, node_binary, patience,
 };
 
 const VOTERS: u8 = 3;
@@ -207,35 +206,7 @@ fn check_against_local(
 fn two_model_jobs_match_a_local_run_through_killing_a_worker() {
     let started = Instant::now();
     let mut cluster = Cluster::new("inference6");
-    let voter_addrs: Vec<SocketAddr> = (0..VOTERS).map(|i| free_addr(ip(FIRST_HOST + i))).collect();
-    let voters_arg = voter_addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| format!("{}={addr}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut all = Vec::new();
-    let mut index_of = Vec::new();
-    for (i, &addr) in voter_addrs.iter().enumerate() {
-        let others: Vec<SocketAddr> = voter_addrs.iter().copied().filter(|&a| a != addr).collect();
-        let spec = NodeSpec::on(addr.ip()).at(addr).args(&[
-            "--raft-id".to_owned(),
-            (i + 1).to_string(),
-            "--voters".to_owned(),
-            voters_arg.clone(),
-        ]);
-        let spec = if i == 0 { spec } else { spec.join(&others) };
-        index_of.push(cluster.start(&spec));
-        all.push(addr);
-    }
-    for m in 0..MEMBERS {
-        let spec = NodeSpec::on(ip(FIRST_HOST + VOTERS + m))
-            .join(&voter_addrs)
-            .args(&["--voters".to_owned(), voters_arg.clone()]);
-        let index = cluster.start(&spec);
-        index_of.push(index);
-        all.push(cluster.node(index).addr);
-    }
+    let (all, index_of) = RaftLayout::new(FIRST_HOST, VOTERS).start(&mut cluster, MEMBERS, &[]);
     let leader_addr = eventually("a leader is elected", CONVERGE_TIMEOUT, || {
         leader(all[3])?
             .addr

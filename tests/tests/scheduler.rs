@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use idunno_tests::harness::{
-    CONVERGE_TIMEOUT, Cluster, NodeSpec, client_json, eventually, free_addr, ip, leader,
+    CONVERGE_TIMEOUT, Cluster, RaftLayout, client_json, eventually, leader,
 };
 
 const VOTERS: u8 = 3;
@@ -47,35 +47,7 @@ fn check_results(node: SocketAddr, job: u64, inputs: usize) -> Result<(), String
 #[test]
 fn two_jobs_finish_exactly_once_through_killing_a_worker_and_the_leader() {
     let mut cluster = Cluster::new("scheduler6");
-    let voter_addrs: Vec<SocketAddr> = (0..VOTERS).map(|i| free_addr(ip(FIRST_HOST + i))).collect();
-    let voters_arg = voter_addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| format!("{}={addr}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut all = Vec::new();
-    let mut index_of = Vec::new();
-    for (i, &addr) in voter_addrs.iter().enumerate() {
-        let others: Vec<SocketAddr> = voter_addrs.iter().copied().filter(|&a| a != addr).collect();
-        let spec = NodeSpec::on(addr.ip()).at(addr).args(&[
-            "--raft-id".to_owned(),
-            (i + 1).to_string(),
-            "--voters".to_owned(),
-            voters_arg.clone(),
-        ]);
-        let spec = if i == 0 { spec } else { spec.join(&others) };
-        index_of.push(cluster.start(&spec));
-        all.push(addr);
-    }
-    for m in 0..MEMBERS {
-        let spec = NodeSpec::on(ip(FIRST_HOST + VOTERS + m))
-            .join(&voter_addrs)
-            .args(&["--voters".to_owned(), voters_arg.clone()]);
-        let index = cluster.start(&spec);
-        index_of.push(index);
-        all.push(cluster.node(index).addr);
-    }
+    let (all, index_of) = RaftLayout::new(FIRST_HOST, VOTERS).start(&mut cluster, MEMBERS, &[]);
     let leader_addr = eventually("a leader is elected", CONVERGE_TIMEOUT, || {
         leader(all[3])?
             .addr
