@@ -596,14 +596,12 @@ fn crash_three_with_the_leader_mid_job() {
     scenario("crash_three_with_the_leader_mid_job", Fault::CrashThree, 1);
 }
 
-/// Ignored while it finds a real bug: after the heal, the cut-off pair's death certificates for
-/// the majority's members spread, SWIM accepts them (the members refute and stay alive with the
-/// same generation), the leader proposes `NodeFailed` for those live members, and the DFS drops
-/// every replica on them for good, so an acknowledged file can lose all of its replica records
-/// while its bytes are still on live disks (seed 2: "no replica served a good copy: []").
-/// Run it with `--include-ignored`.
+/// Found a real bug (seed 2, and 101 in a sweep): after the heal, the cut-off pair's death
+/// certificates for the majority's members spread, the members refute (same generation), but
+/// the leader had already proposed `NodeFailed` for them and the DFS dropped every replica
+/// record on them, so an acknowledged file had none left ("no replica served a good copy: []").
+/// Fixed by `consensus::driver::FAILURE_GRACE`.
 #[test]
-#[ignore = "finds a bug: NodeFailed for members that refuted after a partition heals"]
 fn partition_the_leader_with_one_follower_then_heal() {
     scenario(
         "partition_the_leader_with_one_follower_then_heal",
