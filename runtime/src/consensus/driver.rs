@@ -16,7 +16,7 @@
 //! it follows is durable, answer a put before its entry applied, serve a read before the read
 //! index applied, hold more than its bounds of waiting requests, or panic on peer or disk data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +50,14 @@ pub const PROPOSALS_PENDING_MAX: usize = 4096;
 pub const EXPIRE_LEASES_EVERY: Duration = Duration::from_millis(500);
 /// Most due timers handed in before the loop looks at messages and requests again.
 const TIMERS_PER_TURN_MAX: usize = 1024;
+/// How long a member must stay gone in the leader's view before the leader proposes its
+/// `NodeFailed` (which fences it for good: the DFS drops its replicas, the scheduler its
+/// leases). A live member declared dead by stale gossip (after a partition heals, the cut-off
+/// side's death certificates for the majority's members spread) refutes and is seen alive again
+/// within a few gossip rounds; without this wait the leader fenced such live members, and files
+/// whose replicas were all on them lost every replica record (found by the turmoil partition
+/// scenario).
+pub const FAILURE_GRACE: Duration = Duration::from_secs(3);
 /// Most queued peer messages handled in one turn before timers and requests get a look.
 const MESSAGES_PER_TURN_MAX: usize = 256;
 
@@ -152,6 +160,8 @@ pub struct RaftDriver {
     /// `NodeFailed` proposals made, with the term they were made in (retried in a later term
     /// if they did not apply).
     failure_proposals: BTreeMap<NodeId, u64>,
+    /// Members the view reports gone, and since when (they are proposed after [`FAILURE_GRACE`]).
+    gone_since: BTreeMap<NodeId, tokio::time::Instant>,
     /// Compact every this many applied entries.
     compact_every: u64,
     /// The applied index of the last compaction attempt (made or refused).
@@ -222,6 +232,7 @@ impl RaftDriver {
             ready_reads: Vec::new(),
             view: None,
             failure_proposals: BTreeMap::new(),
+            gone_since: BTreeMap::new(),
             compact_every: super::COMPACT_EVERY_DEFAULT,
             compacted_at: applied,
             next_read_id: 0,
@@ -316,26 +327,36 @@ impl RaftDriver {
         self
     }
 
-    /// As leader, proposes `NodeFailed` for every member the membership view reports gone that
-    /// the state has not recorded, once per term (so a proposal lost to a leader change is
-    /// made again by the next leader, which runs this on its own view).
+    /// As leader, proposes `NodeFailed` for every member the membership view has reported gone
+    /// for [`FAILURE_GRACE`] that the state has not recorded, once per term (so a proposal lost
+    /// to a leader change is made again by the next leader, which runs this on its own view).
     fn propose_failures(&mut self) -> Result<(), RaftDriverError> {
-        if !self.raft.is_leader() {
-            return Ok(());
-        }
         let Some(view) = &self.view else {
             return Ok(());
         };
+        // Every node tracks how long members have been gone, so a new leader need not wait
+        // the grace again for members its view has long reported gone.
+        let now = tokio::time::Instant::now();
+        let gone: BTreeSet<NodeId> = view.borrow().gone().copied().collect();
+        self.gone_since.retain(|node, _| gone.contains(node));
+        for node in &gone {
+            self.gone_since.entry(*node).or_insert(now);
+        }
+        debug_assert!(self.gone_since.len() == gone.len());
+        if !self.raft.is_leader() {
+            return Ok(());
+        }
         let recorded = self.state.failed_nodes();
         self.failure_proposals
             .retain(|node, _| !recorded.contains(node));
         let term = self.raft.term();
-        let due: Vec<NodeId> = view
-            .borrow()
-            .gone()
+        let due: Vec<NodeId> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= FAILURE_GRACE)
+            .map(|(node, _)| *node)
             .filter(|node| !recorded.contains(node))
             .filter(|node| self.failure_proposals.get(node) != Some(&term))
-            .copied()
             .collect();
         for node in due {
             if self.proposals.len() >= PROPOSALS_PENDING_MAX {
