@@ -1,8 +1,8 @@
 //! The client side of the scheduler protocol, for the worker loop and the `client` commands.
 //!
-//! Owns: [`SchedClient`] (sends a [`SchedRequest`] to the node it was given, remembers the
-//! leader a `NotLeader` answer names and asks it directly next time, forgets it when it stops
-//! answering; keeps up to [`IDLE_CONNECTIONS_MAX`] authenticated connections open between
+//! Owns: [`SchedClient`] (sends a [`SchedRequest`] to the leader: asks the node it was given
+//! who leads, or follows a `NotLeader` answer, and asks the leader directly from then on;
+//! forgets it when it stops answering; keeps up to [`IDLE_CONNECTIONS_MAX`] authenticated connections open between
 //! requests, so a worker's steady stream of reports costs no TCP connect and handshake each),
 //! [`submit`] (a job of any size up to the input limit, in chunks that fit one request) and
 //! [`all_results`] (every page of a job's results).
@@ -177,9 +177,28 @@ impl SchedClient {
         }
     }
 
-    /// Sends `request` (to the last known leader, else to the node), following `NotLeader`.
+    /// Asks the node who leads and remembers the answer: a node that does not lead would
+    /// otherwise forward every request (asking the voters who leads, then the leader, on fresh
+    /// connections each time), so a worker talks to the leader directly instead.
+    async fn find_leader(&self) -> Option<SocketAddr> {
+        match self.call(self.node, &ControlRequest::Leader).await {
+            Ok(ControlResponse::Leader {
+                addr: Some(leader), ..
+            }) => {
+                self.set_leader(Some(leader));
+                Some(leader)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends `request` (to the last known leader, else to the leader the node names, else to
+    /// the node), following `NotLeader`.
     pub async fn ask(&self, request: SchedRequest) -> Result<SchedAnswer, ClientError> {
-        let mut target = self.cached_leader().unwrap_or(self.node);
+        let mut target = match self.cached_leader() {
+            Some(leader) => leader,
+            None => self.find_leader().await.unwrap_or(self.node),
+        };
         let message = ControlRequest::Sched {
             request,
             forwarded: false,
@@ -322,8 +341,8 @@ mod tests {
 
     use crate::control::{read_frame, write_frame};
 
-    /// A fake node answering every request with `NoWork`; closes each connection after
-    /// `answers_per_connection` answers. Counts the connections it accepted.
+    /// A fake node that leads and answers every scheduler request with `NoWork`; closes each
+    /// connection after `answers_per_connection` answers. Counts the connections it accepted.
     async fn fake_node(answers_per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -336,13 +355,20 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     for _ in 0..answers_per_connection {
-                        let Ok(Some(_)) =
+                        let Ok(Some(request)) =
                             read_frame::<ControlRequest, _>(&mut stream, 1 << 16).await
                         else {
                             return;
                         };
-                        let answer =
-                            ControlResponse::Sched(SchedAnswer::Result(SchedResult::NoWork));
+                        let answer = match request {
+                            // It leads itself.
+                            ControlRequest::Leader => ControlResponse::Leader {
+                                id: Some(idunno_core::consensus::VoterId(1)),
+                                addr: Some(addr),
+                                term: 1,
+                            },
+                            _ => ControlResponse::Sched(SchedAnswer::Result(SchedResult::NoWork)),
+                        };
                         if write_frame(&mut stream, &answer).await.is_err() {
                             return;
                         }
@@ -384,7 +410,8 @@ mod tests {
         ) {
             return;
         }
-        let (addr, accepted) = fake_node(1).await;
+        // The first connection carries the leader lookup and the first request.
+        let (addr, accepted) = fake_node(2).await;
         let client = SchedClient::new(addr, Duration::from_secs(2));
         assert_eq!(
             client.command(ask()).await.expect("first"),
