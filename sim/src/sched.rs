@@ -5,7 +5,8 @@
 //!
 //! Owns: [`SchedSim`] (the harness: node slots `0..nodes` each run a worker, slots
 //! `0..voters` also run a Raft voter from [`RaftSim`]), the worker loop (ask -> lease -> run for
-//! the model's cost with seeded jitter -> complete -> ask), the coordinator's duties (propose
+//! the model's cost with seeded jitter -> complete and ask in one command, `CompleteAndLease`,
+//! as the runtime's worker does), the coordinator's duties (propose
 //! `ExpireLeases` periodically; propose `NodeFailed` once the failure detector reports a crash),
 //! the failure-detection model (a crash is reported after a delay drawn uniformly from
 //! [`SchedOptions::detection_min`]..[`SchedOptions::detection_max`]; no false suspicions),
@@ -133,9 +134,11 @@ enum Phase {
         done_at: Instant,
         results: Vec<Completion>,
     },
+    /// A `CompleteAndLease` proposed: the report of `lease` and the ask numbered `request`.
     Reporting {
         lease: LeaseId,
         results: Vec<Completion>,
+        request: u64,
         proposed_at: Instant,
     },
 }
@@ -847,42 +850,84 @@ impl SchedSim {
                 done_at,
                 results,
             } if done_at <= now => {
-                let op = ClusterOp::Sched(SchedCommand::Complete {
+                // The report and the ask for the next batch share one log entry, as the
+                // runtime's worker does.
+                let request = self.workers[slot].next_request;
+                self.workers[slot].next_request += 1;
+                let op = ClusterOp::Sched(SchedCommand::CompleteAndLease {
                     lease: grant.lease,
                     worker: me,
                     results: results.clone(),
+                    request,
                 });
                 self.propose(slot, op)?;
                 Phase::Reporting {
                     lease: grant.lease,
                     results,
+                    request,
                     proposed_at: now,
                 }
             }
             Phase::Reporting {
                 lease,
                 results,
+                request,
                 proposed_at,
             } => {
-                let live = self
+                let answer = self
                     .best_state()
-                    .is_some_and(|s| s.scheduler().leases().get(lease).is_some());
-                if !live {
-                    Phase::Idle { at: now }
-                } else if now >= proposed_at + retry {
-                    let op = ClusterOp::Sched(SchedCommand::Complete {
-                        lease,
-                        worker: me,
-                        results: results.clone(),
-                    });
-                    self.propose(slot, op)?;
-                    Phase::Reporting {
-                        lease,
-                        results,
-                        proposed_at: now,
+                    .and_then(|s| s.scheduler().last_request(me));
+                match answer {
+                    // Applied (report and ask apply together): run what the ask got.
+                    Some((seen, granted)) if seen >= request => {
+                        let grant = granted
+                            .filter(|_| seen == request)
+                            .and_then(|id| self.best_state()?.scheduler().grant(id));
+                        match grant {
+                            Some(grant) => {
+                                let (span, results) = self.run_time(&grant);
+                                Phase::Running {
+                                    grant,
+                                    done_at: now + span,
+                                    results,
+                                }
+                            }
+                            None => Phase::Idle { at: now + backoff },
+                        }
                     }
-                } else {
-                    return Ok(());
+                    _ if now >= proposed_at + retry => {
+                        let live = self
+                            .best_state()
+                            .is_some_and(|s| s.scheduler().leases().get(lease).is_some());
+                        if live {
+                            let op = ClusterOp::Sched(SchedCommand::CompleteAndLease {
+                                lease,
+                                worker: me,
+                                results: results.clone(),
+                                request,
+                            });
+                            self.propose(slot, op)?;
+                            Phase::Reporting {
+                                lease,
+                                results,
+                                request,
+                                proposed_at: now,
+                            }
+                        } else {
+                            // The lease is gone (expired or revoked): only the ask is left,
+                            // under the same number.
+                            let op = ClusterOp::Sched(SchedCommand::Lease {
+                                worker: me,
+                                request,
+                            });
+                            self.propose(slot, op)?;
+                            Phase::Asking {
+                                request,
+                                proposed_at: now,
+                            }
+                        }
+                    }
+                    _ => return Ok(()),
                 }
             }
             _ => return Ok(()),

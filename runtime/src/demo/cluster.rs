@@ -62,6 +62,11 @@ impl Cluster {
     pub fn new(root: PathBuf) -> Result<Self, DemoError> {
         let exe = std::env::current_exe()
             .map_err(|e| DemoError(format!("cannot find the idunno-node executable: {e}")))?;
+        Self::with_exe(root, exe)
+    }
+
+    /// [`Cluster::new`], with children running `exe` (a bench binary's `idunno-node`).
+    pub fn with_exe(root: PathBuf, exe: PathBuf) -> Result<Self, DemoError> {
         fs::create_dir_all(&root)
             .map_err(|e| DemoError(format!("cannot create {}: {e}", root.display())))?;
         // The demo's cluster is authenticated like a real one: one fresh key for its nodes.

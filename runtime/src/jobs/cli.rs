@@ -50,7 +50,7 @@ pub const KNOWN_MODELS: &[&str] = &[super::noop::NOOP_MODEL, "digits-cnn", "effi
 pub enum JobsRequest {
     /// Submit a job: run MODEL on the inputs NAME... (their file-system names), in batches.
     Submit {
-        /// The model (noop, digits-cnn, efficientnet-lite0).
+        /// The model (noop, noop:MS for MS ms per query, digits-cnn, efficientnet-lite0).
         model: String,
         /// The inputs' names.
         #[arg(required = true, num_args = 1..)]
@@ -134,7 +134,7 @@ pub enum JobsRequest {
     /// Run MODEL on every file under the file-system directory DIR (inputs/x, or x meaning
     /// inputs/x) as one job.
     Inference {
-        /// The model (noop, digits-cnn, efficientnet-lite0).
+        /// The model (noop, noop:MS for MS ms per query, digits-cnn, efficientnet-lite0).
         model: String,
         /// The file-system directory of the inputs.
         dir: String,
@@ -243,7 +243,10 @@ pub async fn run(
             any_model,
             json,
         } => {
-            if !any_model && !KNOWN_MODELS.contains(&model.as_str()) {
+            if !any_model
+                && !KNOWN_MODELS.contains(&model.as_str())
+                && !super::noop::is_noop(&model)
+            {
                 return Err(JobsCliError::Usage(format!(
                     "unknown model {model:?} (known: {}; --any-model to submit anyway)",
                     KNOWN_MODELS.join(", ")

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use super::cli::JobsCliError;
 use super::client::{self, SchedClient};
 use super::model::{self, weights_file_name};
-use super::noop::NOOP_MODEL;
+use super::noop::is_noop;
 use super::results::{self, RESULT_FILE_BYTES_MAX, ResultLine};
 use crate::dfs::client::{DfsClient, DfsClientError};
 
@@ -281,7 +281,7 @@ pub async fn inference(
     json: bool,
 ) -> Result<String, JobsCliError> {
     let dfs = DfsClient::new(node, timeout);
-    if model != NOOP_MODEL {
+    if !is_noop(model) {
         known_model(model)?;
         match dfs.versions(&weights_file_name(model), 1).await {
             Ok(v) if !v.is_empty() => {}

@@ -1,4 +1,5 @@
-//! The executor of the registry's real models (digits-cnn, efficientnet-lite0), and of `noop`.
+//! The executor of the registry's real models (digits-cnn, efficientnet-lite0), and of the
+//! no-op models (`noop`, `noop:MS`).
 //!
 //! Owns: [`ModelExecutor`]. Per batch: the model's weights come from the file-system file
 //! `models/<MODEL>` (written by `train`), cached per (model, version, hash) so a worker loads a
@@ -33,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::noop::{NOOP_MODEL, NoopExecutor, truncated, unknown_model};
+use super::noop::{NoopExecutor, is_noop, truncated, unknown_model};
 use super::results::{self, ResultLine};
 use super::{ExecError, Executor};
 use crate::dfs::client::{DfsClient, DfsClientError};
@@ -385,7 +386,7 @@ impl ModelExecutor {
 
 impl Executor for ModelExecutor {
     fn run(&self, grant: &Grant) -> Result<Vec<Completion>, ExecError> {
-        if grant.model == NOOP_MODEL {
+        if is_noop(&grant.model) {
             return Ok(NoopExecutor::complete(&grant.model, &grant.inputs));
         }
         if registry::info(&grant.model).is_err() {
@@ -421,7 +422,7 @@ impl Executor for ModelExecutor {
                 _ => None,
             })
             .collect();
-        if files.is_empty() || grant.model == NOOP_MODEL {
+        if files.is_empty() || is_noop(&grant.model) {
             return;
         }
         let (node, timeout) = (self.node, self.timeout);
