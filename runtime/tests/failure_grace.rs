@@ -15,6 +15,7 @@ use idunno_core::membership::{Event, NodeId};
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use idunno_runtime::consensus::RaftRequest;
 use idunno_runtime::consensus::driver::{FAILURE_GRACE, RaftDriver};
+use idunno_runtime::consensus::persister::PersistMode;
 use idunno_runtime::view;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,7 +39,8 @@ async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
     let me = addr(7101);
     let voters = Arc::new(BTreeMap::from([(VoterId(1), me)]));
     let (view_tx, view_rx) = view::channel(NodeId::new(me, 1));
-    let driver = RaftDriver::open(VoterId(1), voters, &dir, 7)
+    // Inline fsync: a storage thread works in real time, which paused time would outrun.
+    let driver = RaftDriver::open_with(VoterId(1), voters, &dir, 7, PersistMode::Inline)
         .expect("open the store")
         .with_view(view_rx);
     let (requests, requests_rx) = mpsc::channel(16);
