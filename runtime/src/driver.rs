@@ -62,6 +62,10 @@ pub enum Exit {
     LeaveTimedOut,
     /// The node's Raft driver stopped on a fatal error (storage); the node stopped with it.
     RaftFailed,
+    /// The cluster's replicated state records this node (this generation) as failed: it was
+    /// cut off for longer than the failure grace, its leases and replicas were given up, and it
+    /// must come back as a new generation ([`crate::node::run`] does that).
+    Fenced,
 }
 
 /// One node's membership machine wired to a socket and a clock.

@@ -128,27 +128,26 @@ fn start(args: StartArgs) -> ExitCode {
     options.cluster_key = cluster_key;
     options.worker.lanes = usize::try_from(args.worker_lanes).unwrap_or(0);
     let result = node::block_on(async {
-        let bound = match node::bind(options).await {
-            Ok(bound) => bound,
+        // A fenced node comes back as a new generation; each run prints its LISTENING line.
+        let started = |bound: &node::BoundNode| {
+            // Handlers first: whoever reads the LISTENING line may signal at once.
+            let signals = node::leave_on_signals(bound.handle(), bound.span());
+            let id = bound.id();
+            if let Err(e) = print_stdout(&format!("LISTENING {} {}\n", id.addr, id.generation)) {
+                bound
+                    .span()
+                    .in_scope(|| tracing::warn!(error = %e, "cannot print the LISTENING line"));
+            }
+            signals
+        };
+        match node::run(options, started).await {
+            Ok(Some(Exit::Left)) => ExitCode::SUCCESS,
+            Ok(Some(Exit::LeaveTimedOut | Exit::RaftFailed | Exit::Fenced)) => ExitCode::FAILURE,
+            Ok(None) => ExitCode::from(EXIT_INTERRUPTED),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
-        };
-        // Handlers first: whoever reads the LISTENING line may signal at once.
-        let signals = node::leave_on_signals(bound.handle(), bound.span());
-        let id = bound.id();
-        if let Err(e) = print_stdout(&format!("LISTENING {} {}\n", id.addr, id.generation)) {
-            bound
-                .span()
-                .in_scope(|| tracing::warn!(error = %e, "cannot print the LISTENING line"));
-        }
-        tokio::select! {
-            (exit, _) = bound.run() => match exit {
-                Exit::Left => ExitCode::SUCCESS,
-                Exit::LeaveTimedOut | Exit::RaftFailed => ExitCode::FAILURE,
-            },
-            () = signals => ExitCode::from(EXIT_INTERRUPTED),
         }
     });
     result.unwrap_or_else(|e| {

@@ -51,6 +51,14 @@ use crate::view;
 /// Tries at binding UDP and TCP to one free port when asked for port 0 (the port the UDP socket
 /// got may already be taken for TCP).
 const BIND_ATTEMPTS_MAX: usize = 16;
+/// How often a node that routes Raft requests asks whether the cluster recorded it failed.
+pub const FENCE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Deadline of one such check.
+const FENCE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Most tries to bind the same address again after a fenced node stopped.
+const REBIND_ATTEMPTS_MAX: usize = 50;
+/// Pause between those tries.
+const REBIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a node needs to start.
 #[derive(Debug, Clone)]
@@ -403,6 +411,7 @@ impl BoundNode {
         } = self;
         let tcp_auth = tcp_guard.stats();
         let id = driver.id();
+        let routes_raft = route.is_some();
         let worker_stats = Arc::new(WorkerStats::default());
         // The worker asks through this node's own control port (which routes to the leader).
         let (stop_worker, worker_stopped) = watch::channel(false);
@@ -466,39 +475,128 @@ impl BoundNode {
                 worker: worker_task.is_some().then(|| Arc::clone(&worker_stats)),
             };
             let membership = driver.with_counters(counters).run(seeds, requests);
-            let (exit, metrics) = match raft_task {
-                None => membership.await,
-                Some(mut raft_task) => {
-                    let result = tokio::select! {
-                        result = membership => result,
-                        stopped = &mut raft_task => {
-                            match stopped {
-                                Ok(Ok(())) => error!("raft driver stopped unexpectedly"),
-                                Ok(Err(e)) => error!(error = %e, "raft driver failed; stopping the node"),
-                                Err(e) => error!(error = %e, "raft driver task ended"),
-                            }
-                            (Exit::RaftFailed, Metrics::default())
-                        }
-                    };
-                    raft_task.abort();
-                    result
+            let mut raft_task = raft_task;
+            let (exit, metrics) = tokio::select! {
+                result = membership => result,
+                () = fence_watch(id, routes_raft) => {
+                    warn!(
+                        "the cluster recorded this node as failed (it was cut off for longer \
+                         than the failure grace); stopping so that it comes back as a new generation"
+                    );
+                    (Exit::Fenced, Metrics::default())
+                }
+                stopped = wait_opt(raft_task.as_mut()) => {
+                    match stopped {
+                        Ok(Ok(())) => error!("raft driver stopped unexpectedly"),
+                        Ok(Err(e)) => error!(error = %e, "raft driver failed; stopping the node"),
+                        Err(e) => error!(error = %e, "raft driver task ended"),
+                    }
+                    (Exit::RaftFailed, Metrics::default())
                 }
             };
+            // Wait for the Raft driver to be dropped: its storage thread must let go of the
+            // log before a restarted node in this process opens it again.
+            if let Some(task) = raft_task {
+                abort_and_wait(task).await;
+            }
             info!(?exit, ?metrics, ?auth, ?tcp_auth, "node stopped");
             (exit, metrics)
         }
         .instrument(span)
         .await;
         let _ = stop_worker.send(true);
+        // Waiting for each task to be dropped closes its sockets and files, so the same
+        // address and data dir can be taken again at once.
         if let Some(task) = worker_task {
-            task.abort();
+            abort_and_wait(task).await;
         }
-        server.abort();
+        abort_and_wait(server).await;
         for task in blob_tasks {
-            task.abort();
+            abort_and_wait(task).await;
         }
         (exit, metrics)
     }
+}
+
+/// Binds and runs the node described by `options`, again as a new generation at the same
+/// address whenever the cluster fences it ([`Exit::Fenced`]); returns how it finally ended.
+/// `started` sees each bound node before it runs (to print its address, or to install signal
+/// handlers on its handle); the future it returns runs beside the node, and when it ends first
+/// the node is dropped and `Ok(None)` is returned.
+pub async fn run<F, Fut>(
+    mut options: NodeOptions,
+    mut started: F,
+) -> Result<Option<Exit>, NodeError>
+where
+    F: FnMut(&BoundNode) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut restarts = 0u32;
+    loop {
+        let bound = bind_again(&options, restarts > 0).await?;
+        // A restart binds exactly the address the first run got (port 0 included).
+        options.bind = bound.id().addr;
+        let beside = started(&bound);
+        let exit = tokio::select! {
+            (exit, _) = bound.run() => exit,
+            () = beside => return Ok(None),
+        };
+        if exit != Exit::Fenced {
+            return Ok(Some(exit));
+        }
+        restarts = restarts.saturating_add(1);
+        info!(restarts, addr = %options.bind, "restarting as a new generation");
+    }
+}
+
+/// [`bind`]; on a restart, retries for a while if the address is still taken.
+async fn bind_again(options: &NodeOptions, restart: bool) -> Result<BoundNode, NodeError> {
+    let attempts = if restart { REBIND_ATTEMPTS_MAX } else { 1 };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match bind(options.clone()).await {
+            Err(NodeError::Bind { source, .. })
+                if source.kind() == io::ErrorKind::AddrInUse && tries < attempts =>
+            {
+                tokio::time::sleep(REBIND_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Ends when the cluster's replicated state lists `id` as failed (asked through this node's
+/// own control port every [`FENCE_CHECK_EVERY`]); never ends without `raft`.
+async fn fence_watch(id: NodeId, raft: bool) {
+    if !raft {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval(FENCE_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match control::failed_nodes(id.addr, FENCE_CHECK_TIMEOUT).await {
+            Ok(failed) if failed.contains(&id) => return,
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "could not ask whether this node is recorded failed"),
+        }
+    }
+}
+
+async fn wait_opt<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cancels `task` and waits until its future has been dropped.
+async fn abort_and_wait<T>(task: tokio::task::JoinHandle<T>) {
+    task.abort();
+    let _ = task.await;
 }
 
 /// Starts the scrubber and the task that takes corrupt-blob reports (sent to the Raft leader

@@ -423,8 +423,8 @@ fn run(fault: Fault, label: &str, seed: u64) -> Result<(), String> {
         sim.host(name(i), move || {
             let dir = dir.clone();
             async move {
-                let bound = node::bind(node_options(i, &dir)).await?;
-                bound.run().await;
+                // A host the cluster fences comes back as a new generation, as `start` does.
+                node::run(node_options(i, &dir), |_| std::future::pending()).await?;
                 Ok(())
             }
         });
