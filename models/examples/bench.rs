@@ -129,7 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
     }
     let device = default_device();
-    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let testdata = text_arg("--testdata")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata"));
     let names = [
         "astronaut.png",
         "chelsea.png",

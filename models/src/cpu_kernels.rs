@@ -58,12 +58,12 @@ struct Geometry {
     plane_len: usize,
 }
 
-impl Depthwise {
-    fn geometry(&self, height: usize, width: usize) -> Geometry {
-        let (out_h, pad_top) = same_padding(height, self.kernel, self.stride);
-        let (out_w, pad_left) = same_padding(width, self.kernel, self.stride);
+impl Geometry {
+    fn new(height: usize, width: usize, kernel: usize, stride: usize) -> Self {
+        let (out_h, pad_top) = same_padding(height, kernel, stride);
+        let (out_w, pad_left) = same_padding(width, kernel, stride);
         // Extra phase-plane rows/columns a filter reaches past its output pixel.
-        let reach = (self.kernel - 1) / self.stride;
+        let reach = (kernel - 1) / stride;
         let row_len = out_w + reach;
         Geometry {
             out_h,
@@ -75,34 +75,54 @@ impl Depthwise {
         }
     }
 
-    /// The output for one image: `input` is `[C, H, W]` *before* the previous layer's bias and
-    /// ReLU6, which are applied here on the fly: the convolution reads
-    /// `relu6(input + input_bias[c])`. Returns `[C, H', W']` values and that shape.
+    /// Tap `t` (row-major in a `kernel x kernel` filter) reads phase plane
+    /// `(ky % s, kx % s)` at this offset from the output's flat (`row_len`-wide) index.
+    fn tap_offsets(&self, kernel: usize, stride: usize) -> Vec<usize> {
+        let s = stride;
+        (0..kernel * kernel)
+            .map(|t| {
+                let (ky, kx) = (t / kernel, t % kernel);
+                ((ky % s) * s + kx % s) * self.plane_len + (ky / s) * self.row_len + kx / s
+            })
+            .collect()
+    }
+
+    /// `wide` (`out_h` rows of `row_len`) -> `out` (`out_h` rows of `out_w`), with ReLU6.
+    fn compact_relu6(&self, wide: &[f32], out: &mut [f32]) {
+        for (row, wide_row) in out
+            .chunks_exact_mut(self.out_w)
+            .zip(wide.chunks(self.row_len))
+        {
+            for (o, &v) in row.iter_mut().zip(wide_row) {
+                *o = relu6(v);
+            }
+        }
+    }
+}
+
+impl Depthwise {
+    /// The output for one image: `input` is `[C, H, W]`; with `input_bias`, it is the previous
+    /// layer's output *before* its bias and ReLU6, which are applied here on the fly: the
+    /// convolution reads `relu6(input + input_bias[c])`. Returns `[C, H', W']` values and that
+    /// shape.
     pub(crate) fn forward(
         &self,
         input: &[f32],
         shape: [usize; 3],
-        input_bias: &[f32],
+        input_bias: Option<&[f32]>,
     ) -> (Vec<f32>, [usize; 3]) {
         let [channels, height, width] = shape;
         let k = self.kernel;
         let s = self.stride;
         debug_assert_eq!(input.len(), channels * height * width);
-        debug_assert_eq!(input_bias.len(), channels);
+        debug_assert!(input_bias.is_none_or(|b| b.len() == channels));
         debug_assert_eq!(self.bias.len(), channels);
         debug_assert_eq!(self.weight.len(), channels * k * k);
         debug_assert!(s == 1 || s == 2);
-        let g = self.geometry(height, width);
+        let g = Geometry::new(height, width, k, s);
         let out_plane = g.out_h * g.out_w;
         let mut output = vec![0.0f32; channels * out_plane];
-        // Tap (ky, kx) reads phase plane (ky % s, kx % s) at this offset from the output's flat
-        // (row_len-wide) index.
-        let tap_base: Vec<usize> = (0..k * k)
-            .map(|t| {
-                let (ky, kx) = (t / k, t % k);
-                ((ky % s) * s + kx % s) * g.plane_len + (ky / s) * g.row_len + kx / s
-            })
-            .collect();
+        let tap_base = g.tap_offsets(k, s);
         let arch = Arch::new();
         output
             .par_chunks_mut(out_plane)
@@ -118,7 +138,8 @@ impl Depthwise {
                 },
                 |(planes, wide, taps), (c, out)| {
                     let plane_in = &input[c * height * width..(c + 1) * height * width];
-                    fill_phase_planes(planes, plane_in, height, width, input_bias[c], s, &g);
+                    let act = input_bias.map(|b| b[c]);
+                    fill_phase_planes(planes, plane_in, height, width, act, s, &g);
                     for (tap, (&w, &base)) in taps.iter_mut().zip(
                         self.weight[c * k * k..(c + 1) * k * k]
                             .iter()
@@ -132,27 +153,110 @@ impl Depthwise {
                         bias: self.bias[c],
                         out: wide,
                     });
-                    for (row, wide_row) in out.chunks_exact_mut(g.out_w).zip(wide.chunks(g.row_len))
-                    {
-                        for (o, &v) in row.iter_mut().zip(wide_row) {
-                            *o = relu6(v);
-                        }
-                    }
+                    g.compact_relu6(wide, out);
                 },
             );
         (output, [channels, g.out_h, g.out_w])
     }
 }
 
-/// Write one channel's `relu6(x + bias)`, zero-padded, into its `s * s` phase planes.
+/// A full convolution over few input channels (the stem: 3 -> 32, 3x3, stride 2, SAME) with
+/// its bias and ReLU6, on the same phase planes as [`Depthwise`]: each output channel sums
+/// `C_in * k * k` taps. Weights as Burn stores them: `[C_out, C_in, k, k]`, row-major.
+#[derive(Debug, Clone)]
+pub(crate) struct SmallConv {
+    /// Filter side `k`.
+    pub kernel: usize,
+    /// Stride (the same along both axes).
+    pub stride: usize,
+    /// `C_in`.
+    pub channels_in: usize,
+    /// `C_out * C_in * k * k` filter taps.
+    pub weight: Vec<f32>,
+    /// `C_out` output biases.
+    pub bias: Vec<f32>,
+}
+
+impl SmallConv {
+    /// `relu6(conv(input) + bias)` for one `[C_in, H, W]` image: `[C_out, H', W']` and its shape.
+    pub(crate) fn forward(&self, input: &[f32], shape: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+        let [channels_in, height, width] = shape;
+        let (k, s) = (self.kernel, self.stride);
+        let channels_out = self.bias.len();
+        debug_assert_eq!(channels_in, self.channels_in);
+        debug_assert_eq!(input.len(), channels_in * height * width);
+        debug_assert_eq!(self.weight.len(), channels_out * channels_in * k * k);
+        let g = Geometry::new(height, width, k, s);
+        let per_channel = s * s * g.plane_len;
+        let mut planes = vec![0.0f32; channels_in * per_channel];
+        for (c, planes) in planes.chunks_exact_mut(per_channel).enumerate() {
+            let plane_in = &input[c * height * width..(c + 1) * height * width];
+            fill_phase_planes(planes, plane_in, height, width, None, s, &g);
+        }
+        let tap_base: Vec<usize> = (0..channels_in)
+            .flat_map(|c| {
+                g.tap_offsets(k, s)
+                    .into_iter()
+                    .map(move |t| c * per_channel + t)
+            })
+            .collect();
+        let out_plane = g.out_h * g.out_w;
+        let mut output = vec![0.0f32; channels_out * out_plane];
+        let arch = Arch::new();
+        let taps_per_channel = channels_in * k * k;
+        output.par_chunks_mut(out_plane).enumerate().for_each_init(
+            || {
+                (
+                    vec![0.0f32; g.out_h * g.row_len],
+                    vec![(0.0f32, 0usize); taps_per_channel],
+                )
+            },
+            |(wide, taps), (c, out)| {
+                let weights = &self.weight[c * taps_per_channel..(c + 1) * taps_per_channel];
+                for (tap, (&w, &base)) in taps.iter_mut().zip(weights.iter().zip(&tap_base)) {
+                    *tap = (w, base);
+                }
+                arch.dispatch(PlaneConv {
+                    planes: &planes,
+                    taps,
+                    bias: self.bias[c],
+                    out: wide,
+                });
+                g.compact_relu6(wide, out);
+            },
+        );
+        (output, [channels_out, g.out_h, g.out_w])
+    }
+}
+
+/// Write one channel, zero-padded, into its `s * s` phase planes: `relu6(x + bias)` with an
+/// activation bias, else `x` as is.
 fn fill_phase_planes(
     planes: &mut [f32],
     input: &[f32],
     height: usize,
     width: usize,
-    bias: f32,
+    act: Option<f32>,
     s: usize,
     g: &Geometry,
+) {
+    match act {
+        Some(bias) => {
+            fill_phase_planes_with(planes, input, height, width, s, g, |x| relu6(x + bias))
+        }
+        None => fill_phase_planes_with(planes, input, height, width, s, g, |x| x),
+    }
+}
+
+#[inline(always)]
+fn fill_phase_planes_with(
+    planes: &mut [f32],
+    input: &[f32],
+    height: usize,
+    width: usize,
+    s: usize,
+    g: &Geometry,
+    f: impl Fn(f32) -> f32,
 ) {
     planes.fill(0.0);
     for (phase, plane) in planes.chunks_exact_mut(g.plane_len).enumerate() {
@@ -170,14 +274,23 @@ fn fill_phase_planes(
                 // Columns pad_left .. pad_left + width hold the row; the rest stays zero.
                 let end = (g.pad_left + width).min(row.len());
                 for (d, &x) in row[g.pad_left..end].iter_mut().zip(src) {
-                    *d = relu6(x + bias);
+                    *d = f(x);
+                }
+            } else if s == 2 {
+                // Padded column `2 j + pc` is input column `2 j + pc - pad_left`: this phase
+                // takes every other input column, from the first one of its parity.
+                let first = (pc + 2 - g.pad_left % 2) % 2;
+                let j0 = (first + g.pad_left - pc) / 2;
+                let columns = src.get(first..).unwrap_or_default().iter().step_by(2);
+                for (d, &x) in row.iter_mut().skip(j0).zip(columns) {
+                    *d = f(x);
                 }
             } else {
                 for (j, d) in row.iter_mut().enumerate() {
                     if let Some(x) = (s * j + pc).checked_sub(g.pad_left)
                         && x < width
                     {
-                        *d = relu6(src[x] + bias);
+                        *d = f(src[x]);
                     }
                 }
             }
@@ -372,7 +485,7 @@ mod tests {
             };
             let input = values(c * side * side, seed as u32);
             let input_bias = values(c, seed as u32 + 300);
-            let (got, got_shape) = dw.forward(&input, [c, side, side], &input_bias);
+            let (got, got_shape) = dw.forward(&input, [c, side, side], Some(&input_bias));
             let (want, want_shape) = naive(&dw, &input, [c, side, side], &input_bias);
             assert_eq!(got_shape, want_shape, "shape for {c}x{side} k{k} s{s}");
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -380,6 +493,59 @@ mod tests {
                     (g - w).abs() <= 1e-4,
                     "{c}x{side} k{k} s{s}: value {i} is {g}, want {w}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn small_conv_matches_the_naive_loop() {
+        for (seed, &(cin, cout, side, k, s)) in [
+            (3, 32, 224, 3, 2),
+            (3, 5, 9, 3, 2),
+            (2, 3, 7, 5, 1),
+            (1, 2, 1, 3, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let seed = seed as u32;
+            let conv = SmallConv {
+                kernel: k,
+                stride: s,
+                channels_in: cin,
+                weight: values(cout * cin * k * k, seed + 10)
+                    .iter()
+                    .map(|v| v / 8.0)
+                    .collect(),
+                bias: values(cout, seed + 20),
+            };
+            let input = values(cin * side * side, seed + 30);
+            let (got, shape) = conv.forward(&input, [cin, side, side]);
+            let (oh, pt) = same_padding(side, k, s);
+            assert_eq!(shape, [cout, oh, oh]);
+            for co in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..oh {
+                        let mut acc = conv.bias[co] as f64;
+                        for ci in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let y = (oy * s + ky) as isize - pt as isize;
+                                    let x = (ox * s + kx) as isize - pt as isize;
+                                    if y < 0 || x < 0 || y >= side as isize || x >= side as isize {
+                                        continue;
+                                    }
+                                    let v = input[(ci * side + y as usize) * side + x as usize];
+                                    let w = conv.weight[((co * cin + ci) * k + ky) * k + kx];
+                                    acc += w as f64 * v as f64;
+                                }
+                            }
+                        }
+                        let want = relu6(acc as f32);
+                        let g = got[(co * oh + oy) * oh + ox];
+                        assert!((g - want).abs() <= 1e-4, "{co},{oy},{ox}: {g} vs {want}");
+                    }
+                }
             }
         }
     }

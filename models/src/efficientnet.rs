@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::classify::{Prediction, prediction_from_logits};
-use crate::cpu_kernels::{Depthwise, add_bias_residual, bias_relu6_mean};
+use crate::cpu_kernels::{Depthwise, SmallConv, add_bias_residual, bias_relu6_mean};
 use crate::error::{InputError, ModelError};
 use crate::{
     InputKind, Model, Preprocessed, batch_tensor, check_batch, image_input, logits_rows, weights,
@@ -334,12 +334,12 @@ struct CpuBlock {
 }
 
 /// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, with the 1x1
-/// and stem convolutions still Burn's (Flex runs them as GEMMs) and everything between them in
-/// [`crate::cpu_kernels`]: the depthwise convolutions, with every bias and ReLU6 fused into a
-/// kernel instead of a pass of its own. Built only for the CPU device.
+/// convolutions and the classifier still Burn's (Flex runs them as GEMMs) and everything between
+/// them in [`crate::cpu_kernels`]: the stem and the depthwise convolutions, with every bias and
+/// ReLU6 fused into a kernel instead of a pass of its own. Built only for the CPU device.
 #[derive(Debug)]
 struct CpuNet {
-    stem: (Conv2d, Vec<f32>),
+    stem: SmallConv,
     blocks: Vec<CpuBlock>,
     head: (Conv2d, Vec<f32>),
     fc: Linear,
@@ -367,8 +367,15 @@ impl CpuNet {
                 })
             })
             .collect::<Result<_, ModelError>>()?;
+        let [_, channels_in, kernel, _] = folded.stem.weight.dims();
         Ok(Self {
-            stem: split_bias(&folded.stem)?,
+            stem: SmallConv {
+                kernel,
+                stride: folded.stem.stride[0],
+                channels_in,
+                weight: tensor_values(folded.stem.weight.val())?,
+                bias: split_bias(&folded.stem)?.1,
+            },
             blocks,
             head: split_bias(&folded.head)?,
             fc: folded.fc.clone(),
@@ -400,22 +407,21 @@ impl CpuNet {
         };
         let shape = [3, INPUT_SIDE, INPUT_SIDE];
         debug_assert_eq!(image.len(), shape.iter().product::<usize>());
-        // `x` holds a convolution's output before its bias; `pending` is that bias, with the
-        // ReLU6 that follows it, both applied by the next kernel.
-        let (mut x, mut shape) =
-            step!("stem conv 3x3/2", conv(&self.stem.0, image.to_vec(), shape))?;
-        let mut pending: &[f32] = &self.stem.1;
+        let (mut x, mut shape) = step!(
+            "stem conv 3x3/2 + bias + ReLU6",
+            self.stem.forward(image, shape)
+        );
         for block in &self.blocks {
-            // A block's input is the previous projection's output, complete (bias added, no
-            // ReLU6), except for the first block, which reads the stem's pending bias + ReLU6.
-            debug_assert!(pending.is_empty() || !block.residual);
+            // `x` is complete here (the stem's output, activated, or a projection's, with its
+            // bias and the residual added).
             let input = block.residual.then(|| x.clone());
+            // The expansion's output comes without its bias; the depthwise kernel applies that
+            // bias and the ReLU6 as it reads.
+            let mut pending = None;
             if let Some((expand, bias)) = &block.expand {
-                debug_assert!(pending.is_empty());
                 (x, shape) = step!("expand conv 1x1", conv(expand, x, shape))?;
-                pending = bias.as_slice();
+                pending = Some(bias.as_slice());
             }
-            debug_assert_eq!(pending.len(), shape[0]);
             (x, shape) = step!(
                 "depthwise conv 3x3/5x5 + biases + ReLU6s",
                 block.depthwise.forward(&x, shape, pending)
@@ -425,7 +431,6 @@ impl CpuNet {
                 "bias + residual add",
                 add_bias_residual(&mut x, &block.project.1, input.as_deref())
             );
-            pending = &[];
         }
         let (x, _) = step!("head conv 1x1", conv(&self.head.0, x, shape))?;
         step!("bias + ReLU6 + pool + fc", {
