@@ -14,9 +14,13 @@
 //! EfficientNet-Lite0: images/s at batch 1, 8, 32 on 1 and 2 rayon threads, network only (the
 //! input tensors are preprocessed once), measured like ../shared/tools/onnxruntime_bench.py:
 //! warm-up, then `repeats` timed repeats of back-to-back batches for at least `seconds` each,
-//! median (min, max). Also: preprocessing per image, the digits CNN's training time and its
-//! throughput, the effect of the micro-batch size, and a per-layer-kind breakdown of
-//! EfficientNet at batch 8 (one pass of 8 images, each step synchronised).
+//! median (min, max) (`--threads 1,2,16` picks other pool sizes). Also: preprocessing per image, the digits CNN's training time and its
+//! throughput, and a per-layer-kind breakdown of EfficientNet at batch 8 (8 passes of one image,
+//! or with `--generic` one pass of 8 images, each step synchronised).
+//!
+//! `--generic` measures the generic Burn network (what every non-CPU device runs) on the CPU
+//! instead of the CPU kernels (`EfficientNetLite0::with_cpu_kernels(false)`), for before/after
+//! tables from one binary, plus the effect of the micro-batch size on it.
 
 use std::time::{Duration, Instant};
 
@@ -125,7 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
     }
     let device = default_device();
-    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let testdata = text_arg("--testdata")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata"));
     let names = [
         "astronaut.png",
         "chelsea.png",
@@ -139,7 +145,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| std::fs::read(testdata.join(n)))
         .collect::<Result<_, _>>()?;
 
-    let model = EfficientNetLite0::pretrained(&device)?;
+    let generic = std::env::args().any(|a| a == "--generic");
+    // `--threads 1,2,16`: the rayon pool sizes of the EfficientNet table (default 1,2).
+    let thread_counts: Vec<usize> = text_arg("--threads")
+        .unwrap_or_else(|| "1,2".to_owned())
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .collect();
+    let model = EfficientNetLite0::pretrained(&device)?.with_cpu_kernels(!generic);
+    println!(
+        "# efficientnet-lite0 on the CPU: {}",
+        if generic {
+            "generic Burn network (--generic)"
+        } else {
+            "CPU kernels"
+        }
+    );
     let start = Instant::now();
     let mut prepared = Vec::new();
     for _ in 0..5 {
@@ -155,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("| threads | batch | median img/s | min | max | ms/batch | other-load |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for threads in [1usize, 2] {
+    for &threads in &thread_counts {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
@@ -180,12 +202,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    println!();
-    println!("# micro-batch size (images per forward pass) at batch 32");
-    println!("| threads | micro-batch | median img/s |");
-    println!("|---:|---:|---:|");
+    if generic {
+        println!();
+        println!("# micro-batch size (images per forward pass) at batch 32");
+        println!("| threads | micro-batch | median img/s |");
+        println!("|---:|---:|---:|");
+    }
     let mut model = model;
-    for threads in [1usize, 2] {
+    for threads in [1usize, 2].into_iter().filter(|_| generic) {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;

@@ -16,9 +16,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu6;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::classify::{Prediction, prediction_from_logits};
+use crate::cpu_kernels::{Depthwise, SmallConv, add_bias_residual, bias_relu6_mean};
 use crate::error::{InputError, ModelError};
 use crate::{
     InputKind, Model, Preprocessed, batch_tensor, check_batch, image_input, logits_rows, weights,
@@ -38,10 +40,13 @@ pub const WEIGHTS_FILE: &str = "efficientnet-lite0.pth";
 /// that do not run from the source tree).
 pub const WEIGHTS_DIR_ENV: &str = "IDUNNO_MODELS_WEIGHTS_DIR";
 
-/// Images per forward pass: a batch is run in parts of this size. The activations of one
-/// 224x224 image (up to 96x112x112 floats, 4.8 MB) already outrun the caches, so larger passes
-/// only add memory traffic on a CPU (docs/benchmarks.md has the measurements); one image per pass
-/// also makes an image's result independent of the batch it arrives in.
+/// Images per forward pass of the generic Burn path on the CPU (see
+/// [`EfficientNetLite0::with_cpu_kernels`]): a batch is run in parts of this size. The
+/// activations of one 224x224 image (up to 96x112x112 floats, 4.8 MB) already outrun the caches,
+/// so larger passes only add memory traffic on a CPU (docs/benchmarks.md has the measurements);
+/// one image per pass also makes an image's result independent of the batch it arrives in. The
+/// CPU kernel path always runs one image per pass, the images of a batch in parallel on the
+/// rayon pool.
 pub const MICRO_BATCH: usize = 1;
 
 /// Images per forward pass on a GPU device: a whole batch of this size goes in one pass (a GPU
@@ -295,6 +300,148 @@ impl FoldedNet {
     }
 }
 
+/// Burn tensor -> its `f32` values (no copy when the tensor is the only owner of its buffer,
+/// as every activation here is).
+fn tensor_values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+    tensor
+        .try_into_data()
+        .map_err(|e| ModelError::Backend(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::Backend(format!("{e:?}")))
+}
+
+/// `conv` without its bias (which the CPU path fuses into the next kernel) and that bias.
+fn split_bias(conv: &Conv2d) -> Result<(Conv2d, Vec<f32>), ModelError> {
+    let [channels_out, _, _, _] = conv.weight.dims();
+    let bias = match &conv.bias {
+        Some(bias) => tensor_values(bias.val())?,
+        None => vec![0.0; channels_out],
+    };
+    debug_assert_eq!(bias.len(), channels_out);
+    let mut bare = conv.clone();
+    bare.bias = None;
+    Ok((bare, bias))
+}
+
+#[derive(Debug)]
+struct CpuBlock {
+    /// 1x1 expansion without bias; its bias and ReLU6 run inside the depthwise kernel.
+    expand: Option<(Conv2d, Vec<f32>)>,
+    depthwise: Depthwise,
+    /// 1x1 projection without bias; bias and residual are added in one pass.
+    project: (Conv2d, Vec<f32>),
+    residual: bool,
+}
+
+/// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, with the 1x1
+/// convolutions and the classifier still Burn's (Flex runs them as GEMMs) and everything between
+/// them in [`crate::cpu_kernels`]: the stem and the depthwise convolutions, with every bias and
+/// ReLU6 fused into a kernel instead of a pass of its own. Built only for the CPU device.
+#[derive(Debug)]
+struct CpuNet {
+    stem: SmallConv,
+    blocks: Vec<CpuBlock>,
+    head: (Conv2d, Vec<f32>),
+    fc: Linear,
+}
+
+impl CpuNet {
+    fn new(folded: &FoldedNet) -> Result<Self, ModelError> {
+        let blocks = folded
+            .blocks
+            .iter()
+            .map(|b| {
+                let [channels, _, kernel, _] = b.depthwise.weight.dims();
+                let (_, bias) = split_bias(&b.depthwise)?;
+                debug_assert_eq!(b.depthwise.groups, channels);
+                Ok(CpuBlock {
+                    expand: b.expand.as_ref().map(split_bias).transpose()?,
+                    depthwise: Depthwise {
+                        kernel,
+                        stride: b.depthwise.stride[0],
+                        weight: tensor_values(b.depthwise.weight.val())?,
+                        bias,
+                    },
+                    project: split_bias(&b.project)?,
+                    residual: b.residual,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        let [_, channels_in, kernel, _] = folded.stem.weight.dims();
+        Ok(Self {
+            stem: SmallConv {
+                kernel,
+                stride: folded.stem.stride[0],
+                channels_in,
+                weight: tensor_values(folded.stem.weight.val())?,
+                bias: split_bias(&folded.stem)?.1,
+            },
+            blocks,
+            head: split_bias(&folded.head)?,
+            fc: folded.fc.clone(),
+        })
+    }
+
+    /// Logits of one `[3, 224, 224]` image; with `times`, each step is timed by kind.
+    fn forward(
+        &self,
+        image: &[f32],
+        device: &Device,
+        mut times: Option<&mut LayerTimes>,
+    ) -> Result<Vec<f32>, ModelError> {
+        macro_rules! step {
+            ($kind:expr, $e:expr) => {{
+                let start = times.is_some().then(std::time::Instant::now);
+                let out = $e;
+                if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                    t.add($kind, start.elapsed());
+                }
+                out
+            }};
+        }
+        let conv = |conv: &Conv2d, values: Vec<f32>, [c, h, w]: [usize; 3]| {
+            let input = Tensor::<4>::from_data(TensorData::new(values, [1, c, h, w]), device);
+            let output = conv.forward(input);
+            let [_, c, h, w] = output.dims();
+            tensor_values(output).map(|values| (values, [c, h, w]))
+        };
+        let shape = [3, INPUT_SIDE, INPUT_SIDE];
+        debug_assert_eq!(image.len(), shape.iter().product::<usize>());
+        let (mut x, mut shape) = step!(
+            "stem conv 3x3/2 + bias + ReLU6",
+            self.stem.forward(image, shape)
+        );
+        for block in &self.blocks {
+            // `x` is complete here (the stem's output, activated, or a projection's, with its
+            // bias and the residual added).
+            let input = block.residual.then(|| x.clone());
+            // The expansion's output comes without its bias; the depthwise kernel applies that
+            // bias and the ReLU6 as it reads.
+            let mut pending = None;
+            if let Some((expand, bias)) = &block.expand {
+                (x, shape) = step!("expand conv 1x1", conv(expand, x, shape))?;
+                pending = Some(bias.as_slice());
+            }
+            (x, shape) = step!(
+                "depthwise conv 3x3/5x5 + biases + ReLU6s",
+                block.depthwise.forward(&x, shape, pending)
+            );
+            (x, shape) = step!("project conv 1x1", conv(&block.project.0, x, shape))?;
+            step!(
+                "bias + residual add",
+                add_bias_residual(&mut x, &block.project.1, input.as_deref())
+            );
+        }
+        let (x, _) = step!("head conv 1x1", conv(&self.head.0, x, shape))?;
+        step!("bias + ReLU6 + pool + fc", {
+            let pooled = bias_relu6_mean(&x, &self.head.1);
+            let channels = pooled.len();
+            let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [1, channels]), device);
+            tensor_values(self.fc.forward(pooled))
+        })
+    }
+}
+
 /// Time spent per kind of layer in one forward pass (each layer synchronised, so the sum is a bit
 /// above a plain forward); for the benchmark's "where the time goes".
 #[derive(Debug, Clone, Default)]
@@ -336,6 +483,10 @@ pub struct EfficientNetLite0 {
     net: EfficientNet,
     /// What runs: `net` with its batch norms folded into the convolutions.
     folded: FoldedNet,
+    /// On the CPU device: `folded` for the CPU kernels, which run instead of it by default.
+    cpu: Option<CpuNet>,
+    /// Whether `cpu` runs (see [`EfficientNetLite0::with_cpu_kernels`]).
+    use_cpu_kernels: bool,
     /// Images per forward pass inside [`Model::forward_batch`].
     micro_batch: usize,
     device: Device,
@@ -370,20 +521,35 @@ impl EfficientNetLite0 {
             return Err(weights_error(result.to_string()));
         }
         debug_assert!(result.applied.len() > 200);
-        Ok(Self::with_net(net, device))
+        Self::with_net(net, device)
     }
 
     /// Load weights produced by [`Model::weights_to_bytes`].
     pub fn from_weights_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
         let net = weights::from_bytes(NAME, &EfficientNet::new(device), bytes)?;
-        Ok(Self::with_net(net, device))
+        Self::with_net(net, device)
     }
 
-    /// Run batches `images` at a time internally (at least 1); see [`MICRO_BATCH`] (the CPU's
-    /// default) and [`GPU_MICRO_BATCH`] (any other device's).
+    /// Run batches `images` at a time internally (at least 1) on the generic Burn path; see
+    /// [`MICRO_BATCH`] (the CPU's default) and [`GPU_MICRO_BATCH`] (any other device's). The CPU
+    /// kernel path always runs one image per pass.
     pub fn with_micro_batch(mut self, images: usize) -> Self {
         self.micro_batch = images.max(1);
         self
+    }
+
+    /// On the CPU device, whether to run the hand-written CPU kernels (`true`, the default: one
+    /// image per pass, the images of a batch in parallel on the current rayon pool; depthwise
+    /// convolutions, biases and ReLU6 in `cpu_kernels`, the other convolutions Burn's) or the
+    /// generic Burn network that every other device runs (`false`; for comparison). Same weights,
+    /// same results up to float rounding. No effect on other devices.
+    pub fn with_cpu_kernels(mut self, on: bool) -> Self {
+        self.use_cpu_kernels = on;
+        self
+    }
+
+    fn cpu_net(&self) -> Option<&CpuNet> {
+        self.cpu.as_ref().filter(|_| self.use_cpu_kernels)
     }
 
     /// The network itself (for profiling).
@@ -395,23 +561,29 @@ impl EfficientNetLite0 {
     pub fn profile(&self, batch: &[Preprocessed]) -> Result<LayerTimes, ModelError> {
         check_batch(NAME, self.input_shape(), batch)?;
         let mut times = LayerTimes::default();
+        if let Some(cpu) = self.cpu_net() {
+            for item in batch {
+                cpu.forward(item.values(), &self.device, Some(&mut times))?;
+            }
+            return Ok(times);
+        }
         let input = batch_tensor(batch, self.input_shape(), &self.device);
         logits_rows(self.folded.forward(input, Some(&mut times)))?;
         Ok(times)
     }
 
-    fn with_net(net: EfficientNet, device: &Device) -> Self {
-        Self {
-            folded: FoldedNet::new(&net),
-            micro_batch: if crate::device::is_cpu(device) {
-                MICRO_BATCH
-            } else {
-                GPU_MICRO_BATCH
-            },
+    fn with_net(net: EfficientNet, device: &Device) -> Result<Self, ModelError> {
+        let is_cpu = crate::device::is_cpu(device);
+        let folded = FoldedNet::new(&net);
+        Ok(Self {
+            cpu: is_cpu.then(|| CpuNet::new(&folded)).transpose()?,
+            use_cpu_kernels: true,
+            folded,
+            micro_batch: if is_cpu { MICRO_BATCH } else { GPU_MICRO_BATCH },
             net,
             device: device.clone(),
             labels: imagenet_labels(),
-        }
+        })
     }
 }
 
@@ -451,6 +623,14 @@ impl Model for EfficientNetLite0 {
             return Ok(Vec::new());
         }
         check_batch(NAME, self.input_shape(), batch)?;
+        if let Some(cpu) = self.cpu_net() {
+            // One image per pass, the images in parallel: each result is independent of the
+            // batch it came in.
+            return batch
+                .par_iter()
+                .map(|item| cpu.forward(item.values(), &self.device, None))
+                .collect();
+        }
         let mut rows = Vec::with_capacity(batch.len());
         for part in batch.chunks(self.micro_batch) {
             let input = batch_tensor(part, self.input_shape(), &self.device);
@@ -470,7 +650,13 @@ impl Model for EfficientNetLite0 {
 
     fn load_weights_from_bytes(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let net = weights::from_bytes(NAME, &self.net, bytes)?;
-        self.folded = FoldedNet::new(&net);
+        let folded = FoldedNet::new(&net);
+        self.cpu = self
+            .cpu
+            .is_some()
+            .then(|| CpuNet::new(&folded))
+            .transpose()?;
+        self.folded = folded;
         self.net = net;
         Ok(())
     }

@@ -81,6 +81,35 @@ fn a_batch_gives_the_same_results_as_single_runs() {
 }
 
 #[test]
+fn cpu_kernels_give_the_generic_burn_networks_results() {
+    // The CPU path (hand-written depthwise kernels, fused biases and ReLU6, images in parallel)
+    // against the generic Burn network that every other device runs, on the same weights.
+    let fast = model();
+    let inputs: Vec<_> = image_names()
+        .iter()
+        .map(|name| fast.preprocess(&common::read(name)).expect("preprocess"))
+        .collect();
+    let fast_logits = fast.forward_batch(&inputs).expect("cpu kernels");
+    let generic = fast.with_cpu_kernels(false);
+    let generic_logits = generic.forward_batch(&inputs).expect("generic");
+    assert_eq!(fast_logits.len(), inputs.len());
+    for (a, b) in fast_logits.iter().zip(&generic_logits) {
+        assert_eq!(a.len(), 1000);
+        let max_diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_diff < 2e-3, "logits differ by {max_diff}");
+        let ids = |l: &[f32]| {
+            let p = generic.postprocess(l);
+            p.top5.iter().map(|c| c.class_id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(a), ids(b));
+    }
+}
+
+#[test]
 fn weights_round_trip_through_bytes_with_identical_outputs() {
     let device = default_device();
     let model = model();
