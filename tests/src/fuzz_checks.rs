@@ -1002,6 +1002,25 @@ impl RaftCluster {
     }
 
     fn step(&mut self, step: RaftStep) {
+        if std::env::var_os("IDUNNO_FUZZ_TRACE").is_some() {
+            let roles: Vec<String> = self
+                .voters
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{:?}/{:?}/dur{:?}",
+                        v.raft.role(),
+                        v.raft.hard_state(),
+                        v.durable.hard_state
+                    )
+                })
+                .collect();
+            eprintln!("{roles:?}\n  step {step:?}");
+        }
+        self.step_inner(step);
+    }
+
+    fn step_inner(&mut self, step: RaftStep) {
         match step {
             RaftStep::Deliver { pick, duplicate } => {
                 if self.in_flight.is_empty() {
@@ -1085,7 +1104,11 @@ impl RaftCluster {
                 let at = usize::from(at) % bytes.len();
                 bytes[at] = value;
                 let from = (original.from.0 - 1) as u8;
-                let before = raft::decode(&original.bytes).ok();
+                // Genuine only unchanged and to its own recipient: a vote grant redirected to
+                // another candidate is a forgery too (Raft trusts who a message was sent to).
+                let before = raft::decode(&original.bytes)
+                    .ok()
+                    .map(|msg| (original.to, msg));
                 self.inject(to, from, &bytes, before);
             }
             RaftStep::Pump { rounds, tick_ms } => {
@@ -1127,7 +1150,7 @@ impl RaftCluster {
     /// Raw bytes to voter `to % 3` from voter `from % 4` (3: not a voter). A message that
     /// decodes, is valid, comes from another voter and differs from `genuine` is a forgery:
     /// the cluster-wide safety checks are off from then on.
-    fn inject(&mut self, to: u8, from: u8, bytes: &[u8], genuine: Option<raft::Message>) {
+    fn inject(&mut self, to: u8, from: u8, bytes: &[u8], genuine: Option<(usize, raft::Message)>) {
         let to = Self::pick(to);
         let from = match from % 4 {
             3 => VoterId(99),
@@ -1138,7 +1161,9 @@ impl RaftCluster {
         };
         self.stats.raw_decoded += 1;
         let voter = from != voter_id(to) && from != VoterId(99);
-        if voter && msg.validate().is_ok() && genuine.as_ref() != Some(&msg) {
+        let is_genuine =
+            genuine.is_some_and(|(genuine_to, genuine)| genuine_to == to && genuine == msg);
+        if voter && msg.validate().is_ok() && !is_genuine {
             self.stats.forged = true;
         }
         // Any refusal is fine; only a panic is not.
