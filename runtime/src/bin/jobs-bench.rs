@@ -227,10 +227,15 @@ fn report(args: &Args, samples: &[Samples], load_before: &str) -> String {
     let _ = writeln!(
         out,
         "\nScheduling on real processes: 3 voters (fsync on, no worker) + {} worker nodes x {} \
-         lanes on loopback, one machine ({cores} cores), load average {load_before} before and \
-         {} after.\n",
+         lanes on loopback, one machine ({cores} cores), {} build, load average {load_before} \
+         before and {} after.\n",
         args.workers,
         args.lanes,
+        if cfg!(debug_assertions) {
+            "dev (debug assertions on)"
+        } else {
+            "release"
+        },
         load_average()
     );
     let _ = writeln!(out, "| measure | samples | median | min | max | target |");

@@ -248,8 +248,15 @@ fn report(args: &Args, rows: &[Row], ray: &Result<(u64, f64, String), String>) -
     let _ = writeln!(
         out,
         "\nScheduling throughput, no-op model, {} inputs; 3 voters (fsync on) + {} worker \
-         nodes x {} lanes, all on one machine ({cores} cores), release build.\n",
-        args.inputs, args.workers, args.lanes
+         nodes x {} lanes, all on one machine ({cores} cores), {} build.\n",
+        args.inputs,
+        args.workers,
+        args.lanes,
+        if cfg!(debug_assertions) {
+            "dev (debug assertions on)"
+        } else {
+            "release"
+        }
     );
     let _ = writeln!(
         out,
