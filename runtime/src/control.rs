@@ -269,6 +269,7 @@ pub fn is_peer_only(request: &ControlRequest) -> bool {
                         | SchedCommand::Complete { .. }
                         | SchedCommand::CompleteAndLease { .. }
                         | SchedCommand::ExpireLeases
+                        | SchedCommand::WorkerGone { .. }
                 ),
                 ..
             }

@@ -181,6 +181,14 @@ pub enum SchedCommand {
         /// The worker's request number for the next batch.
         request: u64,
     },
+    /// Membership reports `worker` gone (not yet recorded failed): its leases go back to their
+    /// queues at once, so its batches run elsewhere without waiting for the failure to be
+    /// recorded. Harmless to a worker that is alive after all: its reports of those leases are
+    /// refused (exactly once holds) and it may ask for new batches.
+    WorkerGone {
+        /// The worker.
+        worker: NodeId,
+    },
 }
 
 /// A granted batch.
@@ -260,6 +268,11 @@ pub enum SchedResult {
         inputs: u32,
         /// Whether it is sealed.
         sealed: bool,
+    },
+    /// Answer to `WorkerGone`: how many of its leases went back to their queues.
+    Revoked {
+        /// How many.
+        leases: u32,
     },
 }
 
@@ -494,6 +507,9 @@ impl Scheduler {
             SchedCommand::SetBatchSize { job, size } => self.set_batch_size(job, size),
             SchedCommand::Cancel { job } => self.cancel(job),
             SchedCommand::ExpireLeases => Ok(SchedResult::Expired { leases: expired }),
+            SchedCommand::WorkerGone { worker } => Ok(SchedResult::Revoked {
+                leases: self.node_failed(now, worker),
+            }),
             SchedCommand::CompleteAndLease {
                 lease,
                 worker,

@@ -247,6 +247,30 @@ fn a_failed_worker_gives_its_leases_back_at_once() {
 }
 
 #[test]
+fn a_gone_worker_loses_its_leases_but_may_ask_again() {
+    let mut s = Scheduler::default();
+    let job = submit(&mut s, at(0), spec("m", 4, 2), 1);
+    let a = lease(&mut s, at(0), node(1), 1).expect("a");
+    assert_eq!(
+        s.apply(at(5), SchedCommand::WorkerGone { worker: node(1) }),
+        SchedResult::Revoked { leases: 1 }
+    );
+    assert_eq!(s.leases().of_worker(node(1)).count(), 0);
+    assert_eq!(s.job(job).expect("job").pending_count(), 4);
+    // Alive after all: its late report is refused, exactly once holds, and it works on.
+    assert_eq!(
+        complete(&mut s, at(6), node(1), &a),
+        SchedResult::Rejected(SchedError::UnknownLease(a.lease))
+    );
+    assert!(lease(&mut s, at(7), node(1), 2).is_some());
+    assert_eq!(
+        s.apply(at(8), SchedCommand::WorkerGone { worker: node(9) }),
+        SchedResult::Revoked { leases: 0 }
+    );
+    s.verify().expect("consistent");
+}
+
+#[test]
 fn a_repeated_lease_request_gets_the_same_answer() {
     let mut s = Scheduler::default();
     submit(&mut s, at(0), spec("m", 8, 2), 1);

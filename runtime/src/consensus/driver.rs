@@ -162,6 +162,8 @@ pub struct RaftDriver {
     failure_proposals: BTreeMap<NodeId, u64>,
     /// Members the view reports gone, and since when (they are proposed after [`FAILURE_GRACE`]).
     gone_since: BTreeMap<NodeId, tokio::time::Instant>,
+    /// `WorkerGone` proposals made, with their term (once per gone member and term).
+    revoke_proposals: BTreeMap<NodeId, u64>,
     /// Compact every this many applied entries.
     compact_every: u64,
     /// The applied index of the last compaction attempt (made or refused).
@@ -233,6 +235,7 @@ impl RaftDriver {
             view: None,
             failure_proposals: BTreeMap::new(),
             gone_since: BTreeMap::new(),
+            revoke_proposals: BTreeMap::new(),
             compact_every: super::COMPACT_EVERY_DEFAULT,
             compacted_at: applied,
             next_read_id: 0,
@@ -346,10 +349,30 @@ impl RaftDriver {
         if !self.raft.is_leader() {
             return Ok(());
         }
-        let recorded = self.state.failed_nodes();
+        let recorded = self.state.failed_nodes().to_vec();
         self.failure_proposals
             .retain(|node, _| !recorded.contains(node));
         let term = self.raft.term();
+        // The gone member's leases go back to the queues at once (its batches run elsewhere
+        // now); fencing it (`NodeFailed`: replicas dropped, generation retired) waits for the
+        // grace. Once per member and term.
+        self.revoke_proposals.retain(|node, _| gone.contains(node));
+        let revoke: Vec<NodeId> = gone
+            .iter()
+            .filter(|node| !recorded.contains(node))
+            .filter(|node| self.revoke_proposals.get(node) != Some(&term))
+            .copied()
+            .collect();
+        for worker in revoke {
+            if self.proposals.len() >= PROPOSALS_PENDING_MAX {
+                break;
+            }
+            debug!(%worker, "returning the gone member's leases");
+            let (reply, _) = oneshot::channel();
+            let op = ClusterOp::Sched(SchedCommand::WorkerGone { worker });
+            self.propose(op, reply, answer_sched)?;
+            self.revoke_proposals.insert(worker, term);
+        }
         let due: Vec<NodeId> = self
             .gone_since
             .iter()
