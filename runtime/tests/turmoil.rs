@@ -48,6 +48,8 @@ const CALL: Duration = Duration::from_secs(3);
 const FILES: usize = 4;
 /// Inputs uploaded and given to the job (batch size 1, so the job spans many leases).
 const INPUTS: usize = 12;
+/// The model the workers run.
+const DIGITS: &str = "digits-cnn";
 /// Files put while the fault is on.
 const FILES_DURING: usize = 3;
 /// Longest the client waits for the cluster to recover, in virtual time.
@@ -206,6 +208,35 @@ async fn put(state: &State, dir: &Path, name: &str, bytes: &[u8], tries: usize) 
     false
 }
 
+/// digits-cnn's weights, trained once per test process (a few epochs: the scenarios check
+/// exactly-once results, not accuracy).
+fn digits_weights() -> Result<Vec<u8>, String> {
+    static WEIGHTS: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    WEIGHTS
+        .get_or_init(|| {
+            let config = idunno_models::digits::TrainConfig {
+                epochs: 2,
+                ..Default::default()
+            };
+            let device = idunno_models::default_device();
+            let (model, _) = idunno_models::registry::train(DIGITS, &config, &device)
+                .map_err(|e| format!("training {DIGITS}: {e}"))?;
+            model.weights_to_bytes().map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+/// Input `k` of the job: a digit of the held-out split, in the format digits-cnn reads.
+fn digit_input(k: usize) -> Result<Vec<u8>, String> {
+    let test = idunno_runtime::demo::inputs::test_split().map_err(|e| e.0)?;
+    let (pixels, label) = test
+        .pixels
+        .get(k)
+        .zip(test.labels.get(k))
+        .ok_or("the test split is too small")?;
+    Ok(idunno_runtime::demo::inputs::digit_line(pixels, *label).into_bytes())
+}
+
 fn file_bytes(seed: u64, name: &str) -> Vec<u8> {
     format!("{name} of seed {seed}\n").repeat(40).into_bytes()
 }
@@ -218,10 +249,15 @@ async fn client(state: State, seed: u64, dir: PathBuf) -> Result<(), String> {
         let name = format!("files/f{k}");
         put(&state, &dir, &name, &file_bytes(seed, &name), 20).await;
     }
+    let weights = digits_weights()?;
+    let weights_name = idunno_runtime::jobs::model::weights_file_name(DIGITS);
+    if !put(&state, &dir, &weights_name, &weights, 20).await {
+        return Err(format!("could not store {weights_name} before any fault"));
+    }
     let mut inputs = Vec::new();
     for k in 0..INPUTS {
         let name = format!("inputs/x{k:02}");
-        if !put(&state, &dir, &name, &file_bytes(seed, &name), 20).await {
+        if !put(&state, &dir, &name, &digit_input(k)?, 20).await {
             return Err(format!("could not upload {name} before any fault"));
         }
         inputs.push(name);
@@ -229,7 +265,7 @@ async fn client(state: State, seed: u64, dir: PathBuf) -> Result<(), String> {
     let leader = wait_leader(&state, RECOVERY).await?;
     state.borrow_mut().leader = Some(leader);
     let spec = JobSpec {
-        model: "noop".to_owned(),
+        model: DIGITS.to_owned(),
         inputs: inputs.clone(),
         batch_size: 1,
         lease_millis: 2000,
@@ -287,7 +323,7 @@ async fn check_commits(state: &State) -> Result<(), String> {
     Err("no leader committed after the fault".to_owned())
 }
 
-/// Every input has exactly one result: its own name (the noop model's answer).
+/// Every input has exactly one result: a prediction stored in a result file of the job.
 async fn check_job(state: &State, job: JobId, inputs: &[String]) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + RECOVERY;
     let mut attempt = 0;
@@ -309,7 +345,9 @@ async fn check_job(state: &State, job: JobId, inputs: &[String]) -> Result<(), S
                     let Some(name) = inputs.get(index) else {
                         return Err(format!("a result for input {index}, which the job lacks"));
                     };
-                    if &r.name != name || r.outcome != InputOutcome::Result(name.clone()) {
+                    let stored = matches!(&r.outcome,
+                        InputOutcome::Result(file) if file.starts_with(&format!("results/{job}/")));
+                    if &r.name != name || !stored {
                         return Err(format!("input {index} ({name}) has result {r:?}"));
                     }
                 }

@@ -18,6 +18,7 @@
 //! bytes from the file system.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ use tracing::{debug, info, warn};
 use super::noop::{NoopExecutor, is_noop, truncated, unknown_model};
 use super::results::{self, ResultLine};
 use super::{ExecError, Executor};
+use crate::blobs::client::GetError;
 use crate::dfs::client::{DfsClient, DfsClientError};
 
 /// Largest weights file a worker loads.
@@ -133,6 +135,21 @@ impl ModelExecutor {
         })
     }
 
+    /// Runs `io` on the node's runtime and waits for it on this (blocking) thread. The I/O
+    /// runs on the runtime's own thread, not here: inside a turmoil simulation only that thread
+    /// reaches the simulated network.
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        io: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop(self.handle.spawn(async move {
+            let _ = tx.send(io.await);
+        }));
+        rx.recv()
+            .map_err(|_| ExecError("the node's runtime stopped".into()))
+    }
+
     /// A fresh scratch path.
     fn scratch_file(&self) -> PathBuf {
         let n = self.files.fetch_add(1, Ordering::Relaxed);
@@ -148,12 +165,17 @@ impl ModelExecutor {
     }
 
     /// The newest version of `name`'s weights file: `Ok(Err(reason))` when there is none.
-    async fn newest_weights(&self, name: &str) -> Result<Result<VersionInfo, String>, ExecError> {
-        let file = weights_file_name(name);
-        let dfs = DfsClient::new(self.node, self.timeout);
+    async fn newest_weights(
+        dfs: DfsClient,
+        name: String,
+    ) -> Result<Result<VersionInfo, String>, ExecError> {
+        let file = weights_file_name(&name);
         match dfs.versions(&file, 1).await {
-            Ok(versions) => Ok(versions.into_iter().next().ok_or_else(|| not_trained(name))),
-            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => Ok(Err(not_trained(name))),
+            Ok(versions) => Ok(versions
+                .into_iter()
+                .next()
+                .ok_or_else(|| not_trained(&name))),
+            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => Ok(Err(not_trained(&name))),
             Err(e) => Err(ExecError(format!("looking up {file}: {e}"))),
         }
     }
@@ -180,9 +202,12 @@ impl ModelExecutor {
         }
         let (number, hash) = (version.version, version.hash);
         let path = self.scratch_file();
-        let fetched = self
-            .handle
-            .block_on(dfs.get_version(version, &path, WEIGHTS_BYTES_MAX));
+        let fetched = {
+            let path = path.clone();
+            self.on_runtime(
+                async move { dfs.get_version(version, &path, WEIGHTS_BYTES_MAX).await },
+            )?
+        };
         let bytes = match fetched {
             Ok(_) => std::fs::read(&path),
             Err(e @ DfsClientError::TooLarge { .. }) => return Ok(Err(e.to_string())),
@@ -215,12 +240,14 @@ impl ModelExecutor {
 
     /// Fetches every input's bytes (or its own error), [`FETCH_PARALLEL`] at a time; `Err`
     /// when the cluster did not answer for some input.
-    async fn fetch_inputs(
+    fn fetch_inputs(
         &self,
         inputs: &[(u32, String)],
-    ) -> Result<Vec<Result<Vec<u8>, String>>, ExecError> {
+    ) -> impl Future<Output = Result<Vec<Result<Vec<u8>, String>>, ExecError>> + Send + 'static
+    {
         let dfs = Arc::new(DfsClient::new(self.node, self.timeout));
         let gate = Arc::new(Semaphore::new(FETCH_PARALLEL));
+        let count = inputs.len();
         let jobs: Vec<(usize, String, PathBuf)> = inputs
             .iter()
             .enumerate()
@@ -238,17 +265,20 @@ impl ModelExecutor {
                         Ok(_) => tokio::fs::read(&path).await.map_err(|e| {
                             Ok::<String, ExecError>(format!("reading fetched {name}: {e}"))
                         }),
-                        Err(e @ DfsClientError::Control(_)) => {
-                            Err(Err(ExecError(format!("fetching {name}: {e}"))))
-                        }
+                        // This node's own trouble (no answer, its scratch disk): the batch runs
+                        // again later; only the input's own fault fails the input.
+                        Err(
+                            e @ (DfsClientError::Control(_)
+                            | DfsClientError::Local { .. }
+                            | DfsClientError::Get(GetError::Destination { .. })),
+                        ) => Err(Err(ExecError(format!("fetching {name}: {e}")))),
                         Err(e) => Err(Ok(e.to_string())),
                     };
                     let _ = tokio::fs::remove_file(&path).await;
                     (slot, bytes)
                 });
             }
-            let mut out: Vec<Result<Vec<u8>, String>> =
-                vec![Err("not fetched".to_owned()); inputs.len()];
+            let mut out: Vec<Result<Vec<u8>, String>> = vec![Err("not fetched".to_owned()); count];
             while let Some(done) = set.join_next().await {
                 let (slot, bytes) = done.map_err(|e| ExecError(format!("fetch task: {e}")))?;
                 let Some(entry) = out.get_mut(slot) else {
@@ -262,7 +292,6 @@ impl ModelExecutor {
             }
             Ok(out)
         }
-        .await
     }
 
     /// Writes `lines` as the result file `name`; `Err` when it was not committed.
@@ -271,10 +300,12 @@ impl ModelExecutor {
         std::fs::write(&path, results::encode(lines))
             .map_err(|e| ExecError(format!("writing {}: {e}", path.display())))?;
         let mut dfs = DfsClient::new(self.node, self.timeout);
-        let put = self.handle.block_on(dfs.put(&path, name));
+        let put = {
+            let (path, name) = (path.clone(), name.to_owned());
+            self.on_runtime(async move { dfs.put(&path, &name).await.map(|_| ()) })?
+        };
         let _ = std::fs::remove_file(&path);
-        put.map(|_| ())
-            .map_err(|e| ExecError(format!("storing {name}: {e}")))
+        put.map_err(|e| ExecError(format!("storing {name}: {e}")))
     }
 
     /// Runs a batch of a registry model; the completions and the step timings.
@@ -282,18 +313,19 @@ impl ModelExecutor {
         let mut times = BatchTimes::default();
         let started = Instant::now();
         // The weights' lookup and the inputs' fetch overlap.
-        let (version, fetched) = self.handle.block_on(async {
-            tokio::join!(
-                self.newest_weights(&grant.model),
-                self.fetch_inputs(&grant.inputs)
-            )
-        });
+        let newest =
+            Self::newest_weights(DfsClient::new(self.node, self.timeout), grant.model.clone());
+        let inputs = self.fetch_inputs(&grant.inputs);
+        let (version, fetched) = self.on_runtime(async move { tokio::join!(newest, inputs) })?;
         times.fetch_ms = ms(started);
         let step = Instant::now();
-        let loaded = match version?.and_then(|v| match self.model(&grant.model, v) {
-            Ok(loaded) => loaded,
-            Err(e) => Err(e.0),
-        }) {
+        // A weights file that cannot load fails the batch's inputs; trouble fetching it (a
+        // transient `ExecError`) makes the batch run again later.
+        let loaded = match version? {
+            Ok(v) => self.model(&grant.model, v)?,
+            Err(reason) => Err(reason),
+        };
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(reason) => {
                 warn!(model = %grant.model, lease = %grant.lease, %reason, "the batch's model cannot run");
@@ -440,14 +472,24 @@ impl Executor for ModelExecutor {
     }
 }
 
-/// A scratch directory for the executor of the node bound at `addr`.
+/// A scratch directory for an executor of the node bound at `addr`: its own for each call in
+/// this process (a node that restarts in the process, or simulated nodes sharing an address in
+/// parallel tests, never share one; the executor removes it when dropped).
 pub fn scratch_dir(addr: SocketAddr) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let label: String = addr
         .to_string()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    std::env::temp_dir().join(format!("idunno-worker-{}-{label}", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("idunno-worker-{}-{label}-{n}", std::process::id()))
+}
+
+impl Drop for ModelExecutor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
 }
 
 /// `model` rebuilt from a local weights file (as `train` stores them), at most

@@ -160,7 +160,8 @@ impl Lane {
     async fn execute(&self, grant: &Grant) -> Option<Vec<Completion>> {
         let executor = Arc::clone(&self.executor);
         let owned = grant.clone();
-        let mut job = tokio::task::spawn_blocking(move || executor.run(&owned));
+        // `net::spawn_blocking`: under turmoil a tokio blocking task would hold the virtual clock.
+        let mut job = crate::net::spawn_blocking(move || executor.run(&owned));
         let renew_every = self.options.call_timeout.max(Duration::from_millis(500));
         let results = loop {
             tokio::select! {
