@@ -761,6 +761,31 @@ impl SchedSim {
         Ok(())
     }
 
+    /// Once a worker's ask has applied (at `now`): run the batch it was granted (`current`:
+    /// the applied ask is this one, not a later one), or idle for `backoff`.
+    fn after_ask(
+        &mut self,
+        current: bool,
+        granted: Option<LeaseId>,
+        now: Instant,
+        backoff: Duration,
+    ) -> Phase {
+        let grant = granted
+            .filter(|_| current)
+            .and_then(|id| self.best_state()?.scheduler().grant(id));
+        match grant {
+            Some(grant) => {
+                let (span, results) = self.run_time(&grant);
+                Phase::Running {
+                    grant,
+                    done_at: now + span,
+                    results,
+                }
+            }
+            None => Phase::Idle { at: now + backoff },
+        }
+    }
+
     fn run_time(&mut self, grant: &Grant) -> (Duration, Vec<Completion>) {
         let cost = self
             .costs
@@ -816,20 +841,7 @@ impl SchedSim {
                     .and_then(|s| s.scheduler().last_request(me));
                 match answer {
                     Some((seen, granted)) if seen >= request => {
-                        let grant = granted
-                            .filter(|_| seen == request)
-                            .and_then(|id| self.best_state()?.scheduler().grant(id));
-                        match grant {
-                            Some(grant) => {
-                                let (span, results) = self.run_time(&grant);
-                                Phase::Running {
-                                    grant,
-                                    done_at: now + span,
-                                    results,
-                                }
-                            }
-                            None => Phase::Idle { at: now + backoff },
-                        }
+                        self.after_ask(seen == request, granted, now, backoff)
                     }
                     _ if now >= proposed_at + retry => {
                         let op = ClusterOp::Sched(SchedCommand::Lease {
@@ -880,20 +892,7 @@ impl SchedSim {
                 match answer {
                     // Applied (report and ask apply together): run what the ask got.
                     Some((seen, granted)) if seen >= request => {
-                        let grant = granted
-                            .filter(|_| seen == request)
-                            .and_then(|id| self.best_state()?.scheduler().grant(id));
-                        match grant {
-                            Some(grant) => {
-                                let (span, results) = self.run_time(&grant);
-                                Phase::Running {
-                                    grant,
-                                    done_at: now + span,
-                                    results,
-                                }
-                            }
-                            None => Phase::Idle { at: now + backoff },
-                        }
+                        self.after_ask(seen == request, granted, now, backoff)
                     }
                     _ if now >= proposed_at + retry => {
                         let live = self
