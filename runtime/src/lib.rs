@@ -28,6 +28,7 @@
 //! the addresses it is told to bind.
 
 pub mod auth;
+pub mod bench;
 pub mod blobs;
 pub mod cli;
 pub mod consensus;

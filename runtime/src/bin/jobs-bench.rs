@@ -35,6 +35,7 @@
 //! Must never: leave a child running (the guard), bind outside 127.0.0.0/8, or report a
 //! measurement that did not complete (a rep that times out fails the bench, saying which).
 
+use idunno_runtime::bench::{BenchError, fail};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -103,20 +104,6 @@ struct Args {
     /// Keep the node logs (their directory is printed) even when the bench passes.
     #[arg(long)]
     keep_logs: bool,
-}
-
-/// A failed step; the message says which and why.
-#[derive(Debug)]
-struct BenchError(String);
-
-impl<E: std::fmt::Display> From<E> for BenchError {
-    fn from(e: E) -> Self {
-        BenchError(e.to_string())
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, BenchError> {
-    Err(BenchError(message.into()))
 }
 
 fn progress(line: &str) {

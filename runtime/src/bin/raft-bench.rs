@@ -16,6 +16,7 @@
 //! Must never: leave a child running or a temp dir behind on any exit path (errors, panics,
 //! Ctrl-C: the [`Cluster`] guard kills, reaps and removes on drop), or bind outside 127.0.0.0/8.
 
+use idunno_runtime::bench::{BenchError, fail};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -68,20 +69,6 @@ struct Args {
     /// Where the voters fsync their log (`idunno-node start --raft-persist`): background or inline.
     #[arg(long, default_value = "background", value_parser = ["background", "inline"])]
     persist: String,
-}
-
-/// A failed step; the message says which and why.
-#[derive(Debug)]
-struct BenchError(String);
-
-impl<E: std::fmt::Display> From<E> for BenchError {
-    fn from(e: E) -> Self {
-        BenchError(e.to_string())
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, BenchError> {
-    Err(BenchError(message.into()))
 }
 
 fn main() -> ExitCode {

@@ -20,6 +20,7 @@
 //! Must never: leave a child running or a temp dir behind on any exit path (the [`Cluster`]
 //! guard kills, reaps and removes on drop), or bind outside 127.0.0.0/8.
 
+use idunno_runtime::bench::{BenchError, fail};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -72,20 +73,6 @@ struct Args {
     /// The Ray script (default: scripts/ray_noop_throughput.py of this workspace).
     #[arg(long)]
     ray_script: Option<PathBuf>,
-}
-
-/// A failed step; the message says which and why.
-#[derive(Debug)]
-struct BenchError(String);
-
-impl<E: std::fmt::Display> From<E> for BenchError {
-    fn from(e: E) -> Self {
-        BenchError(e.to_string())
-    }
-}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, BenchError> {
-    Err(BenchError(message.into()))
 }
 
 fn progress(line: &str) {
