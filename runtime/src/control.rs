@@ -1,6 +1,7 @@
 //! The control protocol over TCP: the node's server side and the client's side.
 //!
-//! Owns: accepting control connections (at most [`CONNECTIONS_MAX`] at once, each in its own task
+//! Owns: accepting control connections (at most [`CONNECTIONS_MAX`] at once and
+//! [`CONNECTIONS_PER_PEER_MAX`] from one address, each in its own task
 //! with a read timeout), framing (`core::wire`'s length-prefixed frames, with a small cap on
 //! requests), handing each request to the driver and writing its answer back; and the client
 //! calls (`list_mem`, `list_self`, `leave`, and the Raft ones: `leader`, `kv-put`, `kv-get`,
@@ -26,7 +27,7 @@ use idunno_core::wire::{self, ControlRequest, ControlResponse, FRAME_HEADER_BYTE
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, warn};
 
 use idunno_core::consensus::VoterId;
@@ -34,11 +35,16 @@ use idunno_core::consensus::VoterId;
 use crate::auth::tcp::{self as auth_tcp, MAGIC_FRAME_LEN, NODE_INSECURE};
 use crate::auth::{Role, SecureStream, TcpGuard};
 use crate::blobs::BlobService;
+use crate::conn_limit::ConnectionSlots;
 use crate::consensus::{self, RaftRoute};
 use crate::driver::Request;
 
 /// Most control connections served at once; more are closed at accept.
-pub const CONNECTIONS_MAX: usize = 64;
+pub const CONNECTIONS_MAX: usize = 512;
+/// Most control connections served at once from one peer address (a worker keeps up to
+/// `jobs::client::IDLE_CONNECTIONS_MAX` scheduler connections to the leader, and opens more
+/// while it uploads or fetches); more are closed at accept, so that no peer can take every slot.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 64;
 /// Longest a connection may take to deliver a request (or stay idle between requests), and
 /// longest the driver may take to answer one.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,7 +166,7 @@ pub async fn serve_guarded(
     guard: Arc<TcpGuard>,
 ) {
     let listener = listener.into();
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let slots = ConnectionSlots::new(CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -170,9 +176,12 @@ pub async fn serve_guarded(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!(%peer, "too many control connections; closing this one");
-            continue;
+        let permit = match slots.try_take(peer.ip()) {
+            Ok(permit) => permit,
+            Err(e) => {
+                debug!(%peer, reason = %e, "control connection refused at accept");
+                continue;
+            }
         };
         let requests = requests.clone();
         let raft = raft.clone();
@@ -724,6 +733,60 @@ mod tests {
         server
             .await
             .expect("server task ends when the client closes");
+    }
+
+    /// One ListSelf round trip on `stream`: the answer, or `None` when the server closed it.
+    async fn list_self(stream: &mut tokio::net::TcpStream) -> Option<ControlResponse> {
+        write_frame(stream, &ControlRequest::ListSelf).await.ok()?;
+        read_frame(stream, wire::FRAME_BYTES_MAX).await.ok()?
+    }
+
+    #[tokio::test]
+    async fn one_peer_address_cannot_take_every_connection_slot() {
+        let listener = tokio::net::TcpListener::bind(addr(0)).await.expect("bind");
+        let server = listener.local_addr().expect("addr");
+        let serving = tokio::spawn(serve(listener, fake_driver()));
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS_PER_PEER_MAX {
+            let mut stream = tokio::net::TcpStream::connect(server)
+                .await
+                .expect("connect");
+            assert!(list_self(&mut stream).await.is_some(), "within the share");
+            held.push(stream);
+        }
+        let mut over = tokio::net::TcpStream::connect(server)
+            .await
+            .expect("connect");
+        assert_eq!(
+            list_self(&mut over).await,
+            None,
+            "one connection over the peer's share is closed at accept"
+        );
+        // Another address still gets in.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+            .expect("bind 127.0.0.2");
+        let mut other = socket.connect(server).await.expect("connect");
+        assert!(
+            list_self(&mut other).await.is_some(),
+            "another peer is served"
+        );
+        // A slot given back is reusable.
+        drop(held.pop());
+        let mut again = None;
+        for _ in 0..100 {
+            let mut stream = tokio::net::TcpStream::connect(server)
+                .await
+                .expect("connect");
+            if list_self(&mut stream).await.is_some() {
+                again = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(again.is_some(), "the freed slot was not given back");
+        serving.abort();
     }
 
     #[tokio::test]

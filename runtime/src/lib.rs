@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bench;
 pub mod blobs;
 pub mod cli;
+pub mod conn_limit;
 pub mod consensus;
 pub mod control;
 pub mod demo;
