@@ -120,38 +120,39 @@ async fn sched(requests: &mpsc::Sender<RaftRequest>, command: SchedCommand) -> S
     }
 }
 
-/// Submits a one-input job with a long lease and has `worker` lease its only batch.
-async fn lease_the_only_batch(requests: &mpsc::Sender<RaftRequest>, worker: NodeId) {
+/// A leader with two live workers at `port + 1` and `port + 2`, a one-input job with a long
+/// lease whose only batch the first holds, and that first worker just suspected.
+async fn a_leased_worker_suspected(name: &str, port: u16) -> (Leader, NodeId, NodeId) {
+    let leader = start_leader(name, port).await;
+    let worker = NodeId::new(addr(port + 1), 3);
+    let other = NodeId::new(addr(port + 2), 3);
+    leader.view.send_modify(|v| {
+        v.apply(&Event::Joined(worker));
+        v.apply(&Event::Joined(other));
+    });
     let spec = JobSpec {
         model: "noop:1".into(),
         inputs: vec!["inputs/one".into()],
         batch_size: 1,
         lease_millis: 600_000,
     };
-    let submitted = sched(requests, SchedCommand::Submit { spec, request: 1 }).await;
+    let submitted = sched(&leader.requests, SchedCommand::Submit { spec, request: 1 }).await;
     assert!(
         matches!(submitted, SchedResult::Submitted { .. }),
         "{submitted:?}"
     );
-    let granted = sched(requests, SchedCommand::Lease { worker, request: 1 }).await;
+    let granted = sched(&leader.requests, SchedCommand::Lease { worker, request: 1 }).await;
     assert!(matches!(granted, SchedResult::Granted(_)), "{granted:?}");
+    leader.view.send_modify(|v| {
+        v.apply(&Event::Suspect(worker));
+    });
+    (leader, worker, other)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_suspected_workers_lease_returns_before_it_is_declared_failed() {
-    let leader = start_leader("suspect-revoke", 7111).await;
-    let (requests, view_tx) = (&leader.requests, &leader.view);
-    let worker = NodeId::new(addr(7112), 3);
-    let other = NodeId::new(addr(7113), 3);
-    view_tx.send_modify(|v| {
-        v.apply(&Event::Joined(worker));
-        v.apply(&Event::Joined(other));
-    });
-    lease_the_only_batch(requests, worker).await;
-
-    view_tx.send_modify(|v| {
-        v.apply(&Event::Suspect(worker));
-    });
+    let (leader, _worker, other) = a_leased_worker_suspected("suspect-revoke", 7111).await;
+    let requests = &leader.requests;
     tokio::time::sleep(SUSPECT_REVOKE_AFTER * 4).await;
     let regranted = sched(
         requests,
@@ -175,21 +176,10 @@ async fn a_suspected_workers_lease_returns_before_it_is_declared_failed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_suspicion_refuted_at_once_keeps_the_lease() {
-    let leader = start_leader("suspect-refuted", 7121).await;
-    let (requests, view_tx) = (&leader.requests, &leader.view);
-    let worker = NodeId::new(addr(7122), 3);
-    let other = NodeId::new(addr(7123), 3);
-    view_tx.send_modify(|v| {
-        v.apply(&Event::Joined(worker));
-        v.apply(&Event::Joined(other));
-    });
-    lease_the_only_batch(requests, worker).await;
-
-    view_tx.send_modify(|v| {
-        v.apply(&Event::Suspect(worker));
-    });
+    let (leader, worker, other) = a_leased_worker_suspected("suspect-refuted", 7121).await;
+    let requests = &leader.requests;
     tokio::time::sleep(SUSPECT_REVOKE_AFTER / 5).await;
-    view_tx.send_modify(|v| {
+    leader.view.send_modify(|v| {
         v.apply(&Event::Refuted(worker));
     });
     tokio::time::sleep(SUSPECT_REVOKE_AFTER * 4).await;
