@@ -2,9 +2,10 @@
 //! loopback (the numbers issue #6 asks for beside the simulator's).
 //!
 //! Starts 3 Raft voters (no worker on them) and W worker nodes (non-voting members,
-//! `--worker-lanes L`), authenticated with a fresh cluster key, through the demo's process
-//! guard ([`idunno_runtime::demo::cluster::Cluster`], which kills and reaps every child on
-//! every exit path), running the `idunno-node` binary next to this executable. The jobs run
+//! `--worker-lanes L`), authenticated with a fresh cluster key, as a
+//! [`idunno_runtime::bench::cluster::LocalCluster`] (the demo's process guard, which kills and
+//! reaps every child on every exit path), running the `idunno-node` binary next to this
+//! executable. The jobs run
 //! the no-op models (`noop`, and `noop:MS`, which costs MS ms per query and stamps each result
 //! with the unix time its batch started). Then, `--reps` times each:
 //!
@@ -38,18 +39,15 @@
 use idunno_runtime::bench::{BenchError, fail};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use idunno_core::membership::NodeId;
 use idunno_core::scheduler::api::{JobSummary, SchedAnswer, SchedQuery};
 use idunno_core::scheduler::{InputOutcome, JobId, JobSpec, SchedCommand, SchedResult};
-use idunno_runtime::control;
-use idunno_runtime::demo::DemoError;
-use idunno_runtime::demo::cluster::{Cluster, free_addr};
+use idunno_runtime::bench::cluster::LocalCluster;
 use idunno_runtime::identity::unix_time_ms;
 use idunno_runtime::jobs::client::{SchedClient, all_results, submit};
 use idunno_runtime::jobs::noop::parse_timed_result;
@@ -241,11 +239,7 @@ fn report(args: &Args, samples: &[Samples], load_before: &str) -> String {
 
 /// The bench's cluster and what it knows about it.
 struct Bench {
-    cluster: Cluster,
-    /// Every node's address, by index (a killed worker's index is never reused).
-    addrs: Vec<SocketAddr>,
-    voters_arg: String,
-    lanes: u8,
+    cluster: LocalCluster,
     /// The worker node the bench asks through (never killed).
     entry: SocketAddr,
     client: SchedClient,
@@ -254,31 +248,16 @@ struct Bench {
 
 impl Bench {
     async fn start(args: &Args, root: PathBuf) -> Result<Self, BenchError> {
-        let me = std::env::current_exe()?;
-        let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
-        if !exe.is_file() {
-            return fail(format!(
-                "{} not found: build it first (cargo build --release -p idunno-runtime --bins)",
-                exe.display()
-            ));
-        }
-        let cluster = Cluster::with_exe(root, exe).map_err(demo)?;
-        let mut addrs = Vec::new();
-        for i in 0..VOTERS + usize::from(args.workers) {
-            addrs.push(host_addr(i)?);
-        }
-        let voters_arg = addrs[..VOTERS]
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let entry = addrs[VOTERS];
+        let cluster = LocalCluster::new(
+            root,
+            FIRST_HOST,
+            VOTERS,
+            usize::from(args.workers),
+            args.lanes,
+        )?;
+        let entry = cluster.addrs[VOTERS];
         let mut bench = Bench {
             cluster,
-            addrs,
-            voters_arg,
-            lanes: args.lanes,
             entry,
             client: SchedClient::new(entry, CALL_TIMEOUT),
             next_request: unix_time_ms(),
@@ -287,75 +266,20 @@ impl Bench {
             "starting 3 voters and {} workers x {} lanes (logs in {})",
             args.workers,
             args.lanes,
-            bench.cluster.root.display()
+            bench.cluster.nodes.root.display()
         ));
-        bench.spawn(0).await?;
-        let mut pending = Vec::new();
-        for i in 1..bench.addrs.len() {
-            let (bind, join, extra) = bench.spawn_args(i);
-            pending.push(
-                bench
-                    .cluster
-                    .start_spawn(i, bind, &join, &extra)
-                    .map_err(demo)?,
-            );
-        }
-        for (index, line) in pending {
-            bench
-                .cluster
-                .finish_spawn(index, line)
-                .await
-                .map_err(demo)?;
-        }
+        bench.cluster.start_all().await?;
         bench.wait_leader(None).await?;
         // Let every worker find the leader before the first measure.
         tokio::time::sleep(Duration::from_secs(1)).await;
         Ok(bench)
     }
 
-    /// (bind, join seeds, extra `start` arguments) of node `index`.
-    fn spawn_args(&self, index: usize) -> (SocketAddr, Vec<SocketAddr>, Vec<String>) {
-        let mut extra = vec!["--voters".to_owned(), self.voters_arg.clone()];
-        if index < VOTERS {
-            extra.extend([
-                "--raft-id".to_owned(),
-                (index + 1).to_string(),
-                "--worker-lanes".to_owned(),
-                "0".to_owned(),
-            ]);
-        } else {
-            extra.extend(["--worker-lanes".to_owned(), self.lanes.to_string()]);
-        }
-        let join: Vec<SocketAddr> = self
-            .cluster
-            .live_indices()
-            .into_iter()
-            .filter(|&i| i != index)
-            .filter_map(|i| self.addrs.get(i).copied())
-            .collect();
-        (self.addrs[index], join, extra)
-    }
-
-    async fn spawn(&mut self, index: usize) -> Result<NodeId, BenchError> {
-        let (bind, join, extra) = self.spawn_args(index);
-        self.cluster
-            .spawn(index, bind, &join, &extra)
-            .await
-            .map_err(demo)
-    }
-
     /// Polls until a leader other than `not` is known; its address.
     async fn wait_leader(&self, not: Option<SocketAddr>) -> Result<SocketAddr, BenchError> {
-        let t0 = Instant::now();
-        while t0.elapsed() < STEP_TIMEOUT {
-            if let Ok((_, Some(addr), _)) = control::leader(self.entry, CALL_TIMEOUT).await
-                && Some(addr) != not
-            {
-                return Ok(addr);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        fail("no leader elected in time")
+        self.cluster
+            .wait_leader(self.entry, not, STEP_TIMEOUT)
+            .await
     }
 
     fn request(&mut self) -> u64 {
@@ -576,11 +500,11 @@ impl Bench {
             let Some(victim) = j.workers_now.iter().copied().find(|w| w.addr != entry) else {
                 return fail("no victim");
             };
-            let Some(index) = self.cluster.index_of(victim.addr) else {
+            let Some(index) = self.cluster.nodes.index_of(victim.addr) else {
                 return fail(format!("{victim} is not a bench node"));
             };
             let t_kill = Instant::now();
-            self.cluster.kill(index).map_err(demo)?;
+            self.cluster.kill(index)?;
             let mut revoked_at = None;
             let t0 = Instant::now();
             let moved_after = loop {
@@ -611,9 +535,8 @@ impl Bench {
             // rep starts once every batch has run.
             self.until(job, "finished", |j| j.done == j.inputs).await?;
             // A fresh worker at a new address replaces the dead one.
-            let index = self.addrs.len();
-            self.addrs.push(host_addr(index)?);
-            self.spawn(index).await?;
+            let index = self.cluster.add_address()?;
+            self.cluster.spawn(index).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         Ok(vec![moved, revoked])
@@ -636,12 +559,12 @@ impl Bench {
                 .await?;
             self.until(job, "running", |j| j.done >= 50).await?;
             let leader = self.wait_leader(None).await?;
-            let Some(index) = self.cluster.index_of(leader) else {
+            let Some(index) = self.cluster.nodes.index_of(leader) else {
                 return fail(format!("the leader {leader} is not a bench node"));
             };
             let t_kill_unix = unix_micros();
             let t_kill = Instant::now();
-            self.cluster.kill(index).map_err(demo)?;
+            self.cluster.kill(index)?;
             self.client_forget_leader();
             self.wait_leader(Some(leader)).await?;
             let elected_after = t_kill.elapsed();
@@ -679,7 +602,7 @@ impl Bench {
             next_batch.values.push(after);
             elected.values.push(elected_after.as_secs_f64());
             // The voter comes back with its Raft log.
-            self.spawn(index).await?;
+            self.cluster.spawn(index).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         Ok(vec![next_batch, elected])
@@ -689,19 +612,4 @@ impl Bench {
     fn client_forget_leader(&mut self) {
         self.client = SchedClient::new(self.entry, CALL_TIMEOUT);
     }
-}
-
-fn demo(e: DemoError) -> BenchError {
-    BenchError(e.0)
-}
-
-/// A port free for UDP and TCP on 127.0.0.(FIRST_HOST + index).
-fn host_addr(index: usize) -> Result<SocketAddr, BenchError> {
-    let host = u8::try_from(FIRST_HOST + index)
-        .map_err(|_| BenchError(format!("node {index}: out of loopback hosts")))?;
-    free_addr(SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
-        0,
-    ))
-    .map_err(demo)
 }

@@ -1,7 +1,8 @@
 //! `raft-bench`: the Raft key-value log over real `idunno-node` processes on loopback.
 //!
 //! Starts N voters (the `idunno-node` binary next to this executable, so build the runtime's
-//! binaries first) on 127.0.0.60.., each with its own data dir (the store always fsyncs), then
+//! binaries first) on 127.0.0.60.., each with its own data dir (the store always fsyncs), with a
+//! fresh cluster key, as a [`LocalCluster`], then
 //! measures (1) commit throughput and latency: C concurrent clients putting their own keys to the
 //! leader for S seconds (a put is answered only once committed and applied), and (2) failover:
 //! SIGKILL the leader, then put through every survivor (any node forwards) until one put
@@ -13,30 +14,26 @@
 //! cargo run --release -p idunno-runtime --bin raft-bench -- --voters 7 --seconds 10 --clients 32
 //! ```
 //!
-//! Must never: leave a child running or a temp dir behind on any exit path (errors, panics,
-//! Ctrl-C: the [`Cluster`] guard kills, reaps and removes on drop), or bind outside 127.0.0.0/8.
+//! Must never: leave a child running (errors, panics, Ctrl-C: the [`LocalCluster`]'s guard
+//! kills and reaps on drop) or its temp dir behind, or bind outside 127.0.0.0/8.
 
+use idunno_runtime::bench::cluster::LocalCluster;
 use idunno_runtime::bench::{BenchError, fail};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use idunno_runtime::control;
-use idunno_runtime::demo::parse_listening;
 use idunno_runtime::identity::unix_time_ms;
 use idunno_runtime::node::block_on;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// First voter's address is 127.0.0.FIRST_HOST (the tests use .2-.59).
-const FIRST_HOST: u8 = 60;
-/// How long a child may take to print its `LISTENING` line.
-const LISTENING_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_HOST: usize = 60;
 /// How long the cluster may take to elect a leader / a restarted node to catch up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of one put during the failover probe (the leader-side commit waits 2.5 s at most).
@@ -79,13 +76,22 @@ fn main() -> ExitCode {
         unix_time_ms()
     ));
     let outcome = block_on(async {
-        let mut cluster = Cluster::new(root, usize::from(args.voters), &args.persist)?;
+        let mut cluster =
+            LocalCluster::new(root.clone(), FIRST_HOST, usize::from(args.voters), 0, 0)?;
+        cluster.voter_args(&["--raft-persist", &args.persist]);
+        cluster.env(
+            "RUST_LOG",
+            &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         let interrupted = interrupted()?;
-        tokio::select! {
+        let report = tokio::select! {
             result = bench(&args, &mut cluster) => result,
             () = interrupted => fail("interrupted"),
-        }
-        // `cluster` drops here: children killed and reaped, the temp dir removed.
+        };
+        drop(cluster);
+        // The children are killed and reaped; their data and logs go too.
+        let _ = fs::remove_dir_all(&root);
+        report
     });
     match outcome {
         Ok(Ok(report)) => {
@@ -120,20 +126,15 @@ fn progress(line: &str) {
     eprintln!("raft-bench: {line}");
 }
 
-async fn bench(args: &Args, cluster: &mut Cluster) -> Result<String, BenchError> {
+async fn bench(args: &Args, cluster: &mut LocalCluster) -> Result<String, BenchError> {
     let n = cluster.addrs.len();
     progress(&format!(
         "starting {n} voters on {} .. {} (data in {})",
         cluster.addrs[0],
         cluster.addrs[n - 1],
-        cluster.root.display()
+        cluster.nodes.root.display()
     ));
-    for index in 0..n {
-        cluster.spawn(index)?;
-    }
-    for index in 0..n {
-        cluster.wait_listening(index).await?;
-    }
+    cluster.start_all().await?;
     let t0 = Instant::now();
     let leader = wait_for_leader(cluster, None).await?;
     progress(&format!(
@@ -160,18 +161,21 @@ async fn bench(args: &Args, cluster: &mut Cluster) -> Result<String, BenchError>
 }
 
 /// The index of the voter that leads once a put through it has committed.
-async fn wait_for_leader(cluster: &Cluster, avoid: Option<usize>) -> Result<usize, BenchError> {
+async fn wait_for_leader(
+    cluster: &LocalCluster,
+    avoid: Option<usize>,
+) -> Result<usize, BenchError> {
     let t0 = Instant::now();
     let mut last_error = String::from("no answer yet");
     while t0.elapsed() < SETTLE_TIMEOUT {
-        for index in cluster.live() {
+        for index in cluster.nodes.live_indices() {
             match control::leader(cluster.addrs[index], control::CLIENT_TIMEOUT).await {
                 Ok((_, Some(addr), _)) => {
                     let Some(leader) = cluster.addrs.iter().position(|&a| a == addr) else {
                         last_error = format!("unknown leader address {addr}");
                         continue;
                     };
-                    if Some(leader) == avoid || !cluster.is_live(leader) {
+                    if Some(leader) == avoid || cluster.nodes.id(leader).is_none() {
                         last_error =
                             format!("{} still names the dead leader", cluster.addrs[index]);
                         continue;
@@ -260,16 +264,17 @@ async fn throughput(args: &Args, leader: SocketAddr) -> Result<Throughput, Bench
 
 /// SIGKILLs the leader, probes every survivor with puts until one commits, then restarts the
 /// killed voter and waits until it has caught up. Returns the time from the kill to the commit.
-async fn failover(cluster: &mut Cluster, round: u16) -> Result<Duration, BenchError> {
+async fn failover(cluster: &mut LocalCluster, round: u16) -> Result<Duration, BenchError> {
     let leader = wait_for_leader(cluster, None).await?;
     let survivors: Vec<SocketAddr> = cluster
-        .live()
+        .nodes
+        .live_indices()
         .into_iter()
         .filter(|&i| i != leader)
         .map(|i| cluster.addrs[i])
         .collect();
     let killed_at = Instant::now();
-    cluster.kill(leader);
+    cluster.kill(leader)?;
     let mut probes = JoinSet::new();
     for (p, node) in survivors.into_iter().enumerate() {
         probes.spawn(async move {
@@ -306,15 +311,14 @@ async fn failover(cluster: &mut Cluster, round: u16) -> Result<Duration, BenchEr
         cluster.addrs[leader],
         took.as_millis()
     ));
-    cluster.spawn(leader)?;
-    cluster.wait_listening(leader).await?;
+    cluster.spawn(leader).await?;
     wait_caught_up(cluster, leader).await?;
     Ok(took)
 }
 
 /// Waits until restarted voter `index` names the current leader and a put through it commits
 /// (it forwards to the leader; by then it has taken the leader's AppendEntries).
-async fn wait_caught_up(cluster: &Cluster, index: usize) -> Result<(), BenchError> {
+async fn wait_caught_up(cluster: &LocalCluster, index: usize) -> Result<(), BenchError> {
     let node = cluster.addrs[index];
     let t0 = Instant::now();
     let mut last_error = String::from("no answer yet");
@@ -401,181 +405,4 @@ fn report(args: &Args, throughput: &Throughput, failovers: &[Duration]) -> Strin
         );
     }
     out
-}
-
-/// The bench's voter processes; killed and reaped, and the temp dir removed, when dropped.
-struct Cluster {
-    exe: PathBuf,
-    root: PathBuf,
-    addrs: Vec<SocketAddr>,
-    voters_arg: String,
-    /// `--raft-persist` of every voter.
-    persist: String,
-    /// Indexed by voter; `None` when not running.
-    children: Vec<Option<Child>>,
-    /// The first stdout line of a child that was started and not yet waited for.
-    listening: Vec<Option<oneshot::Receiver<io::Result<String>>>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().filter_map(Option::take) {
-            stop(child);
-        }
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-/// SIGKILLs and reaps a child (an already exited child is only reaped).
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A port free for both UDP and TCP on `ip` right now (voters need fixed addresses, since the
-/// voter list names them before they start).
-fn free_addr(ip: IpAddr) -> Result<SocketAddr, BenchError> {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        let addr = udp.local_addr()?;
-        if TcpListener::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    fail(format!("no free port on {ip}"))
-}
-
-impl Cluster {
-    fn new(root: PathBuf, voters: usize, persist: &str) -> Result<Self, BenchError> {
-        let me = std::env::current_exe()?;
-        let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
-        if !exe.is_file() {
-            return fail(format!(
-                "{} not found: build it first (cargo build --release -p idunno-runtime --bins)",
-                exe.display()
-            ));
-        }
-        let mut addrs = Vec::with_capacity(voters);
-        for i in 0..voters {
-            let host = FIRST_HOST.saturating_add(u8::try_from(i).unwrap_or(u8::MAX));
-            addrs.push(free_addr(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))?);
-        }
-        let voters_arg = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        fs::create_dir_all(&root)?;
-        Ok(Cluster {
-            exe,
-            root,
-            addrs,
-            voters_arg,
-            persist: persist.to_string(),
-            children: (0..voters).map(|_| None).collect(),
-            listening: (0..voters).map(|_| None).collect(),
-        })
-    }
-
-    fn is_live(&self, index: usize) -> bool {
-        self.children.get(index).is_some_and(Option::is_some)
-    }
-
-    fn live(&self) -> Vec<usize> {
-        (0..self.addrs.len()).filter(|&i| self.is_live(i)).collect()
-    }
-
-    /// Starts voter `index` (from its data dir, if it ran before); [`Self::wait_listening`]
-    /// waits for it.
-    fn spawn(&mut self, index: usize) -> Result<(), BenchError> {
-        if self.is_live(index) {
-            return fail(format!("voter {index} is already running"));
-        }
-        let bind = self.addrs[index];
-        let others: Vec<String> = self
-            .addrs
-            .iter()
-            .filter(|&&a| a != bind)
-            .map(SocketAddr::to_string)
-            .collect();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(format!("voter-{index}.log")))?;
-        let mut command = Command::new(&self.exe);
-        command
-            .arg("start")
-            .arg("--bind")
-            .arg(bind.to_string())
-            .arg("--raft-id")
-            .arg((index + 1).to_string())
-            .arg("--voters")
-            .arg(&self.voters_arg)
-            .arg("--data-dir")
-            .arg(self.root.join(format!("voter-{index}")))
-            .arg("--raft-persist")
-            .arg(&self.persist)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        if !others.is_empty() {
-            command.arg("--join").arg(others.join(","));
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| BenchError(format!("cannot start {}: {e}", self.exe.display())))?;
-        let Some(stdout) = child.stdout.take() else {
-            stop(child);
-            return fail("child has no stdout");
-        };
-        let (tx, rx) = oneshot::channel();
-        // A plain thread: a child that never answers must not hold up the runtime's shutdown.
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        self.children[index] = Some(child);
-        self.listening[index] = Some(rx);
-        Ok(())
-    }
-
-    /// Waits for voter `index`'s `LISTENING <addr> <generation>` line.
-    async fn wait_listening(&mut self, index: usize) -> Result<(), BenchError> {
-        let Some(rx) = self.listening[index].take() else {
-            return fail(format!("voter {index} was not started"));
-        };
-        let parsed = match tokio::time::timeout(LISTENING_TIMEOUT, rx).await {
-            Ok(Ok(Ok(line))) => parse_listening(&line),
-            Ok(Ok(Err(e))) => Err(format!("cannot read its stdout: {e}")),
-            Ok(Err(_)) => Err("its stdout reader vanished".to_owned()),
-            Err(_) => Err("no LISTENING line in time".to_owned()),
-        };
-        match parsed {
-            Ok(id) if id.addr == self.addrs[index] => Ok(()),
-            Ok(id) => fail(format!(
-                "voter {index} listens on {}, expected {}",
-                id.addr, self.addrs[index]
-            )),
-            Err(why) => {
-                let log = self.root.join(format!("voter-{index}.log"));
-                let tail = fs::read_to_string(&log).unwrap_or_default();
-                fail(format!(
-                    "voter {index} did not start: {why}; its log:\n{tail}"
-                ))
-            }
-        }
-    }
-
-    /// SIGKILLs voter `index` and reaps it.
-    fn kill(&mut self, index: usize) {
-        if let Some(child) = self.children[index].take() {
-            stop(child);
-        }
-    }
 }

@@ -2,8 +2,9 @@
 //! `idunno-node` processes, beside Ray's no-op task throughput in the same run.
 //!
 //! Starts 3 voters (fsync on: the store always fsyncs; no worker on them) and W worker nodes
-//! (non-voting members, `--worker-lanes L`) on 127.0.0.64.., each with its own data dir, using
-//! the `idunno-node` binary next to this executable (build the runtime's binaries first). For
+//! (non-voting members, `--worker-lanes L`) on 127.0.0.64.., each with its own data dir, with
+//! a fresh cluster key, as a [`LocalCluster`], using the `idunno-node` binary next to this
+//! executable (build the runtime's binaries first). For
 //! each batch size it submits a `noop` job of N inputs (in chunks, through a worker node) and
 //! polls until it finished, then reads the replicated timestamps: every batch was leased (one
 //! committed `Lease`), run, and completed (one committed `Complete`) between the job's first
@@ -17,31 +18,26 @@
 //! target/release/sched-throughput --python /tmp/rayvenv/bin/python
 //! ```
 //!
-//! Must never: leave a child running or a temp dir behind on any exit path (the [`Cluster`]
-//! guard kills, reaps and removes on drop), or bind outside 127.0.0.0/8.
+//! Must never: leave a child running (the [`LocalCluster`]'s guard kills and reaps on drop) or
+//! its temp dir behind, or bind outside 127.0.0.0/8.
 
+use idunno_runtime::bench::cluster::LocalCluster;
 use idunno_runtime::bench::{BenchError, fail};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use idunno_core::scheduler::api::{JobSummary, SchedAnswer, SchedQuery};
 use idunno_core::scheduler::{JobSpec, JobStatus};
-use idunno_runtime::control;
-use idunno_runtime::demo::parse_listening;
 use idunno_runtime::identity::unix_time_ms;
 use idunno_runtime::jobs::client::{SchedClient, submit};
 use idunno_runtime::node::block_on;
 
 /// First node's address is 127.0.0.FIRST_HOST (the tests use .2-.59 and .70-.75).
-const FIRST_HOST: u8 = 64;
-/// How long a child may take to print its `LISTENING` line.
-const LISTENING_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_HOST: usize = 64;
 /// How long the cluster may take to elect a leader.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Give-up time for one job.
@@ -99,9 +95,22 @@ fn main() -> ExitCode {
     ));
     let outcome = block_on(async {
         let rows = {
-            let mut cluster = Cluster::new(root, usize::from(args.workers))?;
-            run_jobs(&args, &mut cluster).await?
-            // `cluster` drops here: children killed and reaped, the temp dir removed.
+            let mut cluster = LocalCluster::new(
+                root.clone(),
+                FIRST_HOST,
+                VOTERS,
+                usize::from(args.workers),
+                args.lanes,
+            )?;
+            cluster.env(
+                "RUST_LOG",
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+            let rows = run_jobs(&args, &mut cluster).await;
+            drop(cluster);
+            // The children are killed and reaped; their data and logs go too.
+            let _ = fs::remove_dir_all(&root);
+            rows?
         };
         let ray = ray(&args);
         Ok::<_, BenchError>(report(&args, &rows, &ray))
@@ -122,31 +131,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_jobs(args: &Args, cluster: &mut Cluster) -> Result<Vec<Row>, BenchError> {
+async fn run_jobs(args: &Args, cluster: &mut LocalCluster) -> Result<Vec<Row>, BenchError> {
     progress(&format!(
         "starting 3 voters and {} workers ({} lanes each) from {} (data in {})",
         args.workers,
         args.lanes,
         cluster.addrs[0],
-        cluster.root.display()
+        cluster.nodes.root.display()
     ));
-    for i in 0..cluster.addrs.len() {
-        cluster.spawn(i, args.lanes)?;
-    }
-    for i in 0..cluster.addrs.len() {
-        cluster.wait_listening(i).await?;
-    }
-    let entry = cluster.addrs[3];
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        if let Ok((_, Some(_), _)) = control::leader(entry, Duration::from_secs(1)).await {
-            break;
-        }
-        if Instant::now() > deadline {
-            return fail("no leader elected in time");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.start_all().await?;
+    let entry = cluster.addrs[VOTERS];
+    cluster.wait_leader(entry, None, SETTLE_TIMEOUT).await?;
     let client = SchedClient::new(entry, Duration::from_secs(10));
     let mut rows = Vec::new();
     for (k, &batch) in args.batch.iter().enumerate() {
@@ -303,144 +298,4 @@ fn report(args: &Args, rows: &[Row], ray: &Result<(u64, f64, String), String>) -
     out
 }
 
-/// The bench's processes; killed and reaped, and the temp dir removed, when dropped.
-struct Cluster {
-    exe: PathBuf,
-    root: PathBuf,
-    /// Voters first (3), then workers.
-    addrs: Vec<SocketAddr>,
-    voters_arg: String,
-    children: Vec<Child>,
-    listening: Vec<Option<std::sync::mpsc::Receiver<io::Result<String>>>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-/// A port free for both UDP and TCP on `ip` right now.
-fn free_addr(ip: IpAddr) -> Result<SocketAddr, BenchError> {
-    for _ in 0..64 {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        let addr = udp.local_addr()?;
-        if TcpListener::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    fail(format!("no free port on {ip}"))
-}
-
 const VOTERS: usize = 3;
-
-impl Cluster {
-    fn new(root: PathBuf, workers: usize) -> Result<Self, BenchError> {
-        let me = std::env::current_exe()?;
-        let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
-        if !exe.is_file() {
-            return fail(format!(
-                "{} not found: build it first (cargo build --release -p idunno-runtime --bins)",
-                exe.display()
-            ));
-        }
-        let mut addrs = Vec::new();
-        for i in 0..VOTERS + workers {
-            let host = FIRST_HOST.saturating_add(u8::try_from(i).unwrap_or(u8::MAX));
-            addrs.push(free_addr(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))?);
-        }
-        let voters_arg = addrs[..VOTERS]
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("{}={addr}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        fs::create_dir_all(&root)?;
-        Ok(Cluster {
-            exe,
-            root,
-            addrs,
-            voters_arg,
-            children: Vec::new(),
-            listening: Vec::new(),
-        })
-    }
-
-    fn spawn(&mut self, index: usize, lanes: u8) -> Result<(), BenchError> {
-        let bind = self.addrs[index];
-        let log = fs::File::create(self.root.join(format!("node-{index}.log")))?;
-        let mut command = Command::new(&self.exe);
-        command
-            .arg("start")
-            .arg("--bind")
-            .arg(bind.to_string())
-            .arg("--voters")
-            .arg(&self.voters_arg)
-            .arg("--data-dir")
-            .arg(self.root.join(format!("node-{index}")))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        if index < VOTERS {
-            command
-                .arg("--raft-id")
-                .arg((index + 1).to_string())
-                .arg("--worker-lanes")
-                .arg("0");
-        } else {
-            command.arg("--worker-lanes").arg(lanes.to_string());
-        }
-        if index > 0 {
-            command.arg("--join").arg(self.addrs[0].to_string());
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| BenchError(format!("cannot start {}: {e}", self.exe.display())))?;
-        let stdout = child.stdout.take();
-        self.children.push(child);
-        let Some(stdout) = stdout else {
-            return fail("child has no stdout");
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        self.listening.push(Some(rx));
-        Ok(())
-    }
-
-    async fn wait_listening(&mut self, index: usize) -> Result<(), BenchError> {
-        let Some(rx) = self.listening.get_mut(index).and_then(Option::take) else {
-            return fail(format!("node {index} was not started"));
-        };
-        let deadline = Instant::now() + LISTENING_TIMEOUT;
-        let line = loop {
-            match rx.try_recv() {
-                Ok(line) => break line?,
-                Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(_) => {
-                    let tail = fs::read_to_string(self.root.join(format!("node-{index}.log")))
-                        .unwrap_or_default();
-                    return fail(format!("node {index} did not start; its log:\n{tail}"));
-                }
-            }
-        };
-        let id = parse_listening(&line).map_err(BenchError)?;
-        if id.addr != self.addrs[index] {
-            return fail(format!("node {index} listens on {}", id.addr));
-        }
-        Ok(())
-    }
-}

@@ -41,6 +41,8 @@ pub struct Cluster {
     pub root: PathBuf,
     /// Indexed by node number; `None` once killed or exited.
     nodes: Vec<Option<Node>>,
+    /// Set in every child's environment (besides what the children inherit).
+    envs: Vec<(String, String)>,
 }
 
 impl Drop for Cluster {
@@ -80,7 +82,14 @@ impl Cluster {
             exe,
             root,
             nodes: Vec::new(),
+            envs: Vec::new(),
         })
+    }
+
+    /// Sets `key=value` in the environment of every child started from now on.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
     }
 
     /// The `idunno-node` executable the children run (and the demo's clients).
@@ -171,6 +180,7 @@ impl Cluster {
             .arg("--cluster-key-file")
             .arg(self.root.join(KEY_FILE))
             .args(extra)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

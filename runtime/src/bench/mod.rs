@@ -1,8 +1,11 @@
 //! What the bench binaries (`raft-bench`, `sched-throughput`, `jobs-bench`) share: the error
-//! of a failed step.
+//! of a failed step, and the local cluster of voters and workers they measure.
 //!
-//! Owns: [`BenchError`] (any displayable error converts into it) and [`fail`].
+//! Owns: [`BenchError`] (any displayable error converts into it), [`fail`], and
+//! [`cluster::LocalCluster`].
 //! Must never: be used by the node itself (a bench's errors are strings for a human).
+
+pub mod cluster;
 
 /// A failed step of a bench; the message says which and why.
 #[derive(Debug)]
