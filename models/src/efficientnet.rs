@@ -20,7 +20,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::classify::{Prediction, prediction_from_logits};
-use crate::cpu_kernels::{Depthwise, SmallConv, add_bias_residual, bias_relu6_mean};
+use crate::cpu_gemm::{Epilogue, Pointwise};
+use crate::cpu_kernels::{Depthwise, SmallConv, channel_means};
 use crate::error::{InputError, ModelError};
 use crate::{
     InputKind, Model, Preprocessed, batch_tensor, check_batch, image_input, logits_rows, weights,
@@ -310,38 +311,46 @@ fn tensor_values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelErr
         .map_err(|e| ModelError::Backend(format!("{e:?}")))
 }
 
-/// `conv` without its bias (which the CPU path fuses into the next kernel) and that bias.
-fn split_bias(conv: &Conv2d) -> Result<(Conv2d, Vec<f32>), ModelError> {
-    let [channels_out, _, _, _] = conv.weight.dims();
+/// A folded 1x1 convolution as a [`Pointwise`] GEMM (bias kept for its fused epilogue).
+fn pointwise(conv: &Conv2d) -> Result<Pointwise, ModelError> {
+    let [channels_out, _, kernel_h, kernel_w] = conv.weight.dims();
+    debug_assert!(kernel_h == 1 && kernel_w == 1 && conv.groups == 1);
     let bias = match &conv.bias {
         Some(bias) => tensor_values(bias.val())?,
         None => vec![0.0; channels_out],
     };
     debug_assert_eq!(bias.len(), channels_out);
-    let mut bare = conv.clone();
-    bare.bias = None;
-    Ok((bare, bias))
+    Ok(Pointwise::new(&tensor_values(conv.weight.val())?, bias))
+}
+
+/// A conv's bias values (zeros when it has none).
+fn bias_values(conv: &Conv2d) -> Result<Vec<f32>, ModelError> {
+    let [channels_out, _, _, _] = conv.weight.dims();
+    match &conv.bias {
+        Some(bias) => tensor_values(bias.val()),
+        None => Ok(vec![0.0; channels_out]),
+    }
 }
 
 #[derive(Debug)]
 struct CpuBlock {
-    /// 1x1 expansion without bias; its bias and ReLU6 run inside the depthwise kernel.
-    expand: Option<(Conv2d, Vec<f32>)>,
+    /// 1x1 expansion with its bias and ReLU6 fused into the GEMM's store.
+    expand: Option<Pointwise>,
     depthwise: Depthwise,
-    /// 1x1 projection without bias; bias and residual are added in one pass.
-    project: (Conv2d, Vec<f32>),
+    /// 1x1 projection with its bias and the residual fused into the GEMM's store.
+    project: Pointwise,
     residual: bool,
 }
 
-/// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, with the 1x1
-/// convolutions and the classifier still Burn's (Flex runs them as GEMMs) and everything between
-/// them in [`crate::cpu_kernels`]: the stem and the depthwise convolutions, with every bias and
-/// ReLU6 fused into a kernel instead of a pass of its own. Built only for the CPU device.
+/// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, run by
+/// [`crate::cpu_kernels`] (stem, depthwise) and [`crate::cpu_gemm`] (the 1x1 convolutions as
+/// GEMMs), every bias, ReLU6 and residual add fused into a kernel's store instead of a pass of
+/// its own; only the classifier is still Burn's. Built only for the CPU device.
 #[derive(Debug)]
 struct CpuNet {
     stem: SmallConv,
     blocks: Vec<CpuBlock>,
-    head: (Conv2d, Vec<f32>),
+    head: Pointwise,
     fc: Linear,
 }
 
@@ -352,17 +361,16 @@ impl CpuNet {
             .iter()
             .map(|b| {
                 let [channels, _, kernel, _] = b.depthwise.weight.dims();
-                let (_, bias) = split_bias(&b.depthwise)?;
                 debug_assert_eq!(b.depthwise.groups, channels);
                 Ok(CpuBlock {
-                    expand: b.expand.as_ref().map(split_bias).transpose()?,
+                    expand: b.expand.as_ref().map(pointwise).transpose()?,
                     depthwise: Depthwise {
                         kernel,
                         stride: b.depthwise.stride[0],
                         weight: tensor_values(b.depthwise.weight.val())?,
-                        bias,
+                        bias: bias_values(&b.depthwise)?,
                     },
-                    project: split_bias(&b.project)?,
+                    project: pointwise(&b.project)?,
                     residual: b.residual,
                 })
             })
@@ -374,10 +382,10 @@ impl CpuNet {
                 stride: folded.stem.stride[0],
                 channels_in,
                 weight: tensor_values(folded.stem.weight.val())?,
-                bias: split_bias(&folded.stem)?.1,
+                bias: bias_values(&folded.stem)?,
             },
             blocks,
-            head: split_bias(&folded.head)?,
+            head: pointwise(&folded.head)?,
             fc: folded.fc.clone(),
         })
     }
@@ -399,12 +407,6 @@ impl CpuNet {
                 out
             }};
         }
-        let conv = |conv: &Conv2d, values: Vec<f32>, [c, h, w]: [usize; 3]| {
-            let input = Tensor::<4>::from_data(TensorData::new(values, [1, c, h, w]), device);
-            let output = conv.forward(input);
-            let [_, c, h, w] = output.dims();
-            tensor_values(output).map(|values| (values, [c, h, w]))
-        };
         let shape = [3, INPUT_SIDE, INPUT_SIDE];
         debug_assert_eq!(image.len(), shape.iter().product::<usize>());
         let (mut x, mut shape) = step!(
@@ -414,31 +416,72 @@ impl CpuNet {
         for block in &self.blocks {
             // `x` is complete here (the stem's output, activated, or a projection's, with its
             // bias and the residual added).
-            let input = block.residual.then(|| x.clone());
-            // The expansion's output comes without its bias; the depthwise kernel applies that
-            // bias and the ReLU6 as it reads.
-            let mut pending = None;
-            if let Some((expand, bias)) = &block.expand {
-                (x, shape) = step!("expand conv 1x1", conv(expand, x, shape))?;
-                pending = Some(bias.as_slice());
+            let [_, height, width] = shape;
+            let pixels = height * width;
+            if let Some(expand) = &block.expand {
+                let hidden = step!(
+                    "expand conv 1x1 + bias + ReLU6 (GEMM)",
+                    expand.forward(&x, pixels, Epilogue::BiasRelu6)
+                );
+                debug_assert_eq!(hidden.len(), expand.channels_out() * pixels);
+                let hidden_shape = [expand.channels_out(), height, width];
+                let (h, s) = step!(
+                    "depthwise conv 3x3/5x5 + bias + ReLU6",
+                    block.depthwise.forward(&hidden, hidden_shape, None)
+                );
+                (x, shape) = self.project(block, &x, h, s, &mut times)?;
+            } else {
+                let (h, s) = step!(
+                    "depthwise conv 3x3/5x5 + bias + ReLU6",
+                    block.depthwise.forward(&x, shape, None)
+                );
+                let input = std::mem::take(&mut x);
+                (x, shape) = self.project(block, &input, h, s, &mut times)?;
             }
-            (x, shape) = step!(
-                "depthwise conv 3x3/5x5 + biases + ReLU6s",
-                block.depthwise.forward(&x, shape, pending)
-            );
-            (x, shape) = step!("project conv 1x1", conv(&block.project.0, x, shape))?;
-            step!(
-                "bias + residual add",
-                add_bias_residual(&mut x, &block.project.1, input.as_deref())
-            );
         }
-        let (x, _) = step!("head conv 1x1", conv(&self.head.0, x, shape))?;
-        step!("bias + ReLU6 + pool + fc", {
-            let pooled = bias_relu6_mean(&x, &self.head.1);
+        let [_, height, width] = shape;
+        let x = step!(
+            "head conv 1x1 + bias + ReLU6 (GEMM)",
+            self.head.forward(&x, height * width, Epilogue::BiasRelu6)
+        );
+        step!("pool + fc", {
+            let pooled = channel_means(&x, self.head.channels_out());
             let channels = pooled.len();
             let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [1, channels]), device);
             tensor_values(self.fc.forward(pooled))
         })
+    }
+
+    /// The block's projection of the depthwise output `hidden` (shape `shape`), with the
+    /// residual `input` added when the block has one.
+    fn project(
+        &self,
+        block: &CpuBlock,
+        input: &[f32],
+        hidden: Vec<f32>,
+        shape: [usize; 3],
+        times: &mut Option<&mut LayerTimes>,
+    ) -> Result<(Vec<f32>, [usize; 3]), ModelError> {
+        let [_, height, width] = shape;
+        let pixels = height * width;
+        let epilogue = if block.residual {
+            if input.len() != block.project.channels_out() * pixels {
+                return Err(ModelError::Backend(format!(
+                    "residual of {} values for a {}x{pixels} projection",
+                    input.len(),
+                    block.project.channels_out()
+                )));
+            }
+            Epilogue::BiasResidual(input)
+        } else {
+            Epilogue::Bias
+        };
+        let start = times.is_some().then(std::time::Instant::now);
+        let out = block.project.forward(&hidden, pixels, epilogue);
+        if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+            t.add("project conv 1x1 + bias + residual (GEMM)", start.elapsed());
+        }
+        Ok((out, [block.project.channels_out(), height, width]))
     }
 }
 
