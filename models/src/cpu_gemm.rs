@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 
-use pulp::{Arch, Simd, WithSimd};
+use pulp::{Simd, WithSimd};
 
 use crate::cpu_kernels::Dispatch;
 use rayon::prelude::*;
@@ -85,10 +85,12 @@ impl Pointwise {
 
     /// `epilogue(W * input)` for one image: `input` is `[Cin, pixels]`; returns `[Cout, pixels]`.
     /// The output channels are split over the current rayon pool when there is enough work.
+    #[cfg(test)]
     pub(crate) fn forward(&self, input: &[f32], pixels: usize, epilogue: Epilogue) -> Vec<f32> {
-        self.forward_on(Arch::new(), input, pixels, epilogue)
+        self.forward_on(pulp::Arch::new(), input, pixels, epilogue)
     }
 
+    #[cfg(test)]
     fn forward_on(
         &self,
         arch: impl Dispatch,
@@ -96,14 +98,29 @@ impl Pointwise {
         pixels: usize,
         epilogue: Epilogue,
     ) -> Vec<f32> {
+        let mut output = vec![0.0f32; self.channels_out * pixels];
+        self.forward_into(arch, input, pixels, epilogue, &mut output);
+        output
+    }
+
+    /// [`Self::forward`] into `output` (`[Cout, pixels]`, every value overwritten), on the SIMD
+    /// level `arch` (`pulp::Arch::new()` picks the best this CPU has).
+    pub(crate) fn forward_into(
+        &self,
+        arch: impl Dispatch,
+        input: &[f32],
+        pixels: usize,
+        epilogue: Epilogue,
+        output: &mut [f32],
+    ) {
         let (cin, cout) = (self.channels_in(), self.channels_out);
         debug_assert_eq!(input.len(), cin * pixels);
+        debug_assert_eq!(output.len(), cout * pixels);
         if let Epilogue::BiasResidual(residual) = epilogue {
             debug_assert_eq!(residual.len(), cout * pixels);
         }
-        let mut output = vec![0.0f32; cout * pixels];
         if pixels == 0 || cout == 0 {
-            return output;
+            return;
         }
         let panels = cout.div_ceil(MR);
         let panel_macs = (MR * cin * pixels).max(1);
@@ -126,7 +143,6 @@ impl Pointwise {
                     })
                 });
             });
-        output
     }
 }
 
@@ -166,24 +182,24 @@ impl WithSimd for Task<'_> {
         let panels = channels.div_ceil(MR);
         let mut start = 0;
         while start < pixels {
-            // Column blocks of NV vectors read straight from `input` (row stride `pixels`),
-            // then single vectors; the last partial one goes through a zero-padded copy.
+            // Column blocks of NV vectors, then single vectors, read in place (row stride
+            // `pixels`); the last few columns (fewer than a vector) one at a time.
             let left = pixels - start;
-            let (width, vectors) = if left >= wide {
-                (wide, NV)
-            } else {
-                (left.min(lanes), 1)
-            };
-            let (x, stride) = if width == vectors * lanes {
-                (&input[start..], pixels)
-            } else {
-                columns.clear();
-                columns.resize(cin * lanes, 0.0);
-                for (ci, dst) in columns.chunks_exact_mut(lanes).enumerate() {
-                    dst[..width].copy_from_slice(&input[ci * pixels + start..][..width]);
-                }
-                (&columns[..], lanes)
-            };
+            if left < lanes {
+                column_tail(
+                    net,
+                    input,
+                    pixels,
+                    start,
+                    first_channel,
+                    epilogue,
+                    out,
+                    columns,
+                );
+                break;
+            }
+            let (width, vectors) = if left >= wide { (wide, NV) } else { (lanes, 1) };
+            let (x, stride) = (&input[start..], pixels);
             for panel in 0..panels {
                 let weights = &net.packed
                     [(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
@@ -294,39 +310,68 @@ impl Block<'_> {
                 }
                 _ => None,
             };
-            if self.width == V * lanes {
-                let b = simd.splat_f32s(bias);
-                let (row, _) = S::as_mut_simd_f32s(row);
-                let residual = residual.map(|r| S::as_simd_f32s(r).0);
-                for v in 0..V {
-                    let mut value = simd.add_f32s(acc[v], b);
-                    match (self.epilogue, residual) {
-                        (Epilogue::BiasRelu6, _) => {
-                            value = simd.min_f32s(simd.max_f32s(value, zero), six);
-                        }
-                        (Epilogue::BiasResidual(_), Some(res)) => {
-                            value = simd.add_f32s(value, res[v]);
-                        }
-                        _ => {}
+            debug_assert_eq!(self.width, V * lanes);
+            let b = simd.splat_f32s(bias);
+            let (row, _) = S::as_mut_simd_f32s(row);
+            let residual = residual.map(|r| S::as_simd_f32s(r).0);
+            for v in 0..V {
+                let mut value = simd.add_f32s(acc[v], b);
+                match (self.epilogue, residual) {
+                    (Epilogue::BiasRelu6, _) => {
+                        value = simd.min_f32s(simd.max_f32s(value, zero), six);
                     }
-                    row[v] = value;
+                    (Epilogue::BiasResidual(_), Some(res)) => {
+                        value = simd.add_f32s(value, res[v]);
+                    }
+                    _ => {}
                 }
-            } else {
-                // A partial block: through a buffer, one value at a time.
-                let mut buffer = [0.0f32; 64];
-                for (v, a) in acc.iter().enumerate() {
-                    let chunk = &mut buffer[v * lanes..(v + 1) * lanes];
-                    let (chunk, _) = S::as_mut_simd_f32s(chunk);
-                    chunk[0] = *a;
+                row[v] = value;
+            }
+        }
+    }
+}
+
+/// The last `pixels - start` (fewer than a vector) columns, one at a time: each column's `Cin`
+/// values against a weight panel's `MR` output channels at once (the packed panel holds them
+/// side by side, so this loop vectorizes over output channels).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn column_tail(
+    net: &Pointwise,
+    input: &[f32],
+    pixels: usize,
+    start: usize,
+    first_channel: usize,
+    epilogue: Epilogue,
+    out: &mut [f32],
+    column: &mut Vec<f32>,
+) {
+    let cin = net.channels_in;
+    let channels = out.len() / pixels;
+    let first_panel = first_channel / MR;
+    for p in start..pixels {
+        column.clear();
+        column.extend((0..cin).map(|ci| input[ci * pixels + p]));
+        for panel in 0..channels.div_ceil(MR) {
+            let weights =
+                &net.packed[(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
+            let mut acc = [0.0f32; MR];
+            for (w, &x) in weights.chunks_exact(MR).zip(column.iter()) {
+                for (a, &w) in acc.iter_mut().zip(w) {
+                    *a = w.mul_add(x, *a);
                 }
-                for (j, o) in row.iter_mut().enumerate() {
-                    let value = buffer[j] + bias;
-                    *o = match (self.epilogue, residual) {
-                        (Epilogue::BiasRelu6, _) => value.clamp(0.0, 6.0),
-                        (Epilogue::BiasResidual(_), Some(res)) => value + res[j],
-                        _ => value,
-                    };
+            }
+            for (r, &a) in acc.iter().enumerate() {
+                let (local, channel) = (panel * MR + r, first_channel + panel * MR + r);
+                if local >= channels {
+                    break;
                 }
+                let value = a + net.bias[channel];
+                out[local * pixels + p] = match epilogue {
+                    Epilogue::Bias => value,
+                    Epilogue::BiasRelu6 => value.clamp(0.0, 6.0),
+                    Epilogue::BiasResidual(residual) => value + residual[channel * pixels + p],
+                };
             }
         }
     }

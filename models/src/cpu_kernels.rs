@@ -158,6 +158,7 @@ impl Depthwise {
     /// layer's output *before* its bias and ReLU6, which are applied here on the fly: the
     /// convolution reads `relu6(input + input_bias[c])`. Returns `[C, H', W']` values and that
     /// shape.
+    #[cfg(test)]
     pub(crate) fn forward(
         &self,
         input: &[f32],
@@ -168,6 +169,7 @@ impl Depthwise {
     }
 
     /// [`Self::forward`] on the SIMD level `arch`.
+    #[cfg(test)]
     pub(crate) fn forward_on(
         &self,
         arch: impl Dispatch,
@@ -175,6 +177,29 @@ impl Depthwise {
         shape: [usize; 3],
         input_bias: Option<&[f32]>,
     ) -> (Vec<f32>, [usize; 3]) {
+        let out_shape = self.output_shape(shape);
+        let mut output = vec![0.0f32; out_shape.iter().product()];
+        self.forward_into(arch, input, shape, input_bias, &mut output);
+        (output, out_shape)
+    }
+
+    /// The output shape for an input of `shape` (`[C, H, W]`).
+    pub(crate) fn output_shape(&self, [channels, height, width]: [usize; 3]) -> [usize; 3] {
+        let (out_h, _) = same_padding(height, self.kernel, self.stride);
+        let (out_w, _) = same_padding(width, self.kernel, self.stride);
+        [channels, out_h, out_w]
+    }
+
+    /// [`Self::forward`] into `output` (every value overwritten; its length must be that of
+    /// [`Self::output_shape`]), on the SIMD level `arch`.
+    pub(crate) fn forward_into(
+        &self,
+        arch: impl Dispatch,
+        input: &[f32],
+        shape: [usize; 3],
+        input_bias: Option<&[f32]>,
+        output: &mut [f32],
+    ) {
         let [channels, height, width] = shape;
         let k = self.kernel;
         let s = self.stride;
@@ -185,10 +210,10 @@ impl Depthwise {
         debug_assert!(s == 1 || s == 2);
         let g = Geometry::new(height, width, k, s);
         let out_plane = g.out_h * g.out_w;
-        let mut output = vec![0.0f32; channels * out_plane];
+        debug_assert_eq!(output.len(), channels * out_plane);
         let tap_base = g.tap_offsets(k, s);
         output
-            .par_chunks_mut(out_plane)
+            .par_chunks_mut(out_plane.max(1))
             .enumerate()
             .with_min_len(8)
             .for_each_init(
@@ -222,7 +247,6 @@ impl Depthwise {
                     });
                 },
             );
-        (output, [channels, g.out_h, g.out_w])
     }
 }
 
@@ -287,7 +311,24 @@ pub(crate) struct SmallConv {
 
 impl SmallConv {
     /// `relu6(conv(input) + bias)` for one `[C_in, H, W]` image: `[C_out, H', W']` and its shape.
+    #[cfg(test)]
     pub(crate) fn forward(&self, input: &[f32], shape: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+        let out_shape = self.output_shape(shape);
+        let mut output = vec![0.0f32; out_shape.iter().product()];
+        self.forward_into(input, shape, &mut output);
+        (output, out_shape)
+    }
+
+    /// The output shape for an input of `shape` (`[C_in, H, W]`).
+    pub(crate) fn output_shape(&self, [_, height, width]: [usize; 3]) -> [usize; 3] {
+        let (out_h, _) = same_padding(height, self.kernel, self.stride);
+        let (out_w, _) = same_padding(width, self.kernel, self.stride);
+        [self.bias.len(), out_h, out_w]
+    }
+
+    /// [`Self::forward`] into `output` (every value overwritten; its length must be that of
+    /// [`Self::output_shape`]).
+    pub(crate) fn forward_into(&self, input: &[f32], shape: [usize; 3], output: &mut [f32]) {
         let [channels_in, height, width] = shape;
         let (k, s) = (self.kernel, self.stride);
         let channels_out = self.bias.len();
@@ -309,31 +350,33 @@ impl SmallConv {
             })
             .collect();
         let out_plane = g.out_h * g.out_w;
-        let mut output = vec![0.0f32; channels_out * out_plane];
+        debug_assert_eq!(output.len(), channels_out * out_plane);
         let arch = Arch::new();
         let taps_per_channel = channels_in * k * k;
-        output.par_chunks_mut(out_plane).enumerate().for_each_init(
-            || {
-                (
-                    vec![0.0f32; g.wide_len],
-                    vec![(0.0f32, 0usize); taps_per_channel],
-                )
-            },
-            |(wide, taps), (c, out)| {
-                let weights = &self.weight[c * taps_per_channel..(c + 1) * taps_per_channel];
-                for (tap, (&w, &base)) in taps.iter_mut().zip(weights.iter().zip(&tap_base)) {
-                    *tap = (w, base);
-                }
-                arch.dispatch(PlaneConv {
-                    planes: &planes,
-                    taps,
-                    bias: self.bias[c],
-                    out: wide,
-                });
-                g.compact_relu6(wide, out);
-            },
-        );
-        (output, [channels_out, g.out_h, g.out_w])
+        output
+            .par_chunks_mut(out_plane.max(1))
+            .enumerate()
+            .for_each_init(
+                || {
+                    (
+                        vec![0.0f32; g.wide_len],
+                        vec![(0.0f32, 0usize); taps_per_channel],
+                    )
+                },
+                |(wide, taps), (c, out)| {
+                    let weights = &self.weight[c * taps_per_channel..(c + 1) * taps_per_channel];
+                    for (tap, (&w, &base)) in taps.iter_mut().zip(weights.iter().zip(&tap_base)) {
+                        *tap = (w, base);
+                    }
+                    arch.dispatch(PlaneConv {
+                        planes: &planes,
+                        taps,
+                        bias: self.bias[c],
+                        out: wide,
+                    });
+                    g.compact_relu6(wide, out);
+                },
+            );
     }
 }
 

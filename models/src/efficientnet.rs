@@ -16,7 +16,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu6;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::classify::{Prediction, prediction_from_logits};
@@ -351,7 +351,8 @@ struct CpuNet {
     stem: SmallConv,
     blocks: Vec<CpuBlock>,
     head: Pointwise,
-    fc: Linear,
+    /// The classifier as a 1x1 convolution over one pixel.
+    fc: Pointwise,
 }
 
 impl CpuNet {
@@ -386,7 +387,15 @@ impl CpuNet {
             },
             blocks,
             head: pointwise(&folded.head)?,
-            fc: folded.fc.clone(),
+            fc: {
+                // Burn's Linear weight is `[in, out]`; the GEMM wants `[out, in]`.
+                let weight = tensor_values(folded.fc.weight.val().transpose())?;
+                let bias = match &folded.fc.bias {
+                    Some(bias) => tensor_values(bias.val())?,
+                    None => vec![0.0; CLASSES],
+                };
+                Pointwise::new(&weight, bias)
+            },
         })
     }
 
@@ -394,7 +403,6 @@ impl CpuNet {
     fn forward(
         &self,
         image: &[f32],
-        device: &Device,
         mut times: Option<&mut LayerTimes>,
     ) -> Result<Vec<f32>, ModelError> {
         macro_rules! step {
@@ -407,82 +415,135 @@ impl CpuNet {
                 out
             }};
         }
-        let shape = [3, INPUT_SIDE, INPUT_SIDE];
-        debug_assert_eq!(image.len(), shape.iter().product::<usize>());
-        let (mut x, mut shape) = step!(
+        let arch = pulp::Arch::new();
+        // This thread's buffers, taken out of the thread-local for the pass (a pass that rayon
+        // starts on this thread while this one waits finds none and allocates its own).
+        let mut work = WORKSPACE.take();
+        let Workspace { x, hidden, spatial } = &mut work;
+        let image_shape = [3, INPUT_SIDE, INPUT_SIDE];
+        if image.len() != image_shape.iter().product::<usize>() {
+            return Err(ModelError::Backend(format!(
+                "efficientnet input of {} values, want 3x{INPUT_SIDE}x{INPUT_SIDE}",
+                image.len()
+            )));
+        }
+        let mut shape = self.stem.output_shape(image_shape);
+        step!(
             "stem conv 3x3/2 + bias + ReLU6",
-            self.stem.forward(image, shape)
+            self.stem.forward_into(image, image_shape, room(x, shape))
         );
         for block in &self.blocks {
-            // `x` is complete here (the stem's output, activated, or a projection's, with its
-            // bias and the residual added).
-            let [_, height, width] = shape;
+            // `x` holds the block's input (the stem's output, activated, or the previous
+            // projection's, with its bias and the residual added).
+            let [channels, height, width] = shape;
             let pixels = height * width;
-            if let Some(expand) = &block.expand {
-                let hidden = step!(
-                    "expand conv 1x1 + bias + ReLU6 (GEMM)",
-                    expand.forward(&x, pixels, Epilogue::BiasRelu6)
-                );
-                debug_assert_eq!(hidden.len(), expand.channels_out() * pixels);
-                let hidden_shape = [expand.channels_out(), height, width];
-                let (h, s) = step!(
-                    "depthwise conv 3x3/5x5 + bias + ReLU6",
-                    block.depthwise.forward(&hidden, hidden_shape, None)
-                );
-                (x, shape) = self.project(block, &x, h, s, &mut times)?;
+            let input = &x[..channels * pixels];
+            let (dw_input, dw_shape) = match &block.expand {
+                Some(expand) => {
+                    let hidden_shape = [expand.channels_out(), height, width];
+                    let out = room(hidden, hidden_shape);
+                    step!(
+                        "expand conv 1x1 + bias + ReLU6 (GEMM)",
+                        expand.forward_into(arch, input, pixels, Epilogue::BiasRelu6, out)
+                    );
+                    (&hidden[..hidden_shape.iter().product()], hidden_shape)
+                }
+                None => (input, shape),
+            };
+            let dw_out_shape = block.depthwise.output_shape(dw_shape);
+            step!(
+                "depthwise conv 3x3/5x5 + bias + ReLU6",
+                block.depthwise.forward_into(
+                    arch,
+                    dw_input,
+                    dw_shape,
+                    None,
+                    room(spatial, dw_out_shape)
+                )
+            );
+            let [_, out_h, out_w] = dw_out_shape;
+            let out_pixels = out_h * out_w;
+            shape = [block.project.channels_out(), out_h, out_w];
+            let epilogue = if block.residual {
+                if shape != [channels, height, width] {
+                    return Err(ModelError::Backend(format!(
+                        "residual {:?} for a projection to {shape:?}",
+                        [channels, height, width]
+                    )));
+                }
+                Epilogue::BiasResidual(input)
             } else {
-                let (h, s) = step!(
-                    "depthwise conv 3x3/5x5 + bias + ReLU6",
-                    block.depthwise.forward(&x, shape, None)
-                );
-                let input = std::mem::take(&mut x);
-                (x, shape) = self.project(block, &input, h, s, &mut times)?;
-            }
+                Epilogue::Bias
+            };
+            // The projection goes to `hidden` (free again), which then becomes `x`.
+            let out = room(hidden, shape);
+            step!(
+                "project conv 1x1 + bias + residual (GEMM)",
+                block.project.forward_into(
+                    arch,
+                    &spatial[..dw_out_shape.iter().product()],
+                    out_pixels,
+                    epilogue,
+                    out
+                )
+            );
+            std::mem::swap(x, hidden);
         }
-        let [_, height, width] = shape;
-        let x = step!(
-            "head conv 1x1 + bias + ReLU6 (GEMM)",
-            self.head.forward(&x, height * width, Epilogue::BiasRelu6)
-        );
-        step!("pool + fc", {
-            let pooled = channel_means(&x, self.head.channels_out());
-            let channels = pooled.len();
-            let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [1, channels]), device);
-            tensor_values(self.fc.forward(pooled))
-        })
-    }
-
-    /// The block's projection of the depthwise output `hidden` (shape `shape`), with the
-    /// residual `input` added when the block has one.
-    fn project(
-        &self,
-        block: &CpuBlock,
-        input: &[f32],
-        hidden: Vec<f32>,
-        shape: [usize; 3],
-        times: &mut Option<&mut LayerTimes>,
-    ) -> Result<(Vec<f32>, [usize; 3]), ModelError> {
-        let [_, height, width] = shape;
+        let [channels, height, width] = shape;
         let pixels = height * width;
-        let epilogue = if block.residual {
-            if input.len() != block.project.channels_out() * pixels {
-                return Err(ModelError::Backend(format!(
-                    "residual of {} values for a {}x{pixels} projection",
-                    input.len(),
-                    block.project.channels_out()
-                )));
-            }
-            Epilogue::BiasResidual(input)
-        } else {
-            Epilogue::Bias
-        };
-        let start = times.is_some().then(std::time::Instant::now);
-        let out = block.project.forward(&hidden, pixels, epilogue);
-        if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
-            t.add("project conv 1x1 + bias + residual (GEMM)", start.elapsed());
-        }
-        Ok((out, [block.project.channels_out(), height, width]))
+        let head_shape = [self.head.channels_out(), height, width];
+        let out = room(hidden, head_shape);
+        step!(
+            "head conv 1x1 + bias + ReLU6 (GEMM)",
+            self.head.forward_into(
+                arch,
+                &x[..channels * pixels],
+                pixels,
+                Epilogue::BiasRelu6,
+                out
+            )
+        );
+        let pooled = step!(
+            "pool + fc",
+            channel_means(
+                &hidden[..head_shape.iter().product()],
+                self.head.channels_out(),
+            )
+        );
+        WORKSPACE.set(work);
+        let mut logits = vec![0.0; self.fc.channels_out()];
+        step!(
+            "pool + fc",
+            self.fc
+                .forward_into(arch, &pooled, 1, Epilogue::Bias, &mut logits)
+        );
+        Ok(logits)
     }
+}
+
+/// One thread's activation buffers for [`CpuNet::forward`], kept between passes so that a pass
+/// neither allocates nor zeroes its activations (every kernel overwrites all it writes).
+#[derive(Debug, Default)]
+struct Workspace {
+    /// A block's input (and residual).
+    x: Vec<f32>,
+    /// The expansion's output, then the projection's.
+    hidden: Vec<f32>,
+    /// The depthwise convolution's output.
+    spatial: Vec<f32>,
+}
+
+thread_local! {
+    static WORKSPACE: std::cell::Cell<Workspace> = std::cell::Cell::new(Workspace::default());
+}
+
+/// The first `shape`-many values of `buffer`, growing it (never shrinking) as needed.
+fn room(buffer: &mut Vec<f32>, shape: [usize; 3]) -> &mut [f32] {
+    let len = shape.iter().product();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// Time spent per kind of layer in one forward pass (each layer synchronised, so the sum is a bit
@@ -606,7 +667,7 @@ impl EfficientNetLite0 {
         let mut times = LayerTimes::default();
         if let Some(cpu) = self.cpu_net() {
             for item in batch {
-                cpu.forward(item.values(), &self.device, Some(&mut times))?;
+                cpu.forward(item.values(), Some(&mut times))?;
             }
             return Ok(times);
         }
@@ -671,7 +732,7 @@ impl Model for EfficientNetLite0 {
             // batch it came in.
             return batch
                 .par_iter()
-                .map(|item| cpu.forward(item.values(), &self.device, None))
+                .map(|item| cpu.forward(item.values(), None))
                 .collect();
         }
         let mut rows = Vec::with_capacity(batch.len());
