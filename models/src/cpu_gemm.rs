@@ -251,10 +251,10 @@ fn micro<S: Simd, const R: usize, const V: usize>(
         let (xs, _) = S::as_simd_f32s(&x[ci * stride..ci * stride + width]);
         let xs: [S::f32s; V] = std::array::from_fn(|v| xs[v]);
         let w = &w[row..row + R];
-        for r in 0..R {
-            let wr = simd.splat_f32s(w[r]);
-            for v in 0..V {
-                acc[r][v] = simd.mul_add_f32s(wr, xs[v], acc[r][v]);
+        for (acc, &w) in acc.iter_mut().zip(w) {
+            let w = simd.splat_f32s(w);
+            for (a, &x) in acc.iter_mut().zip(&xs) {
+                *a = simd.mul_add_f32s(w, x, *a);
             }
         }
     }
@@ -314,8 +314,8 @@ impl Block<'_> {
             let b = simd.splat_f32s(bias);
             let (row, _) = S::as_mut_simd_f32s(row);
             let residual = residual.map(|r| S::as_simd_f32s(r).0);
-            for v in 0..V {
-                let mut value = simd.add_f32s(acc[v], b);
+            for (v, (o, &a)) in row.iter_mut().zip(acc).enumerate() {
+                let mut value = simd.add_f32s(a, b);
                 match (self.epilogue, residual) {
                     (Epilogue::BiasRelu6, _) => {
                         value = simd.min_f32s(simd.max_f32s(value, zero), six);
@@ -325,7 +325,7 @@ impl Block<'_> {
                     }
                     _ => {}
                 }
-                row[v] = value;
+                *o = value;
             }
         }
     }
