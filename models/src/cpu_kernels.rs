@@ -5,7 +5,8 @@
 //! `f32` values.
 //!
 //! Owns: the arithmetic of these kernels, TensorFlow "SAME" padding, and the SIMD dispatch (pulp
-//! picks AVX2 + FMA at run time where the CPU has it, else plain code; no `unsafe` here).
+//! picks AVX-512 or AVX2 + FMA at run time where the CPU has it, else plain code; no `unsafe`
+//! here).
 //! Must never: allocate per pixel, touch a Burn tensor (the caller converts), or change results
 //! beyond float rounding: every kernel is checked against a naive loop in the tests below.
 

@@ -643,8 +643,9 @@ impl EfficientNetLite0 {
     }
 
     /// On the CPU device, whether to run the hand-written CPU kernels (`true`, the default: one
-    /// image per pass, the images of a batch in parallel on the current rayon pool; depthwise
-    /// convolutions, biases and ReLU6 in `cpu_kernels`, the other convolutions Burn's) or the
+    /// image per pass, the images of a batch in parallel on the current rayon pool; stem and
+    /// depthwise convolutions in `cpu_kernels`, 1x1 convolutions and classifier as `cpu_gemm`
+    /// GEMMs, every bias, ReLU6 and residual fused into a kernel) or the
     /// generic Burn network that every other device runs (`false`; for comparison). Same weights,
     /// same results up to float rounding. No effect on other devices.
     pub fn with_cpu_kernels(mut self, on: bool) -> Self {
