@@ -3,14 +3,13 @@
 //! pixels), with the epilogue (bias, then ReLU6 or the residual add) fused into the store.
 //!
 //! Owns: the weight packing (once, at load: panels of [`MR`] output channels, `[Cin][MR]` each),
-//! the blocking of pixel columns (read in place; only a last partial block is copied, zero-padded),
-//! the register-blocked
+//! the per-call packing of pixel columns (`[Cin][48]` blocks, once per task), the register-blocked
 //! micro-kernel (pulp picks AVX-512, AVX2 + FMA or plain code at run time; no `unsafe` here) and
 //! the split of one image's output channels over the current rayon pool.
 //! Must never: allocate per pixel, touch a Burn tensor, or change results beyond float rounding
 //! (checked against a naive loop below, on every SIMD level this CPU has).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use pulp::{Simd, WithSimd};
 
@@ -47,8 +46,10 @@ pub(crate) struct Pointwise {
 }
 
 thread_local! {
-    /// Each thread's packed pixel columns, reused across calls.
+    /// Each thread's buffer for one input column (the last columns of a GEMM).
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's packed input column blocks, reused across calls.
+    static PACKED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 impl Pointwise {
@@ -124,8 +125,32 @@ impl Pointwise {
         }
         let panels = cout.div_ceil(MR);
         let panel_macs = (MR * cin * pixels).max(1);
-        let panels_per_task = TASK_MACS_MIN.div_ceil(panel_macs).clamp(1, panels);
+        // Each task packs the input columns once for all its panels: one task on one thread,
+        // else up to two per thread, none smaller than TASK_MACS_MIN.
+        let threads = rayon::current_num_threads();
+        let tasks_max = if threads > 1 { 2 * threads } else { 1 };
+        let panels_per_task = TASK_MACS_MIN
+            .div_ceil(panel_macs)
+            .max(panels.div_ceil(tasks_max))
+            .clamp(1, panels);
         let task_channels = panels_per_task * MR;
+        // The input's column blocks, packed once for all tasks (`[block][Cin][width]`, so a
+        // micro-kernel reads one contiguous run); the last columns (fewer than a vector) stay
+        // where they are. This thread's buffer is taken for the call (a call that rayon runs
+        // on this thread meanwhile finds none and allocates its own).
+        let lanes = arch.run(Lanes);
+        let mut packed = PACKED.take();
+        packed.clear();
+        let mut start = 0;
+        while pixels - start >= lanes {
+            let width = block_width(pixels - start, lanes);
+            for ci in 0..cin {
+                packed.extend_from_slice(&input[ci * pixels + start..][..width]);
+            }
+            start += width;
+        }
+        let packed_columns = start;
+        debug_assert_eq!(packed.len(), cin * packed_columns);
         output
             .par_chunks_mut(task_channels * pixels)
             .enumerate()
@@ -135,6 +160,8 @@ impl Pointwise {
                     arch.run(Task {
                         net: self,
                         input,
+                        packed: &packed,
+                        packed_columns,
                         pixels,
                         first_channel,
                         epilogue,
@@ -143,6 +170,29 @@ impl Pointwise {
                     })
                 });
             });
+        PACKED.set(packed);
+    }
+}
+
+/// The width of the column block at `left` columns from the end: [`NV`] vectors while that
+/// many are left, then single vectors (the caller stops below one vector).
+fn block_width(left: usize, lanes: usize) -> usize {
+    if left >= NV * lanes {
+        NV * lanes
+    } else {
+        lanes
+    }
+}
+
+/// The SIMD level's vector width in `f32`s.
+struct Lanes;
+
+impl WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> usize {
+        S::F32_LANES
     }
 }
 
@@ -150,6 +200,9 @@ impl Pointwise {
 struct Task<'a> {
     net: &'a Pointwise,
     input: &'a [f32],
+    /// The first `packed_columns` columns of `input`, packed in blocks (see `forward_into`).
+    packed: &'a [f32],
+    packed_columns: usize,
     pixels: usize,
     first_channel: usize,
     epilogue: Epilogue<'a>,
@@ -166,6 +219,8 @@ impl WithSimd for Task<'_> {
         let Task {
             net,
             input,
+            packed,
+            packed_columns,
             pixels,
             first_channel,
             epilogue,
@@ -174,35 +229,18 @@ impl WithSimd for Task<'_> {
         } = self;
         let lanes = S::F32_LANES;
         let cin = net.channels_in;
-        let wide = NV * lanes;
         debug_assert_eq!(first_channel % MR, 0);
         debug_assert_eq!(out.len() % pixels, 0);
         let channels = out.len() / pixels;
         let first_panel = first_channel / MR;
-        let panels = channels.div_ceil(MR);
-        let mut start = 0;
-        while start < pixels {
-            // Column blocks of NV vectors, then single vectors, read in place (row stride
-            // `pixels`); the last few columns (fewer than a vector) one at a time.
-            let left = pixels - start;
-            if left < lanes {
-                column_tail(
-                    net,
-                    input,
-                    pixels,
-                    start,
-                    first_channel,
-                    epilogue,
-                    out,
-                    columns,
-                );
-                break;
-            }
-            let (width, vectors) = if left >= wide { (wide, NV) } else { (lanes, 1) };
-            let (x, stride) = (&input[start..], pixels);
-            for panel in 0..panels {
-                let weights = &net.packed
-                    [(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
+        // Panel by panel (8 output rows written front to back), all column blocks each.
+        for panel in 0..channels.div_ceil(MR) {
+            let weights =
+                &net.packed[(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
+            let mut start = 0;
+            while start < packed_columns {
+                let width = block_width(pixels - start, lanes);
+                let x = &packed[cin * start..cin * (start + width)];
                 let block = Block {
                     net,
                     pixels,
@@ -212,24 +250,36 @@ impl WithSimd for Task<'_> {
                     local_row: panel * MR,
                     epilogue,
                 };
-                if vectors == NV {
+                if width == NV * lanes {
                     if lanes >= 16 {
-                        let acc = micro::<S, MR, NV>(simd, x, stride, weights, 0);
+                        let acc = micro::<S, MR, NV>(simd, x, width, weights, 0);
                         block.store(simd, &acc, out);
                     } else {
                         // 16 vector registers: half a panel at a time.
                         const HALF: usize = MR / 2;
-                        let acc = micro::<S, HALF, NV>(simd, x, stride, weights, 0);
+                        let acc = micro::<S, HALF, NV>(simd, x, width, weights, 0);
                         block.store(simd, &acc, out);
-                        let acc = micro::<S, HALF, NV>(simd, x, stride, weights, HALF);
+                        let acc = micro::<S, HALF, NV>(simd, x, width, weights, HALF);
                         block.at_row(HALF).store(simd, &acc, out);
                     }
                 } else {
-                    let acc = micro::<S, MR, 1>(simd, x, stride, weights, 0);
+                    let acc = micro::<S, MR, 1>(simd, x, width, weights, 0);
                     block.store(simd, &acc, out);
                 }
+                start += width;
             }
-            start += width;
+        }
+        if packed_columns < pixels {
+            column_tail(
+                net,
+                input,
+                pixels,
+                packed_columns,
+                first_channel,
+                epilogue,
+                out,
+                columns,
+            );
         }
     }
 }
