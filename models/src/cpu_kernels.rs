@@ -1,10 +1,12 @@
 //! Hand-written CPU kernels for the layers of EfficientNet-Lite0 where Burn's Flex backend is slow:
-//! the depthwise convolution with its bias and ReLU6 fused (and the bias + ReLU6 of the layer
-//! before it fused into its input), and the fused epilogues (bias + residual add, bias + ReLU6 +
-//! global average pool). They work on one image's channels-first (`[C, H, W]`) `f32` values.
+//! the stem, the depthwise convolution with its bias and ReLU6 fused (and optionally the bias +
+//! ReLU6 of the layer before it fused into its input), and the global average pool. The 1x1
+//! convolutions are [`crate::cpu_gemm`]'s. They work on one image's channels-first (`[C, H, W]`)
+//! `f32` values.
 //!
 //! Owns: the arithmetic of these kernels, TensorFlow "SAME" padding, and the SIMD dispatch (pulp
-//! picks AVX2 + FMA at run time where the CPU has it, else plain code; no `unsafe` here).
+//! picks AVX-512 or AVX2 + FMA at run time where the CPU has it, else plain code; no `unsafe`
+//! here).
 //! Must never: allocate per pixel, touch a Burn tensor (the caller converts), or change results
 //! beyond float rounding: every kernel is checked against a naive loop in the tests below.
 
@@ -24,6 +26,43 @@ pub(crate) fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize,
     let out = size.div_ceil(stride);
     let total = ((out - 1) * stride + kernel).saturating_sub(size);
     (out, total / 2)
+}
+
+/// A SIMD level to run a kernel on: pulp's run-time choice ([`Arch`]), or a fixed one (tests and
+/// measurements compare the levels this CPU has).
+pub(crate) trait Dispatch: Copy + Send + Sync {
+    /// Run `op` at this level.
+    fn run<Op: WithSimd>(self, op: Op) -> Op::Output;
+}
+
+impl Dispatch for Arch {
+    fn run<Op: WithSimd>(self, op: Op) -> Op::Output {
+        self.dispatch(op)
+    }
+}
+
+/// The plain (one lane, no SIMD) code path, on every CPU.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plain;
+
+#[cfg(test)]
+impl Dispatch for Plain {
+    fn run<Op: WithSimd>(self, op: Op) -> Op::Output {
+        <pulp::Scalar as Simd>::vectorize(pulp::Scalar::new(), op)
+    }
+}
+
+/// AVX2 + FMA, on an x86-64 CPU that has them.
+#[cfg(all(test, target_arch = "x86_64"))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx2(pub pulp::x86::V3);
+
+#[cfg(all(test, target_arch = "x86_64"))]
+impl Dispatch for Avx2 {
+    fn run<Op: WithSimd>(self, op: Op) -> Op::Output {
+        <pulp::x86::V3 as Simd>::vectorize(self.0, op)
+    }
 }
 
 /// A depthwise convolution (one `k x k` filter per channel, stride 1 or 2, SAME padding) with its
@@ -56,7 +95,15 @@ struct Geometry {
     /// Floats per phase plane (`(out_h + reach) * row_len + reach`: the last tap of the last
     /// throwaway column reads `reach` floats past the last row).
     plane_len: usize,
+    /// Outputs computed per channel: `out_h * row_len` rounded up to a multiple of
+    /// [`LANES_MAX`], so the SIMD loop never needs a scalar tail. The extra outputs read up to
+    /// `wide_len - out_h * row_len` floats past the phase planes ([`Self::slack`]) and are
+    /// thrown away.
+    wide_len: usize,
 }
+
+/// The widest SIMD vector in `f32`s (AVX-512); every narrower one divides it.
+const LANES_MAX: usize = 16;
 
 impl Geometry {
     fn new(height: usize, width: usize, kernel: usize, stride: usize) -> Self {
@@ -72,7 +119,13 @@ impl Geometry {
             pad_left,
             row_len,
             plane_len: (out_h + reach) * row_len + reach,
+            wide_len: (out_h * row_len).next_multiple_of(LANES_MAX),
         }
+    }
+
+    /// Zeros a phase-plane buffer needs past its last plane (see [`Self::wide_len`]).
+    fn slack(&self) -> usize {
+        self.wide_len - self.out_h * self.row_len
     }
 
     /// Tap `t` (row-major in a `kernel x kernel` filter) reads phase plane
@@ -88,6 +141,7 @@ impl Geometry {
     }
 
     /// `wide` (`out_h` rows of `row_len`) -> `out` (`out_h` rows of `out_w`), with ReLU6.
+    #[inline(always)]
     fn compact_relu6(&self, wide: &[f32], out: &mut [f32]) {
         for (row, wide_row) in out
             .chunks_exact_mut(self.out_w)
@@ -105,12 +159,48 @@ impl Depthwise {
     /// layer's output *before* its bias and ReLU6, which are applied here on the fly: the
     /// convolution reads `relu6(input + input_bias[c])`. Returns `[C, H', W']` values and that
     /// shape.
+    #[cfg(test)]
     pub(crate) fn forward(
         &self,
         input: &[f32],
         shape: [usize; 3],
         input_bias: Option<&[f32]>,
     ) -> (Vec<f32>, [usize; 3]) {
+        self.forward_on(Arch::new(), input, shape, input_bias)
+    }
+
+    /// [`Self::forward`] on the SIMD level `arch`.
+    #[cfg(test)]
+    pub(crate) fn forward_on(
+        &self,
+        arch: impl Dispatch,
+        input: &[f32],
+        shape: [usize; 3],
+        input_bias: Option<&[f32]>,
+    ) -> (Vec<f32>, [usize; 3]) {
+        let out_shape = self.output_shape(shape);
+        let mut output = vec![0.0f32; out_shape.iter().product()];
+        self.forward_into(arch, input, shape, input_bias, &mut output);
+        (output, out_shape)
+    }
+
+    /// The output shape for an input of `shape` (`[C, H, W]`).
+    pub(crate) fn output_shape(&self, [channels, height, width]: [usize; 3]) -> [usize; 3] {
+        let (out_h, _) = same_padding(height, self.kernel, self.stride);
+        let (out_w, _) = same_padding(width, self.kernel, self.stride);
+        [channels, out_h, out_w]
+    }
+
+    /// [`Self::forward`] into `output` (every value overwritten; its length must be that of
+    /// [`Self::output_shape`]), on the SIMD level `arch`.
+    pub(crate) fn forward_into(
+        &self,
+        arch: impl Dispatch,
+        input: &[f32],
+        shape: [usize; 3],
+        input_bias: Option<&[f32]>,
+        output: &mut [f32],
+    ) {
         let [channels, height, width] = shape;
         let k = self.kernel;
         let s = self.stride;
@@ -121,25 +211,21 @@ impl Depthwise {
         debug_assert!(s == 1 || s == 2);
         let g = Geometry::new(height, width, k, s);
         let out_plane = g.out_h * g.out_w;
-        let mut output = vec![0.0f32; channels * out_plane];
+        debug_assert_eq!(output.len(), channels * out_plane);
         let tap_base = g.tap_offsets(k, s);
-        let arch = Arch::new();
         output
-            .par_chunks_mut(out_plane)
+            .par_chunks_mut(out_plane.max(1))
             .enumerate()
             .with_min_len(8)
             .for_each_init(
                 || {
                     (
-                        vec![0.0f32; s * s * g.plane_len],
-                        vec![0.0f32; g.out_h * g.row_len],
+                        vec![0.0f32; s * s * g.plane_len + g.slack()],
+                        vec![0.0f32; g.wide_len],
                         vec![(0.0f32, 0usize); k * k],
                     )
                 },
                 |(planes, wide, taps), (c, out)| {
-                    let plane_in = &input[c * height * width..(c + 1) * height * width];
-                    let act = input_bias.map(|b| b[c]);
-                    fill_phase_planes(planes, plane_in, height, width, act, s, &g);
                     for (tap, (&w, &base)) in taps.iter_mut().zip(
                         self.weight[c * k * k..(c + 1) * k * k]
                             .iter()
@@ -147,16 +233,63 @@ impl Depthwise {
                     ) {
                         *tap = (w, base);
                     }
-                    arch.dispatch(PlaneConv {
+                    arch.run(DepthwiseChannel {
+                        input: &input[c * height * width..(c + 1) * height * width],
+                        height,
+                        width,
+                        act: input_bias.map(|b| b[c]),
+                        stride: s,
+                        geometry: &g,
                         planes,
+                        wide,
                         taps,
                         bias: self.bias[c],
-                        out: wide,
+                        out,
                     });
-                    g.compact_relu6(wide, out);
                 },
             );
-        (output, [channels, g.out_h, g.out_w])
+    }
+}
+
+/// One channel of [`Depthwise::forward`]: fill the phase planes, convolve, compact with ReLU6;
+/// all three inside one SIMD dispatch, so the compiler vectorizes the copies too.
+struct DepthwiseChannel<'a> {
+    input: &'a [f32],
+    height: usize,
+    width: usize,
+    act: Option<f32>,
+    stride: usize,
+    geometry: &'a Geometry,
+    planes: &'a mut [f32],
+    wide: &'a mut [f32],
+    taps: &'a [(f32, usize)],
+    bias: f32,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for DepthwiseChannel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let g = self.geometry;
+        fill_phase_planes(
+            self.planes,
+            self.input,
+            self.height,
+            self.width,
+            self.act,
+            self.stride,
+            g,
+        );
+        PlaneConv {
+            planes: self.planes,
+            taps: self.taps,
+            bias: self.bias,
+            out: self.wide,
+        }
+        .with_simd(simd);
+        g.compact_relu6(self.wide, self.out);
     }
 }
 
@@ -179,7 +312,24 @@ pub(crate) struct SmallConv {
 
 impl SmallConv {
     /// `relu6(conv(input) + bias)` for one `[C_in, H, W]` image: `[C_out, H', W']` and its shape.
+    #[cfg(test)]
     pub(crate) fn forward(&self, input: &[f32], shape: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+        let out_shape = self.output_shape(shape);
+        let mut output = vec![0.0f32; out_shape.iter().product()];
+        self.forward_into(input, shape, &mut output);
+        (output, out_shape)
+    }
+
+    /// The output shape for an input of `shape` (`[C_in, H, W]`).
+    pub(crate) fn output_shape(&self, [_, height, width]: [usize; 3]) -> [usize; 3] {
+        let (out_h, _) = same_padding(height, self.kernel, self.stride);
+        let (out_w, _) = same_padding(width, self.kernel, self.stride);
+        [self.bias.len(), out_h, out_w]
+    }
+
+    /// [`Self::forward`] into `output` (every value overwritten; its length must be that of
+    /// [`Self::output_shape`]).
+    pub(crate) fn forward_into(&self, input: &[f32], shape: [usize; 3], output: &mut [f32]) {
         let [channels_in, height, width] = shape;
         let (k, s) = (self.kernel, self.stride);
         let channels_out = self.bias.len();
@@ -188,7 +338,7 @@ impl SmallConv {
         debug_assert_eq!(self.weight.len(), channels_out * channels_in * k * k);
         let g = Geometry::new(height, width, k, s);
         let per_channel = s * s * g.plane_len;
-        let mut planes = vec![0.0f32; channels_in * per_channel];
+        let mut planes = vec![0.0f32; channels_in * per_channel + g.slack()];
         for (c, planes) in planes.chunks_exact_mut(per_channel).enumerate() {
             let plane_in = &input[c * height * width..(c + 1) * height * width];
             fill_phase_planes(planes, plane_in, height, width, None, s, &g);
@@ -201,36 +351,39 @@ impl SmallConv {
             })
             .collect();
         let out_plane = g.out_h * g.out_w;
-        let mut output = vec![0.0f32; channels_out * out_plane];
+        debug_assert_eq!(output.len(), channels_out * out_plane);
         let arch = Arch::new();
         let taps_per_channel = channels_in * k * k;
-        output.par_chunks_mut(out_plane).enumerate().for_each_init(
-            || {
-                (
-                    vec![0.0f32; g.out_h * g.row_len],
-                    vec![(0.0f32, 0usize); taps_per_channel],
-                )
-            },
-            |(wide, taps), (c, out)| {
-                let weights = &self.weight[c * taps_per_channel..(c + 1) * taps_per_channel];
-                for (tap, (&w, &base)) in taps.iter_mut().zip(weights.iter().zip(&tap_base)) {
-                    *tap = (w, base);
-                }
-                arch.dispatch(PlaneConv {
-                    planes: &planes,
-                    taps,
-                    bias: self.bias[c],
-                    out: wide,
-                });
-                g.compact_relu6(wide, out);
-            },
-        );
-        (output, [channels_out, g.out_h, g.out_w])
+        output
+            .par_chunks_mut(out_plane.max(1))
+            .enumerate()
+            .for_each_init(
+                || {
+                    (
+                        vec![0.0f32; g.wide_len],
+                        vec![(0.0f32, 0usize); taps_per_channel],
+                    )
+                },
+                |(wide, taps), (c, out)| {
+                    let weights = &self.weight[c * taps_per_channel..(c + 1) * taps_per_channel];
+                    for (tap, (&w, &base)) in taps.iter_mut().zip(weights.iter().zip(&tap_base)) {
+                        *tap = (w, base);
+                    }
+                    arch.dispatch(PlaneConv {
+                        planes: &planes,
+                        taps,
+                        bias: self.bias[c],
+                        out: wide,
+                    });
+                    g.compact_relu6(wide, out);
+                },
+            );
     }
 }
 
 /// Write one channel, zero-padded, into its `s * s` phase planes: `relu6(x + bias)` with an
 /// activation bias, else `x` as is.
+#[inline(always)]
 fn fill_phase_planes(
     planes: &mut [f32],
     input: &[f32],
@@ -259,6 +412,39 @@ fn fill_phase_planes_with(
     f: impl Fn(f32) -> f32,
 ) {
     planes.fill(0.0);
+    let plane_rows = g.plane_len / g.row_len;
+    if s == 2 {
+        // Input pixel (y, x) is padded pixel (y + pad_top, x + pad_left): phase plane
+        // ((y + pad_top) % 2, (x + pad_left) % 2), row (y + pad_top) / 2, column
+        // (x + pad_left) / 2. Even input columns all land in one column phase, odd ones in the
+        // other, at consecutive columns: a row is split in one pass.
+        let q = g.pad_left % 2;
+        let even_at = (g.pad_left - q) / 2;
+        let odd_at = (g.pad_left + q) / 2;
+        for (y, src) in input.chunks_exact(width).take(height).enumerate() {
+            let (pr, i) = ((y + g.pad_top) % 2, (y + g.pad_top) / 2);
+            if i >= plane_rows {
+                break;
+            }
+            // Phase planes (pr, 0) and (pr, 1), this row of each.
+            let (first, second) = planes[2 * pr * g.plane_len..].split_at_mut(g.plane_len);
+            let row0 = &mut first[i * g.row_len..(i + 1) * g.row_len];
+            let row1 = &mut second[i * g.row_len..(i + 1) * g.row_len];
+            let (even_row, odd_row) = if q == 0 { (row0, row1) } else { (row1, row0) };
+            let even_row = &mut even_row[even_at.min(g.row_len)..];
+            let odd_row = &mut odd_row[odd_at.min(g.row_len)..];
+            let pairs = src.chunks_exact(2);
+            if let (Some(&last), Some(d)) = (pairs.remainder().first(), even_row.get_mut(width / 2))
+            {
+                *d = f(last);
+            }
+            for ((pair, e), o) in pairs.zip(even_row.iter_mut()).zip(odd_row.iter_mut()) {
+                *e = f(pair[0]);
+                *o = f(pair[1]);
+            }
+        }
+        return;
+    }
     for (phase, plane) in planes.chunks_exact_mut(g.plane_len).enumerate() {
         let (pr, pc) = (phase / s, phase % s);
         for (i, row) in plane.chunks_exact_mut(g.row_len).enumerate() {
@@ -274,15 +460,6 @@ fn fill_phase_planes_with(
                 // Columns pad_left .. pad_left + width hold the row; the rest stays zero.
                 let end = (g.pad_left + width).min(row.len());
                 for (d, &x) in row[g.pad_left..end].iter_mut().zip(src) {
-                    *d = f(x);
-                }
-            } else if s == 2 {
-                // Padded column `2 j + pc` is input column `2 j + pc - pad_left`: this phase
-                // takes every other input column, from the first one of its parity.
-                let first = (pc + 2 - g.pad_left % 2) % 2;
-                let j0 = (first + g.pad_left - pc) / 2;
-                let columns = src.get(first..).unwrap_or_default().iter().step_by(2);
-                for (d, &x) in row.iter_mut().skip(j0).zip(columns) {
                     *d = f(x);
                 }
             } else {
@@ -357,42 +534,13 @@ impl WithSimd for PlaneConv<'_> {
     }
 }
 
-/// In place: `x[c] += bias[c]` for every pixel, plus the residual `add` where given (the
-/// projection's epilogue). `x` and `add` are `[C, plane]`.
-pub(crate) fn add_bias_residual(x: &mut [f32], bias: &[f32], add: Option<&[f32]>) {
-    let plane = x.len() / bias.len().max(1);
-    debug_assert_eq!(plane * bias.len(), x.len());
-    match add {
-        Some(add) => {
-            debug_assert_eq!(add.len(), x.len());
-            for ((row, r), &b) in x
-                .chunks_exact_mut(plane)
-                .zip(add.chunks_exact(plane))
-                .zip(bias)
-            {
-                for (v, &a) in row.iter_mut().zip(r) {
-                    *v += b + a;
-                }
-            }
-        }
-        None => {
-            for (row, &b) in x.chunks_exact_mut(plane).zip(bias) {
-                for v in row {
-                    *v += b;
-                }
-            }
-        }
-    }
-}
-
-/// Mean over each channel's pixels of `relu6(x + bias[c])` (the head's epilogue and the global
-/// average pool in one pass). `x` is `[C, plane]`; returns `C` values.
-pub(crate) fn bias_relu6_mean(x: &[f32], bias: &[f32]) -> Vec<f32> {
-    let plane = x.len() / bias.len().max(1);
-    debug_assert_eq!(plane * bias.len(), x.len());
-    x.chunks_exact(plane)
-        .zip(bias)
-        .map(|(row, &b)| row.iter().map(|&v| relu6(v + b)).sum::<f32>() / plane as f32)
+/// Mean over each channel's pixels (the global average pool). `x` is `[channels, plane]`;
+/// returns `channels` values.
+pub(crate) fn channel_means(x: &[f32], channels: usize) -> Vec<f32> {
+    let plane = x.len() / channels.max(1);
+    debug_assert_eq!(plane * channels, x.len());
+    x.chunks_exact(plane.max(1))
+        .map(|row| row.iter().sum::<f32>() / plane as f32)
         .collect()
 }
 
@@ -551,13 +699,77 @@ mod tests {
     }
 
     #[test]
-    fn epilogues_add_bias_residual_and_pool() {
-        let mut x = vec![1.0, 2.0, 3.0, 4.0];
-        add_bias_residual(&mut x, &[10.0, 20.0], Some(&[0.5, 0.5, 1.0, 1.0]));
-        assert_eq!(x, vec![11.5, 12.5, 24.0, 25.0]);
-        add_bias_residual(&mut x, &[-1.0, -2.0], None);
-        assert_eq!(x, vec![10.5, 11.5, 22.0, 23.0]);
-        let pooled = bias_relu6_mean(&[-3.0, 1.0, 5.0, 9.0], &[0.0, -1.0]);
-        assert_eq!(pooled, vec![0.5, 5.0]);
+    fn channel_means_pool_each_channel() {
+        assert_eq!(channel_means(&[1.0, 2.0, 3.0, 9.0], 2), vec![1.5, 6.0]);
+        assert_eq!(channel_means(&[], 0), Vec::<f32>::new());
+    }
+
+    /// Time of all the network's depthwise convolutions on one thread, per SIMD level:
+    /// `cargo test --release -p idunno-models --lib cpu_kernels::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn speed_of_the_networks_depthwise_convolutions() {
+        // (channels, input side, kernel, stride) of every depthwise layer.
+        let layers = [
+            (32, 112, 3, 1),
+            (96, 112, 3, 2),
+            (144, 56, 3, 1),
+            (144, 56, 5, 2),
+            (240, 28, 5, 1),
+            (240, 28, 3, 2),
+            (480, 14, 3, 1),
+            (480, 14, 3, 1),
+            (480, 14, 5, 1),
+            (672, 14, 5, 1),
+            (672, 14, 5, 1),
+            (672, 14, 5, 2),
+            (1152, 7, 5, 1),
+            (1152, 7, 5, 1),
+            (1152, 7, 5, 1),
+            (1152, 7, 3, 1),
+        ];
+        let convs: Vec<(Depthwise, Vec<f32>, [usize; 3])> = layers
+            .iter()
+            .map(|&(c, side, k, s)| {
+                let dw = Depthwise {
+                    kernel: k,
+                    stride: s,
+                    weight: values(c * k * k, 1),
+                    bias: values(c, 2),
+                };
+                (dw, values(c * side * side, 3), [c, side, side])
+            })
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        fn time(name: &str, convs: &[(Depthwise, Vec<f32>, [usize; 3])], arch: impl Dispatch) {
+            let mut per_layer = vec![f64::MAX; convs.len()];
+            for _ in 0..20 {
+                for ((dw, x, shape), best) in convs.iter().zip(&mut per_layer) {
+                    let start = std::time::Instant::now();
+                    std::hint::black_box(dw.forward_on(arch, x, *shape, None));
+                    *best = best.min(start.elapsed().as_secs_f64());
+                }
+            }
+            let total: f64 = per_layer.iter().sum();
+            let layers: Vec<String> = per_layer
+                .iter()
+                .map(|t| format!("{:.0}", t * 1e6))
+                .collect();
+            println!(
+                "{name}: {:.2} ms per image; per layer (us): {}",
+                total * 1e3,
+                layers.join(" ")
+            );
+        }
+        pool.install(|| {
+            time("arch", &convs, Arch::new());
+            #[cfg(target_arch = "x86_64")]
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                time("avx2", &convs, Avx2(v3));
+            }
+        });
     }
 }

@@ -16,11 +16,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu6;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::classify::{Prediction, prediction_from_logits};
-use crate::cpu_kernels::{Depthwise, SmallConv, add_bias_residual, bias_relu6_mean};
+use crate::cpu_gemm::{Epilogue, Pointwise};
+use crate::cpu_kernels::{Depthwise, SmallConv, channel_means};
 use crate::error::{InputError, ModelError};
 use crate::{
     InputKind, Model, Preprocessed, batch_tensor, check_batch, image_input, logits_rows, weights,
@@ -310,39 +311,48 @@ fn tensor_values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, ModelErr
         .map_err(|e| ModelError::Backend(format!("{e:?}")))
 }
 
-/// `conv` without its bias (which the CPU path fuses into the next kernel) and that bias.
-fn split_bias(conv: &Conv2d) -> Result<(Conv2d, Vec<f32>), ModelError> {
-    let [channels_out, _, _, _] = conv.weight.dims();
+/// A folded 1x1 convolution as a [`Pointwise`] GEMM (bias kept for its fused epilogue).
+fn pointwise(conv: &Conv2d) -> Result<Pointwise, ModelError> {
+    let [channels_out, _, kernel_h, kernel_w] = conv.weight.dims();
+    debug_assert!(kernel_h == 1 && kernel_w == 1 && conv.groups == 1);
     let bias = match &conv.bias {
         Some(bias) => tensor_values(bias.val())?,
         None => vec![0.0; channels_out],
     };
     debug_assert_eq!(bias.len(), channels_out);
-    let mut bare = conv.clone();
-    bare.bias = None;
-    Ok((bare, bias))
+    Ok(Pointwise::new(&tensor_values(conv.weight.val())?, bias))
+}
+
+/// A conv's bias values (zeros when it has none).
+fn bias_values(conv: &Conv2d) -> Result<Vec<f32>, ModelError> {
+    let [channels_out, _, _, _] = conv.weight.dims();
+    match &conv.bias {
+        Some(bias) => tensor_values(bias.val()),
+        None => Ok(vec![0.0; channels_out]),
+    }
 }
 
 #[derive(Debug)]
 struct CpuBlock {
-    /// 1x1 expansion without bias; its bias and ReLU6 run inside the depthwise kernel.
-    expand: Option<(Conv2d, Vec<f32>)>,
+    /// 1x1 expansion with its bias and ReLU6 fused into the GEMM's store.
+    expand: Option<Pointwise>,
     depthwise: Depthwise,
-    /// 1x1 projection without bias; bias and residual are added in one pass.
-    project: (Conv2d, Vec<f32>),
+    /// 1x1 projection with its bias and the residual fused into the GEMM's store.
+    project: Pointwise,
     residual: bool,
 }
 
-/// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, with the 1x1
-/// convolutions and the classifier still Burn's (Flex runs them as GEMMs) and everything between
-/// them in [`crate::cpu_kernels`]: the stem and the depthwise convolutions, with every bias and
-/// ReLU6 fused into a kernel instead of a pass of its own. Built only for the CPU device.
+/// The CPU form of [`FoldedNet`]: the same folded weights, one image per pass, run by
+/// [`crate::cpu_kernels`] (stem, depthwise) and [`crate::cpu_gemm`] (the 1x1 convolutions as
+/// GEMMs), every bias, ReLU6 and residual add fused into a kernel's store instead of a pass of
+/// its own; only the classifier is still Burn's. Built only for the CPU device.
 #[derive(Debug)]
 struct CpuNet {
     stem: SmallConv,
     blocks: Vec<CpuBlock>,
-    head: (Conv2d, Vec<f32>),
-    fc: Linear,
+    head: Pointwise,
+    /// The classifier as a 1x1 convolution over one pixel.
+    fc: Pointwise,
 }
 
 impl CpuNet {
@@ -352,17 +362,16 @@ impl CpuNet {
             .iter()
             .map(|b| {
                 let [channels, _, kernel, _] = b.depthwise.weight.dims();
-                let (_, bias) = split_bias(&b.depthwise)?;
                 debug_assert_eq!(b.depthwise.groups, channels);
                 Ok(CpuBlock {
-                    expand: b.expand.as_ref().map(split_bias).transpose()?,
+                    expand: b.expand.as_ref().map(pointwise).transpose()?,
                     depthwise: Depthwise {
                         kernel,
                         stride: b.depthwise.stride[0],
                         weight: tensor_values(b.depthwise.weight.val())?,
-                        bias,
+                        bias: bias_values(&b.depthwise)?,
                     },
-                    project: split_bias(&b.project)?,
+                    project: pointwise(&b.project)?,
                     residual: b.residual,
                 })
             })
@@ -374,11 +383,19 @@ impl CpuNet {
                 stride: folded.stem.stride[0],
                 channels_in,
                 weight: tensor_values(folded.stem.weight.val())?,
-                bias: split_bias(&folded.stem)?.1,
+                bias: bias_values(&folded.stem)?,
             },
             blocks,
-            head: split_bias(&folded.head)?,
-            fc: folded.fc.clone(),
+            head: pointwise(&folded.head)?,
+            fc: {
+                // Burn's Linear weight is `[in, out]`; the GEMM wants `[out, in]`.
+                let weight = tensor_values(folded.fc.weight.val().transpose())?;
+                let bias = match &folded.fc.bias {
+                    Some(bias) => tensor_values(bias.val())?,
+                    None => vec![0.0; CLASSES],
+                };
+                Pointwise::new(&weight, bias)
+            },
         })
     }
 
@@ -386,7 +403,6 @@ impl CpuNet {
     fn forward(
         &self,
         image: &[f32],
-        device: &Device,
         mut times: Option<&mut LayerTimes>,
     ) -> Result<Vec<f32>, ModelError> {
         macro_rules! step {
@@ -399,47 +415,135 @@ impl CpuNet {
                 out
             }};
         }
-        let conv = |conv: &Conv2d, values: Vec<f32>, [c, h, w]: [usize; 3]| {
-            let input = Tensor::<4>::from_data(TensorData::new(values, [1, c, h, w]), device);
-            let output = conv.forward(input);
-            let [_, c, h, w] = output.dims();
-            tensor_values(output).map(|values| (values, [c, h, w]))
-        };
-        let shape = [3, INPUT_SIDE, INPUT_SIDE];
-        debug_assert_eq!(image.len(), shape.iter().product::<usize>());
-        let (mut x, mut shape) = step!(
+        let arch = pulp::Arch::new();
+        // This thread's buffers, taken out of the thread-local for the pass (a pass that rayon
+        // starts on this thread while this one waits finds none and allocates its own).
+        let mut work = WORKSPACE.take();
+        let Workspace { x, hidden, spatial } = &mut work;
+        let image_shape = [3, INPUT_SIDE, INPUT_SIDE];
+        if image.len() != image_shape.iter().product::<usize>() {
+            return Err(ModelError::Backend(format!(
+                "efficientnet input of {} values, want 3x{INPUT_SIDE}x{INPUT_SIDE}",
+                image.len()
+            )));
+        }
+        let mut shape = self.stem.output_shape(image_shape);
+        step!(
             "stem conv 3x3/2 + bias + ReLU6",
-            self.stem.forward(image, shape)
+            self.stem.forward_into(image, image_shape, room(x, shape))
         );
         for block in &self.blocks {
-            // `x` is complete here (the stem's output, activated, or a projection's, with its
-            // bias and the residual added).
-            let input = block.residual.then(|| x.clone());
-            // The expansion's output comes without its bias; the depthwise kernel applies that
-            // bias and the ReLU6 as it reads.
-            let mut pending = None;
-            if let Some((expand, bias)) = &block.expand {
-                (x, shape) = step!("expand conv 1x1", conv(expand, x, shape))?;
-                pending = Some(bias.as_slice());
-            }
-            (x, shape) = step!(
-                "depthwise conv 3x3/5x5 + biases + ReLU6s",
-                block.depthwise.forward(&x, shape, pending)
-            );
-            (x, shape) = step!("project conv 1x1", conv(&block.project.0, x, shape))?;
+            // `x` holds the block's input (the stem's output, activated, or the previous
+            // projection's, with its bias and the residual added).
+            let [channels, height, width] = shape;
+            let pixels = height * width;
+            let input = &x[..channels * pixels];
+            let (dw_input, dw_shape) = match &block.expand {
+                Some(expand) => {
+                    let hidden_shape = [expand.channels_out(), height, width];
+                    let out = room(hidden, hidden_shape);
+                    step!(
+                        "expand conv 1x1 + bias + ReLU6 (GEMM)",
+                        expand.forward_into(arch, input, pixels, Epilogue::BiasRelu6, out)
+                    );
+                    (&hidden[..hidden_shape.iter().product()], hidden_shape)
+                }
+                None => (input, shape),
+            };
+            let dw_out_shape = block.depthwise.output_shape(dw_shape);
             step!(
-                "bias + residual add",
-                add_bias_residual(&mut x, &block.project.1, input.as_deref())
+                "depthwise conv 3x3/5x5 + bias + ReLU6",
+                block.depthwise.forward_into(
+                    arch,
+                    dw_input,
+                    dw_shape,
+                    None,
+                    room(spatial, dw_out_shape)
+                )
             );
+            let [_, out_h, out_w] = dw_out_shape;
+            let out_pixels = out_h * out_w;
+            shape = [block.project.channels_out(), out_h, out_w];
+            let epilogue = if block.residual {
+                if shape != [channels, height, width] {
+                    return Err(ModelError::Backend(format!(
+                        "residual {:?} for a projection to {shape:?}",
+                        [channels, height, width]
+                    )));
+                }
+                Epilogue::BiasResidual(input)
+            } else {
+                Epilogue::Bias
+            };
+            // The projection goes to `hidden` (free again), which then becomes `x`.
+            let out = room(hidden, shape);
+            step!(
+                "project conv 1x1 + bias + residual (GEMM)",
+                block.project.forward_into(
+                    arch,
+                    &spatial[..dw_out_shape.iter().product()],
+                    out_pixels,
+                    epilogue,
+                    out
+                )
+            );
+            std::mem::swap(x, hidden);
         }
-        let (x, _) = step!("head conv 1x1", conv(&self.head.0, x, shape))?;
-        step!("bias + ReLU6 + pool + fc", {
-            let pooled = bias_relu6_mean(&x, &self.head.1);
-            let channels = pooled.len();
-            let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [1, channels]), device);
-            tensor_values(self.fc.forward(pooled))
-        })
+        let [channels, height, width] = shape;
+        let pixels = height * width;
+        let head_shape = [self.head.channels_out(), height, width];
+        let out = room(hidden, head_shape);
+        step!(
+            "head conv 1x1 + bias + ReLU6 (GEMM)",
+            self.head.forward_into(
+                arch,
+                &x[..channels * pixels],
+                pixels,
+                Epilogue::BiasRelu6,
+                out
+            )
+        );
+        let pooled = step!(
+            "pool + fc",
+            channel_means(
+                &hidden[..head_shape.iter().product()],
+                self.head.channels_out(),
+            )
+        );
+        WORKSPACE.set(work);
+        let mut logits = vec![0.0; self.fc.channels_out()];
+        step!(
+            "pool + fc",
+            self.fc
+                .forward_into(arch, &pooled, 1, Epilogue::Bias, &mut logits)
+        );
+        Ok(logits)
     }
+}
+
+/// One thread's activation buffers for [`CpuNet::forward`], kept between passes so that a pass
+/// neither allocates nor zeroes its activations (every kernel overwrites all it writes).
+#[derive(Debug, Default)]
+struct Workspace {
+    /// A block's input (and residual).
+    x: Vec<f32>,
+    /// The expansion's output, then the projection's.
+    hidden: Vec<f32>,
+    /// The depthwise convolution's output.
+    spatial: Vec<f32>,
+}
+
+thread_local! {
+    static WORKSPACE: std::cell::Cell<Workspace> = std::cell::Cell::new(Workspace::default());
+}
+
+/// The first `shape`-many values of `buffer`, growing it (never shrinking) as needed.
+fn room(buffer: &mut Vec<f32>, shape: [usize; 3]) -> &mut [f32] {
+    let len = shape.iter().product();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// Time spent per kind of layer in one forward pass (each layer synchronised, so the sum is a bit
@@ -539,8 +643,9 @@ impl EfficientNetLite0 {
     }
 
     /// On the CPU device, whether to run the hand-written CPU kernels (`true`, the default: one
-    /// image per pass, the images of a batch in parallel on the current rayon pool; depthwise
-    /// convolutions, biases and ReLU6 in `cpu_kernels`, the other convolutions Burn's) or the
+    /// image per pass, the images of a batch in parallel on the current rayon pool; stem and
+    /// depthwise convolutions in `cpu_kernels`, 1x1 convolutions and classifier as `cpu_gemm`
+    /// GEMMs, every bias, ReLU6 and residual fused into a kernel) or the
     /// generic Burn network that every other device runs (`false`; for comparison). Same weights,
     /// same results up to float rounding. No effect on other devices.
     pub fn with_cpu_kernels(mut self, on: bool) -> Self {
@@ -563,7 +668,7 @@ impl EfficientNetLite0 {
         let mut times = LayerTimes::default();
         if let Some(cpu) = self.cpu_net() {
             for item in batch {
-                cpu.forward(item.values(), &self.device, Some(&mut times))?;
+                cpu.forward(item.values(), Some(&mut times))?;
             }
             return Ok(times);
         }
@@ -628,7 +733,7 @@ impl Model for EfficientNetLite0 {
             // batch it came in.
             return batch
                 .par_iter()
-                .map(|item| cpu.forward(item.values(), &self.device, None))
+                .map(|item| cpu.forward(item.values(), None))
                 .collect();
         }
         let mut rows = Vec::with_capacity(batch.len());

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod classify;
+mod cpu_gemm;
 mod cpu_kernels;
 pub mod device;
 pub mod digits;

@@ -30,7 +30,7 @@
 //! - `idunno-node client --node ADDR upload DIR [N] [--prefix P] [--json]`
 //! - `idunno-node client --node ADDR inference MODEL DIR [--batch B] [--lease-ms MS]
 //!   [--request ID] [--wait] [--json]` (JSON shapes of these and `c4` in `jobs::cli`)
-//! - `idunno-node predict MODEL FILE... [--json] [--weights FILE]`
+//! - `idunno-node predict MODEL FILE... [--json] [--weights FILE] [--device cpu|wgpu]`
 //! - `idunno-node demo [--nodes 10] [--kill 3] [--voters 7] [--digits N] [--photos DIR]
 //!   [--photo-copies N] [--digits-batch B] [--photos-batch B] [--noop | --membership]`
 //!
@@ -103,6 +103,11 @@ pub struct PredictArgs {
     /// `client get models/MODEL FILE`) instead of training or loading the vendored ones.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+    /// The device the model runs on: `cpu` (Burn's Flex backend, always there) or `wgpu` (a
+    /// GPU through Vulkan/Metal/DX12; only in a build with `--features wgpu`, else a clear
+    /// error).
+    #[arg(long, value_name = "NAME", default_value = "cpu")]
+    pub device: String,
 }
 
 /// Arguments of `start`.
@@ -484,6 +489,31 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("idunno-node").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn predict_takes_a_device_name_cpu_by_default() {
+        let cli = parse(&["predict", "efficientnet-lite0", "a.png", "b.jpg"]).expect("valid");
+        let Command::Predict(args) = cli.command else {
+            panic!("not predict: {cli:?}")
+        };
+        assert_eq!(args.device, "cpu");
+        assert_eq!(args.files.len(), 2);
+        let cli = parse(&[
+            "predict",
+            "digits-cnn",
+            "--device",
+            "wgpu",
+            "x.png",
+            "--json",
+        ])
+        .expect("valid");
+        let Command::Predict(args) = cli.command else {
+            panic!("not predict: {cli:?}")
+        };
+        assert_eq!((args.device.as_str(), args.json), ("wgpu", true));
+        // Whether the name is a device this build has is for idunno_models::device::parse.
+        assert!(parse(&["predict", "digits-cnn", "--device"]).is_err());
     }
 
     #[test]

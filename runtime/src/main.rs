@@ -80,10 +80,19 @@ fn keygen(file: &std::path::Path) -> ExitCode {
 /// `predict`: exit 0 when every input got a result, 1 when some failed (each one reported in
 /// the output), 2 when the model itself could not be built or run.
 fn predict(args: PredictArgs) -> ExitCode {
+    let device = match idunno_models::device::parse(&args.device) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut out = io::stdout().lock();
     let ran = match &args.weights {
-        None => idunno_models::predict::run(&args.model, &args.files, args.json, &mut out),
-        Some(file) => match jobs::model::load_weights_file(&args.model, file) {
+        None => {
+            idunno_models::predict::run_on(&args.model, &device, &args.files, args.json, &mut out)
+        }
+        Some(file) => match jobs::model::load_weights_file(&args.model, file, &device) {
             Ok(model) => {
                 idunno_models::predict::run_model(model.as_ref(), &args.files, args.json, &mut out)
             }

@@ -493,8 +493,12 @@ impl Drop for ModelExecutor {
 }
 
 /// `model` rebuilt from a local weights file (as `train` stores them), at most
-/// [`WEIGHTS_BYTES_MAX`] bytes: `predict --weights`.
-pub fn load_weights_file(model: &str, file: &std::path::Path) -> Result<Box<dyn Model>, String> {
+/// [`WEIGHTS_BYTES_MAX`] bytes, on `device`: `predict --weights`.
+pub fn load_weights_file(
+    model: &str,
+    file: &std::path::Path,
+    device: &Device,
+) -> Result<Box<dyn Model>, String> {
     use std::io::Read;
     let open = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut bytes = Vec::new();
@@ -507,8 +511,7 @@ pub fn load_weights_file(model: &str, file: &std::path::Path) -> Result<Box<dyn 
             file.display()
         ));
     }
-    registry::from_weights(model, &bytes, &idunno_models::default_device())
-        .map_err(|e| format!("{}: {e}", file.display()))
+    registry::from_weights(model, &bytes, device).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 #[cfg(test)]
@@ -530,12 +533,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let garbage = dir.join("garbage");
         std::fs::write(&garbage, b"not burnpack").expect("write");
-        match load_weights_file("digits-cnn", &garbage) {
+        let cpu = idunno_models::default_device();
+        match load_weights_file("digits-cnn", &garbage, &cpu) {
             Err(e) => assert!(e.contains("garbage"), "{e}"),
             Ok(_) => panic!("garbage weights loaded"),
         }
-        assert!(load_weights_file("digits-cnn", &dir.join("missing")).is_err());
-        assert!(load_weights_file("resnet", &garbage).is_err());
+        assert!(load_weights_file("digits-cnn", &dir.join("missing"), &cpu).is_err());
+        assert!(load_weights_file("resnet", &garbage, &cpu).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
