@@ -1,10 +1,12 @@
-//! The node's membership view as the rest of the node reads it: who is alive and who is gone.
+//! The node's membership view as the rest of the node reads it: who is alive, who is suspected
+//! and who is gone.
 //!
 //! Owns: [`MembershipView`], kept by the membership driver from its machine's events and
 //! published on a `tokio::sync::watch` channel, so that the Raft leader can propose failures
 //! and (later) place replicas and leases on live nodes without asking the membership machine.
 //! Must never: decide anything (it mirrors the machine's events), or grow without bound: at most
-//! [`GONE_KEPT`] gone members are remembered, oldest forgotten first.
+//! [`GONE_KEPT`] gone members are remembered, oldest forgotten first; suspects are a subset of
+//! the alive members.
 
 use std::collections::BTreeSet;
 
@@ -18,6 +20,8 @@ pub const GONE_KEPT: usize = 256;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MembershipView {
     alive: BTreeSet<NodeId>,
+    /// Alive members under suspicion (not refuted, not yet declared failed).
+    suspected: BTreeSet<NodeId>,
     /// Failed or left, oldest first.
     gone: Vec<NodeId>,
 }
@@ -27,6 +31,7 @@ impl MembershipView {
     pub fn new(me: NodeId) -> Self {
         MembershipView {
             alive: BTreeSet::from([me]),
+            suspected: BTreeSet::new(),
             gone: Vec::new(),
         }
     }
@@ -34,6 +39,11 @@ impl MembershipView {
     /// Members believed alive (suspects included: they are not declared failed yet).
     pub fn alive(&self) -> &BTreeSet<NodeId> {
         &self.alive
+    }
+
+    /// Alive members currently suspected (SWIM has not heard from them; they may still refute).
+    pub fn suspected(&self) -> &BTreeSet<NodeId> {
+        &self.suspected
     }
 
     /// Members declared failed or gone, oldest first.
@@ -45,11 +55,13 @@ impl MembershipView {
     pub fn apply(&mut self, event: &Event) -> bool {
         match event {
             Event::Joined(node) => {
+                self.suspected.remove(node);
                 let was_gone = self.gone.len();
                 self.gone.retain(|n| n != node);
                 self.alive.insert(*node) || was_gone != self.gone.len()
             }
             Event::Failed(node) | Event::Left(node) => {
+                self.suspected.remove(node);
                 let was_alive = self.alive.remove(node);
                 if self.gone.contains(node) {
                     return was_alive;
@@ -61,7 +73,9 @@ impl MembershipView {
                 debug_assert!(self.gone.len() <= GONE_KEPT);
                 true
             }
-            Event::Suspect(_) | Event::Refuted(_) | Event::SelfLeft => false,
+            Event::Suspect(node) => self.alive.contains(node) && self.suspected.insert(*node),
+            Event::Refuted(node) => self.suspected.remove(node),
+            Event::SelfLeft => false,
         }
     }
 }
@@ -89,8 +103,22 @@ mod tests {
         let mut view = MembershipView::new(node(1));
         assert!(view.apply(&Event::Joined(node(2))));
         assert!(!view.apply(&Event::Joined(node(2))), "no change");
-        assert!(!view.apply(&Event::Suspect(node(2))));
+        assert!(view.apply(&Event::Suspect(node(2))), "suspected");
+        assert!(!view.apply(&Event::Suspect(node(2))), "already suspected");
+        assert!(view.suspected().contains(&node(2)));
+        assert!(view.alive().contains(&node(2)), "a suspect is still alive");
+        assert!(view.apply(&Event::Refuted(node(2))));
+        assert!(view.suspected().is_empty());
+        assert!(
+            !view.apply(&Event::Suspect(node(9))),
+            "an unknown member is not suspected"
+        );
+        assert!(view.apply(&Event::Suspect(node(2))));
         assert!(view.apply(&Event::Failed(node(2))));
+        assert!(
+            view.suspected().is_empty(),
+            "a failed member is no longer a suspect"
+        );
         assert!(!view.alive().contains(&node(2)));
         assert_eq!(view.gone().copied().collect::<Vec<_>>(), vec![node(2)]);
         assert!(!view.apply(&Event::Left(node(2))), "already gone");

@@ -1,6 +1,8 @@
 //! The Raft leader fences a member (`NodeFailed`) only once its membership view has reported
 //! it gone for `FAILURE_GRACE`: a member declared dead by stale gossip that refutes within the
 //! grace keeps its replicas and leases (the turmoil partition scenario found the bug this pins).
+//! A worker's leases go back to the queue sooner: once it has been suspected for
+//! `SUSPECT_REVOKE_AFTER`, but not when it refutes the suspicion before that.
 //!
 //! Owns: one single-voter Raft driver on paused time, fed a membership view by hand.
 //! Must never: depend on wall-clock timing (time is paused and advanced by tokio).
@@ -12,9 +14,11 @@ use std::time::Duration;
 
 use idunno_core::consensus::VoterId;
 use idunno_core::membership::{Event, NodeId};
+use idunno_core::scheduler::api::{SchedAnswer, SchedRequest};
+use idunno_core::scheduler::{JobSpec, SchedCommand, SchedResult};
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use idunno_runtime::consensus::RaftRequest;
-use idunno_runtime::consensus::driver::{FAILURE_GRACE, RaftDriver};
+use idunno_runtime::consensus::driver::{FAILURE_GRACE, RaftDriver, SUSPECT_REVOKE_AFTER};
 use idunno_runtime::consensus::persister::PersistMode;
 use idunno_runtime::view;
 use tokio::sync::{mpsc, oneshot};
@@ -32,11 +36,26 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
-    let dir = std::env::temp_dir().join(format!("idunno-failure-grace-{}", std::process::id()));
+/// A single voter leading on paused time, fed the membership view through the returned sender.
+struct Leader {
+    requests: mpsc::Sender<RaftRequest>,
+    view: tokio::sync::watch::Sender<view::MembershipView>,
+    task: tokio::task::JoinHandle<Result<(), idunno_runtime::consensus::driver::RaftDriverError>>,
+    dir: std::path::PathBuf,
+    _messages: mpsc::Sender<(VoterId, idunno_core::consensus::Message)>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_leader(name: &str, port: u16) -> Leader {
+    let dir = std::env::temp_dir().join(format!("idunno-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let me = addr(7101);
+    let me = addr(port);
     let voters = Arc::new(BTreeMap::from([(VoterId(1), me)]));
     let (view_tx, view_rx) = view::channel(NodeId::new(me, 1));
     // Inline fsync: a storage thread works in real time, which paused time would outrun.
@@ -44,7 +63,7 @@ async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
         .expect("open the store")
         .with_view(view_rx);
     let (requests, requests_rx) = mpsc::channel(16);
-    let (_messages, messages_rx) = mpsc::channel(16);
+    let (messages, messages_rx) = mpsc::channel(16);
     let task = tokio::spawn(driver.run(requests_rx, messages_rx));
     let mut leading = false;
     for _ in 0..100 {
@@ -57,6 +76,19 @@ async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(leading, "a single voter leads");
+    Leader {
+        requests,
+        view: view_tx,
+        task,
+        dir,
+        _messages: messages,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
+    let leader = start_leader("failure-grace", 7101).await;
+    let (requests, view_tx) = (&leader.requests, &leader.view);
 
     let flapping = NodeId::new(addr(7102), 5);
     let crashed = NodeId::new(addr(7103), 5);
@@ -69,12 +101,109 @@ async fn a_member_that_comes_back_within_the_grace_is_not_fenced() {
         v.apply(&Event::Joined(flapping));
     });
     tokio::time::sleep(FAILURE_GRACE * 2).await;
-    let failed = ask(&requests, ControlRequest::FailedNodes { forwarded: false }).await;
+    let failed = ask(requests, ControlRequest::FailedNodes { forwarded: false }).await;
     assert_eq!(
         failed,
         ControlResponse::FailedNodes(vec![crashed]),
         "only the member gone for the whole grace is fenced"
     );
-    task.abort();
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn sched(requests: &mpsc::Sender<RaftRequest>, command: SchedCommand) -> SchedResult {
+    let request = ControlRequest::Sched {
+        request: SchedRequest::Command(command),
+        forwarded: false,
+    };
+    match ask(requests, request).await {
+        ControlResponse::Sched(SchedAnswer::Result(result)) => result,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Submits a one-input job with a long lease and has `worker` lease its only batch.
+async fn lease_the_only_batch(requests: &mpsc::Sender<RaftRequest>, worker: NodeId) {
+    let spec = JobSpec {
+        model: "noop:1".into(),
+        inputs: vec!["inputs/one".into()],
+        batch_size: 1,
+        lease_millis: 600_000,
+    };
+    let submitted = sched(requests, SchedCommand::Submit { spec, request: 1 }).await;
+    assert!(
+        matches!(submitted, SchedResult::Submitted { .. }),
+        "{submitted:?}"
+    );
+    let granted = sched(requests, SchedCommand::Lease { worker, request: 1 }).await;
+    assert!(matches!(granted, SchedResult::Granted(_)), "{granted:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_suspected_workers_lease_returns_before_it_is_declared_failed() {
+    let leader = start_leader("suspect-revoke", 7111).await;
+    let (requests, view_tx) = (&leader.requests, &leader.view);
+    let worker = NodeId::new(addr(7112), 3);
+    let other = NodeId::new(addr(7113), 3);
+    view_tx.send_modify(|v| {
+        v.apply(&Event::Joined(worker));
+        v.apply(&Event::Joined(other));
+    });
+    lease_the_only_batch(requests, worker).await;
+
+    view_tx.send_modify(|v| {
+        v.apply(&Event::Suspect(worker));
+    });
+    tokio::time::sleep(SUSPECT_REVOKE_AFTER * 4).await;
+    let regranted = sched(
+        requests,
+        SchedCommand::Lease {
+            worker: other,
+            request: 1,
+        },
+    )
+    .await;
+    match regranted {
+        SchedResult::Granted(grant) => assert_eq!(grant.inputs, vec![(0, "inputs/one".into())]),
+        other => panic!("the suspect's batch was not leased again: {other:?}"),
+    }
+    let failed = ask(requests, ControlRequest::FailedNodes { forwarded: false }).await;
+    assert_eq!(
+        failed,
+        ControlResponse::FailedNodes(vec![]),
+        "a suspect is not fenced"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_suspicion_refuted_at_once_keeps_the_lease() {
+    let leader = start_leader("suspect-refuted", 7121).await;
+    let (requests, view_tx) = (&leader.requests, &leader.view);
+    let worker = NodeId::new(addr(7122), 3);
+    let other = NodeId::new(addr(7123), 3);
+    view_tx.send_modify(|v| {
+        v.apply(&Event::Joined(worker));
+        v.apply(&Event::Joined(other));
+    });
+    lease_the_only_batch(requests, worker).await;
+
+    view_tx.send_modify(|v| {
+        v.apply(&Event::Suspect(worker));
+    });
+    tokio::time::sleep(SUSPECT_REVOKE_AFTER / 5).await;
+    view_tx.send_modify(|v| {
+        v.apply(&Event::Refuted(worker));
+    });
+    tokio::time::sleep(SUSPECT_REVOKE_AFTER * 4).await;
+    let answer = sched(
+        requests,
+        SchedCommand::Lease {
+            worker: other,
+            request: 1,
+        },
+    )
+    .await;
+    assert_eq!(
+        answer,
+        SchedResult::NoWork,
+        "the refuting worker keeps its batch"
+    );
 }

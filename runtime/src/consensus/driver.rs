@@ -58,6 +58,13 @@ const TIMERS_PER_TURN_MAX: usize = 1024;
 /// whose replicas were all on them lost every replica record (found by the turmoil partition
 /// scenario).
 pub const FAILURE_GRACE: Duration = Duration::from_secs(3);
+/// How long a member must stay suspected in the leader's view before the leader returns its
+/// scheduler leases (`WorkerGone`), without waiting for SWIM to declare it failed (about another
+/// second at n = 10). A suspicion already means a direct probe and k indirect probes went
+/// unanswered; most false suspicions are refuted within a gossip round, which this wait absorbs.
+/// Returning a live worker's leases costs only the rerun of its batches: its reports of them are
+/// refused (exactly once holds) and it asks for new ones.
+pub const SUSPECT_REVOKE_AFTER: Duration = Duration::from_millis(250);
 /// Most queued peer messages handled in one turn before timers and requests get a look.
 const MESSAGES_PER_TURN_MAX: usize = 256;
 
@@ -162,7 +169,11 @@ pub struct RaftDriver {
     failure_proposals: BTreeMap<NodeId, u64>,
     /// Members the view reports gone, and since when (they are proposed after [`FAILURE_GRACE`]).
     gone_since: BTreeMap<NodeId, tokio::time::Instant>,
-    /// `WorkerGone` proposals made, with their term (once per gone member and term).
+    /// Members the view reports suspected, and since when (their leases are returned after
+    /// [`SUSPECT_REVOKE_AFTER`]).
+    suspect_since: BTreeMap<NodeId, tokio::time::Instant>,
+    /// `WorkerGone` proposals made, with their term (once per term and per spell of the member
+    /// being suspected or gone).
     revoke_proposals: BTreeMap<NodeId, u64>,
     /// Compact every this many applied entries.
     compact_every: u64,
@@ -235,6 +246,7 @@ impl RaftDriver {
             view: None,
             failure_proposals: BTreeMap::new(),
             gone_since: BTreeMap::new(),
+            suspect_since: BTreeMap::new(),
             revoke_proposals: BTreeMap::new(),
             compact_every: super::COMPACT_EVERY_DEFAULT,
             compacted_at: applied,
@@ -332,7 +344,9 @@ impl RaftDriver {
 
     /// As leader, proposes `NodeFailed` for every member the membership view has reported gone
     /// for [`FAILURE_GRACE`] that the state has not recorded, once per term (so a proposal lost
-    /// to a leader change is made again by the next leader, which runs this on its own view).
+    /// to a leader change is made again by the next leader, which runs this on its own view);
+    /// and `WorkerGone` for every member reported gone, or suspected for
+    /// [`SUSPECT_REVOKE_AFTER`], once per term and spell.
     fn propose_failures(&mut self) -> Result<(), RaftDriverError> {
         let Some(view) = &self.view else {
             return Ok(());
@@ -340,12 +354,21 @@ impl RaftDriver {
         // Every node tracks how long members have been gone, so a new leader need not wait
         // the grace again for members its view has long reported gone.
         let now = tokio::time::Instant::now();
-        let gone: BTreeSet<NodeId> = view.borrow().gone().copied().collect();
+        let (gone, suspected): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+            let view = view.borrow();
+            (view.gone().copied().collect(), view.suspected().clone())
+        };
+        debug_assert!(gone.is_disjoint(&suspected), "a suspect is alive");
         self.gone_since.retain(|node, _| gone.contains(node));
         for node in &gone {
             self.gone_since.entry(*node).or_insert(now);
         }
         debug_assert!(self.gone_since.len() == gone.len());
+        self.suspect_since
+            .retain(|node, _| suspected.contains(node));
+        for node in &suspected {
+            self.suspect_since.entry(*node).or_insert(now);
+        }
         if !self.raft.is_leader() {
             return Ok(());
         }
@@ -353,12 +376,20 @@ impl RaftDriver {
         self.failure_proposals
             .retain(|node, _| !recorded.contains(node));
         let term = self.raft.term();
-        // The gone member's leases go back to the queues at once (its batches run elsewhere
-        // now); fencing it (`NodeFailed`: replicas dropped, generation retired) waits for the
-        // grace. Once per member and term.
-        self.revoke_proposals.retain(|node, _| gone.contains(node));
-        let revoke: Vec<NodeId> = gone
+        // The leases of a gone member, or of one suspected for a moment, go back to the queues
+        // at once (its batches run elsewhere now); fencing it (`NodeFailed`: replicas dropped,
+        // generation retired) waits for the grace. Once per member, term and spell (a member
+        // that refutes and is suspected again is a new spell).
+        let suspected_long: BTreeSet<NodeId> = self
+            .suspect_since
             .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= SUSPECT_REVOKE_AFTER)
+            .map(|(node, _)| *node)
+            .collect();
+        self.revoke_proposals
+            .retain(|node, _| gone.contains(node) || suspected.contains(node));
+        let revoke: Vec<NodeId> = gone
+            .union(&suspected_long)
             .filter(|node| !recorded.contains(node))
             .filter(|node| self.revoke_proposals.get(node) != Some(&term))
             .copied()
@@ -367,7 +398,7 @@ impl RaftDriver {
             if self.proposals.len() >= PROPOSALS_PENDING_MAX {
                 break;
             }
-            debug!(%worker, "returning the gone member's leases");
+            debug!(%worker, "returning the leases of a gone or suspected member");
             let (reply, _) = oneshot::channel();
             let op = ClusterOp::Sched(SchedCommand::WorkerGone { worker });
             self.propose(op, reply, answer_sched)?;
