@@ -356,6 +356,15 @@ mod tests {
                 assert!(matches!(done, ClusterResult::Dfs(Ok(_))), "{done:?}");
             }
         }
+        // Every storage node the namespace records.
+        for i in 0..crate::dfs::namespace::STORES_MAX as u32 {
+            let [_, _, high, low] = i.to_be_bytes();
+            let addr = std::net::SocketAddr::from(([10, 1, high, low], 40_000));
+            let node = NodeId::new(addr, 1_800_000_000_000 + u64::from(i));
+            let ready = ClusterOp::Dfs(DfsCommand::StoreReady { node });
+            let done = state.execute(ClusterCommand::new(Instant::from_micros(seq), ready));
+            assert_eq!(done, ClusterResult::Dfs(Ok(DfsResult::StoreReady)));
+        }
         // The key-value store full.
         for i in 0.. {
             let op = ClusterOp::Kv(KvCommand::Put {

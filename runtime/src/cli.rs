@@ -151,6 +151,14 @@ pub struct StartArgs {
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(0..=idunno_core::scheduler::LEASES_PER_WORKER_MAX as u64))]
     pub worker_lanes: u64,
+    /// Milliseconds between the blob garbage collector's passes (with --data-dir and Raft).
+    #[arg(long, value_name = "MS", default_value_t = crate::dfs::tasks::GC_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub gc_interval_ms: u64,
+    /// Age in milliseconds under which a blob no kept version refers to is kept (it may belong
+    /// to a put not yet committed): keep it far above the longest put.
+    #[arg(long, value_name = "MS", default_value_t = crate::dfs::tasks::GC_GRACE.as_millis() as u64)]
+    pub gc_grace_ms: u64,
 }
 
 /// One `--voters` item: `ID=ADDR`.
@@ -540,6 +548,40 @@ mod tests {
             ]
         );
         assert_eq!(args.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn garbage_collection_is_configurable() {
+        let Command::Start(args) = parse(&["start", "--bind", "127.0.0.1:0"])
+            .expect("valid")
+            .command
+        else {
+            panic!("not start")
+        };
+        assert_eq!(
+            args.gc_interval_ms,
+            crate::dfs::tasks::GC_INTERVAL.as_millis() as u64
+        );
+        assert_eq!(
+            args.gc_grace_ms,
+            crate::dfs::tasks::GC_GRACE.as_millis() as u64
+        );
+        let cli = parse(&[
+            "start",
+            "--bind",
+            "127.0.0.1:0",
+            "--gc-interval-ms",
+            "500",
+            "--gc-grace-ms",
+            "0",
+        ])
+        .expect("valid");
+        let Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!((args.gc_interval_ms, args.gc_grace_ms), (500, 0));
+        let zero = parse(&["start", "--bind", "127.0.0.1:0", "--gc-interval-ms", "0"]);
+        assert!(zero.is_err(), "a zero interval is refused");
     }
 
     #[test]

@@ -302,6 +302,10 @@ pub fn is_peer_only(request: &ControlRequest) -> bool {
     )
 }
 
+/// The answer of a node without a blob store to a blob or node-local file-system request.
+pub const NO_BLOB_STORE: &str =
+    "this node keeps no blobs: it has no blob store (started without --data-dir)";
+
 /// Serves requests until the connection ends; returns a [`Handoff`] instead when the peer
 /// sends a `RaftHello`, or a blob request while `blobs` is set (the caller then owns the
 /// stream). A connection in [`Role::Client`] gets an error answer to peer-only requests.
@@ -369,6 +373,10 @@ where
         debug!(?request, "control request");
         let answer = if request == ControlRequest::NodeStats {
             crate::stats::node_stats(requests, raft).await
+        } else if BlobService::is_blob_request(&request) || crate::dfs::is_local_request(&request) {
+            // Only stores announce themselves, so placement should never send one here.
+            warn!("{NO_BLOB_STORE}: a blob request refused");
+            ControlResponse::Error(NO_BLOB_STORE.to_owned())
         } else if consensus::is_raft_request(&request) {
             match raft {
                 Some(raft) => consensus::route(raft, request).await,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use idunno_runtime::auth::{ClientToken, ClusterKey, TcpAuth};
 use idunno_runtime::cli::{Cli, ClientArgs, ClientRequest, Command, PredictArgs, StartArgs};
 use idunno_runtime::control;
+use idunno_runtime::dfs::tasks::GcOptions;
 use idunno_runtime::driver::Exit;
 use idunno_runtime::node::{self, NodeOptions};
 use idunno_runtime::{demo, jobs, logging, render};
@@ -136,6 +137,10 @@ fn start(args: StartArgs) -> ExitCode {
     options.raft = raft;
     options.cluster_key = cluster_key;
     options.worker.lanes = usize::try_from(args.worker_lanes).unwrap_or(0);
+    options.blobs.gc = GcOptions {
+        interval: Duration::from_millis(args.gc_interval_ms),
+        grace: Duration::from_millis(args.gc_grace_ms),
+    };
     let result = node::block_on(async {
         // A fenced node comes back as a new generation; each run prints its LISTENING line.
         let started = |bound: &node::BoundNode| {

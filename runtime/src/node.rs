@@ -15,8 +15,9 @@
 //! process's credential for the connections it opens); without one the node warns that it is
 //! insecure.
 //! With a data dir it opens the blob store at `<data-dir>/blobs`, serves blob transfers on the
-//! control port and runs the scrubber; corrupt blobs are reported on a channel (logged for now,
-//! to be forwarded to the leader).
+//! control port and runs the scrubber; with Raft it also announces the store to the cluster
+//! (`StoreReady`: only announced stores receive replicas), reports corrupt blobs to the leader
+//! and collects garbage. Without a data dir the node stores no blobs and is never placed on.
 //! Must never: print to stdout (main prints the `LISTENING` line), or make membership decisions.
 
 use std::future::Future;
@@ -39,6 +40,7 @@ use crate::consensus::driver::{RaftDriver, RaftDriverError};
 use crate::consensus::transport::Inbound;
 use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftRequest, RaftRoute};
 use crate::control;
+use crate::dfs::tasks::GcOptions;
 use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
 use crate::jobs::{
@@ -90,6 +92,8 @@ pub struct BlobOptions {
     pub limits: StoreLimits,
     /// When and how fast the scrubber re-hashes stored blobs.
     pub scrub: ScrubOptions,
+    /// When the garbage collector runs and how old an orphan must be (with Raft only).
+    pub gc: GcOptions,
 }
 
 impl NodeOptions {
@@ -173,6 +177,7 @@ pub struct BoundNode {
 struct BlobParts {
     service: Arc<BlobService>,
     scrub: ScrubOptions,
+    gc: GcOptions,
     corrupt: mpsc::Receiver<BlobHash>,
 }
 
@@ -321,6 +326,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
             Some(BlobParts {
                 service: Arc::new(service),
                 scrub: options.blobs.scrub,
+                gc: options.blobs.gc,
                 corrupt,
             })
         }
@@ -600,8 +606,8 @@ async fn abort_and_wait<T>(task: tokio::task::JoinHandle<T>) {
 }
 
 /// Starts the scrubber and the task that takes corrupt-blob reports (sent to the Raft leader
-/// as `ReplicaLost` when the node routes Raft requests, logged otherwise), and the garbage
-/// collector (with Raft only: it asks the leader what is referenced).
+/// as `ReplicaLost` when the node routes Raft requests, logged otherwise), and with Raft the
+/// garbage collector (it asks the leader what is referenced) and the store's announcement.
 fn spawn_blob_tasks(
     parts: BlobParts,
     span: &tracing::Span,
@@ -611,6 +617,7 @@ fn spawn_blob_tasks(
     let BlobParts {
         service,
         scrub,
+        gc,
         mut corrupt,
     } = parts;
     let scrubber = tokio::spawn(
@@ -622,14 +629,12 @@ fn spawn_blob_tasks(
             crate::dfs::tasks::report_corrupt(id.addr, id, corrupt).instrument(span.clone()),
         );
         let gc = tokio::spawn(
-            crate::dfs::tasks::gc_loop(
-                id.addr,
-                service.store().clone(),
-                crate::dfs::tasks::GC_GRACE,
-            )
-            .instrument(span.clone()),
+            crate::dfs::tasks::gc_loop(id.addr, service.store().clone(), gc)
+                .instrument(span.clone()),
         );
-        return (service, vec![scrubber, reports, gc]);
+        let announce =
+            tokio::spawn(crate::dfs::tasks::announce_store(id.addr, id).instrument(span.clone()));
+        return (service, vec![scrubber, reports, gc, announce]);
     }
     let reports = tokio::spawn(
         async move {

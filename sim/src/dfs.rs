@@ -24,6 +24,11 @@
 //!   [`DfsOptions::max_parallel`], copies, and proposes `ReplicaAdded` when a copy is on disk;
 //!   a scrubber on every node reports corrupt copies.
 //!   Transfers do not share bandwidth (each runs at the full rate); garbage is not deleted.
+//! - the last [`DfsOptions::storeless`] nodes have no blob store: they never announce one and
+//!   refuse every transfer; the others announce `StoreReady` for each generation (retried until
+//!   applied). Placement and repair choose announced stores only (every live node while none
+//!   has announced, so a refused upload is placed again), and a check after every tick says no
+//!   storage-less node is ever listed as a replica.
 //!
 //! Must never: read the wall clock, draw randomness from anything but the seed, iterate a hash
 //! map, or let a write count before it is on disk.
@@ -196,6 +201,8 @@ pub struct DfsOptions {
     pub retry_after: Duration,
     /// Simulation step.
     pub tick: Duration,
+    /// How many of the nodes (the last ones) have no blob store; must leave at least one store.
+    pub storeless: usize,
 }
 
 impl Default for DfsOptions {
@@ -218,6 +225,7 @@ impl Default for DfsOptions {
             scrub_interval: Duration::from_secs(2),
             retry_after: Duration::from_millis(300),
             tick: Duration::from_millis(5),
+            storeless: 0,
         }
     }
 }
@@ -246,6 +254,10 @@ pub struct StorageNode {
     /// Its current generation was declared failed (by detection).
     declared: bool,
     next_scrub: Instant,
+    /// It has a blob store (announces it, accepts transfers).
+    pub store: bool,
+    /// When it may next propose `StoreReady` for its current generation.
+    next_announce: Instant,
 }
 
 /// The id of storage node `index` at `generation`.
@@ -352,6 +364,8 @@ pub struct DfsStats {
     pub failures_committed: u64,
     /// Requests proposed again (same request id) because no answer came in time.
     pub requests_retried: u64,
+    /// Transfers (uploads or repair copies) sent to a node without a blob store (refused).
+    pub transfers_to_storeless: u64,
 }
 
 /// The file-system cluster under a workload and faults. See the module docs.
@@ -380,9 +394,13 @@ impl<L: MetadataLog> DfsSim<L> {
         if options.nodes == 0 || options.nodes > 1000 || options.clients > 64 {
             return Err("between 1 and 1000 nodes, at most 64 clients".into());
         }
+        if options.storeless >= options.nodes {
+            return Err("at least one node needs a blob store".into());
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let stores = options.nodes - options.storeless;
         let nodes = (0..options.nodes)
-            .map(|_| StorageNode {
+            .map(|i| StorageNode {
                 generation: 1,
                 up: true,
                 partitioned: false,
@@ -390,6 +408,8 @@ impl<L: MetadataLog> DfsSim<L> {
                 down_since: None,
                 declared: false,
                 next_scrub: Instant::ZERO,
+                store: i < stores,
+                next_announce: Instant::ZERO,
             })
             .collect();
         let clients = (0..options.clients)
@@ -663,7 +683,9 @@ impl<L: MetadataLog> DfsSim<L> {
         let Some(state) = self.log.leader_state() else {
             return false;
         };
-        let reachable = (0..self.nodes.len()).filter(|&i| self.reachable(i)).count();
+        let reachable = (0..self.nodes.len())
+            .filter(|&i| self.reachable(i) && self.nodes[i].store)
+            .count();
         let want = self.options.config.replication.min(reachable);
         state.dfs().blobs().iter().all(|(hash, blob)| {
             let good = blob
@@ -692,6 +714,7 @@ impl<L: MetadataLog> DfsSim<L> {
         self.log.advance_to(self.now)?;
         self.complete_transfers();
         self.detect_failures();
+        self.announce_stores();
         for c in 0..self.clients.len() {
             self.client_step(c);
         }
@@ -709,6 +732,18 @@ impl<L: MetadataLog> DfsSim<L> {
         };
         let ns = leader.dfs();
         let nodes = &self.nodes;
+        if let Some((hash, id)) = ns.blobs().iter().find_map(|(h, b)| {
+            b.replicas
+                .iter()
+                .find(|id| index_on(nodes, id).is_some_and(|i| !nodes[i].store))
+                .map(|id| (*h, *id))
+        }) {
+            return Err(Violation {
+                checker: "stores_only",
+                at: now,
+                detail: format!("{hash:?} listed on {id}, which has no blob store"),
+            });
+        }
         self.checker.check_listed_copies(now, ns, |id, h| {
             index_on(nodes, id).map(|i| nodes[i].disk.contains_key(h))
         })?;
@@ -746,6 +781,9 @@ impl<L: MetadataLog> DfsSim<L> {
             });
             return;
         };
+        if !self.nodes[to_index].store {
+            self.stats.transfers_to_storeless += 1;
+        }
         let from = from.and_then(|id| self.index_of(&id).map(|i| (i, id)));
         self.transfers.push(Transfer {
             purpose,
@@ -765,6 +803,7 @@ impl<L: MetadataLog> DfsSim<L> {
         for t in done {
             let target_ok = t.to != usize::MAX
                 && self.reachable(t.to)
+                && self.nodes[t.to].store
                 && storage_id(t.to, self.nodes[t.to].generation) == t.to_id;
             let source_ok = match (t.purpose, t.from) {
                 (Purpose::Upload { .. }, _) => true,
@@ -838,6 +877,30 @@ impl<L: MetadataLog> DfsSim<L> {
             {
                 entry.1 = Some(now);
             }
+        }
+    }
+
+    /// Every reachable store whose current generation the leader's namespace does not list
+    /// proposes `StoreReady` (again after `retry_after` while it is not applied).
+    fn announce_stores(&mut self) {
+        let now = self.now;
+        let Some(state) = self.log.leader_state() else {
+            return;
+        };
+        let due: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                let node = &self.nodes[i];
+                node.store
+                    && self.reachable(i)
+                    && !node.declared
+                    && now >= node.next_announce
+                    && !state.dfs().stores().contains(&self.id(i))
+            })
+            .collect();
+        for i in due {
+            let node = self.id(i);
+            self.propose(DfsCommand::StoreReady { node });
+            self.nodes[i].next_announce = now + self.options.retry_after;
         }
     }
 
@@ -987,12 +1050,15 @@ impl<L: MetadataLog> DfsSim<L> {
         attempts: u32,
         first_at: Instant,
     ) {
-        let loads = self
-            .log
-            .leader_state()
-            .map(|s| s.dfs().loads())
-            .unwrap_or_default();
-        let live = self.membership_live(&loads);
+        let live = match self.log.leader_state() {
+            Some(state) => {
+                let ns = state.dfs();
+                let mut live = self.membership_live(&ns.loads());
+                live.retain(|c| ns.may_store(&c.node));
+                live
+            }
+            None => self.membership_live(&BTreeMap::new()),
+        };
         let targets = place(&hash, &live, self.options.config.replication).nodes;
         if targets.is_empty() {
             self.clients[c].op = ClientOp::Idle;

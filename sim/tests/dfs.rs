@@ -243,6 +243,74 @@ fn raft_backed_with_leader_and_storage_crashes() {
     });
 }
 
+fn three_storage_less() -> DfsOptions {
+    DfsOptions {
+        storeless: 3,
+        ..DfsOptions::default()
+    }
+}
+
+/// Three of ten nodes have no blob store: they never appear as a replica (checked after every
+/// tick by the simulator), under 30% crashes.
+#[test]
+fn storage_less_nodes_never_hold_replicas() {
+    scenario!("storage_less_nodes_never_hold_replicas", SEEDS).run(|seed| {
+        let mut sim = sequenced(seed, three_storage_less())?;
+        let storeless = sim.nodes().iter().filter(|n| !n.store).count();
+        expect(sim.now(), storeless == 3, "three storage-less nodes")?;
+        sim.run_for(ms(1_500))?;
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(3_000))?;
+        settle(&mut sim)?;
+        expect(
+            sim.now(),
+            sim.checker().acked_count() > 5,
+            "puts acknowledged",
+        )?;
+        // The sequencer applies the announcements before the first put: from then on no
+        // upload or repair copy is ever sent to a node without a store (it would be refused
+        // and placed again, so the check after every tick alone could not tell).
+        expect(
+            sim.now(),
+            sim.stats().transfers_to_storeless == 0,
+            "a transfer was sent to a node without a blob store",
+        )?;
+        Ok::<_, Violation>(())
+    });
+}
+
+/// The same over Raft, where the stores' announcements are applied one by one (an early put
+/// may be placed on fewer nodes and repaired later) and a metadata leader crashes.
+#[test]
+fn raft_backed_storage_less_nodes_never_hold_replicas() {
+    scenario!(
+        "raft_backed_storage_less_nodes_never_hold_replicas",
+        RAFT_SEEDS / 3
+    )
+    .run(|seed| {
+        let mut sim = raft_backed(seed, three_storage_less())?;
+        sim.run_for(ms(1_000))?;
+        let leader = sim.log_mut().raft().leader();
+        if let Some(leader) = leader {
+            sim.log_mut().raft().crash(&[leader]);
+        }
+        let victims = sim.random_nodes(3);
+        sim.crash(&victims);
+        sim.run_for(ms(2_500))?;
+        if let Some(leader) = leader {
+            sim.log_mut().raft().restart(leader)?;
+        }
+        settle(&mut sim)?;
+        expect(
+            sim.now(),
+            sim.checker().acked_count() > 5,
+            "puts acknowledged",
+        )?;
+        Ok::<_, Violation>(())
+    });
+}
+
 #[test]
 fn raft_backed_with_partitions() {
     scenario!("raft_backed_with_partitions", RAFT_SEEDS).run(|seed| {

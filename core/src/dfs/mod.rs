@@ -145,6 +145,13 @@ pub enum DfsCommand {
         /// The node whose copy is bad.
         node: NodeId,
     },
+    /// `node` has a blob store and takes replicas (announced by the node when it starts, once
+    /// per generation). Placement and repair choose only such nodes; see
+    /// [`Namespace::may_store`] for a cluster where nobody announced yet.
+    StoreReady {
+        /// The node (address and generation).
+        node: NodeId,
+    },
 }
 
 /// What a successful [`DfsCommand`] did.
@@ -169,6 +176,9 @@ pub enum DfsResult {
         /// The earlier answer.
         earlier: Box<DfsResult>,
     },
+    /// The node is recorded as a store (or already was, or a newer generation at its address
+    /// already is: then nothing changed).
+    StoreReady,
 }
 
 /// Why a [`DfsCommand`] was refused. Every refusal leaves the namespace unchanged (only the
@@ -226,6 +236,12 @@ pub enum DfsError {
         seq: u64,
         /// The last sequence number applied for the client.
         last: u64,
+    },
+    /// The namespace records its maximum number of storage nodes.
+    #[error("{max} storage nodes are recorded already")]
+    StoresFull {
+        /// The bound.
+        max: usize,
     },
 }
 

@@ -3,10 +3,16 @@
 //!
 //! Owns: [`Namespace`] (name -> versions, newest last; blob hash -> replica set and reference
 //! count; remembered answers per client for idempotent retries; the declared-failed nodes; a
-//! bounded log of garbage blobs the nodes may delete), its one mutator
+//! bounded log of garbage blobs the nodes may delete; the nodes that announced a blob store),
+//! its one mutator
 //! [`Namespace::execute`] plus [`Namespace::node_failed`], and the queries the client commands
 //! and the repair planner read (`get`, `versions`, `list`, `files_on`, `replicas`,
-//! `under_replicated`, `loads`).
+//! `under_replicated`, `loads`, `may_store`).
+//! Storage nodes: a node with a blob store announces itself (`StoreReady`) once per
+//! generation; a failed node leaves the set, and a newer generation at the same address
+//! replaces an older one. Placement and repair targets are live nodes that [`Namespace::may_store`]:
+//! announced ones, or every node while nobody has announced (a log written before nodes
+//! announced, or a cluster whose stores have not started yet, still places as it did).
 //! Version numbers are per name and strictly increasing, even across a delete and a re-create
 //! (deleted names leave a bounded tombstone; an evicted tombstone raises a floor every new name
 //! starts above).
@@ -43,6 +49,8 @@ pub const GARBAGE_KEPT_MAX: usize = 4096;
 pub const TOMBSTONES_MAX: usize = 4096;
 /// Most entries one `list` or `files_on` query returns.
 pub const LIST_ENTRIES_MAX: usize = 10_000;
+/// Most storage nodes recorded (one per address; a failed node leaves the set).
+pub const STORES_MAX: usize = 1024;
 
 /// One page of [`Namespace::list_page`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +124,8 @@ pub struct Namespace {
     executed: u64,
     rejected: u64,
     garbage_dropped: u64,
+    /// Nodes that announced a blob store (at most one generation per address).
+    stores: BTreeSet<NodeId>,
 }
 
 impl Default for Namespace {
@@ -147,6 +157,7 @@ impl Namespace {
             executed: 0,
             rejected: 0,
             garbage_dropped: 0,
+            stores: BTreeSet::new(),
         }
     }
 
@@ -277,6 +288,18 @@ impl Namespace {
         self.failed.contains(node)
     }
 
+    /// The nodes that announced a blob store and have not failed since.
+    pub fn stores(&self) -> &BTreeSet<NodeId> {
+        &self.stores
+    }
+
+    /// Whether placement and repair may put a replica on `node`: it has not failed, and it
+    /// announced a blob store, or no node has announced one (the fallback for logs written
+    /// before stores announced themselves: every live node, as then).
+    pub fn may_store(&self, node: &NodeId) -> bool {
+        !self.failed.contains(node) && (self.stores.is_empty() || self.stores.contains(node))
+    }
+
     /// Garbage entries with `sequence >= from`, oldest first.
     pub fn garbage_since(&self, from: u64) -> impl Iterator<Item = &Garbage> {
         self.garbage.iter().filter(move |g| g.sequence >= from)
@@ -309,6 +332,7 @@ impl Namespace {
             DfsCommand::Delete { name, request } => self.requested(request, |ns| ns.delete(&name)),
             DfsCommand::ReplicaAdded { hash, node } => self.replica_added(hash, node),
             DfsCommand::ReplicaLost { hash, node } => self.replica_lost(hash, node),
+            DfsCommand::StoreReady { node } => self.store_ready(node),
         };
         if result.is_err() {
             self.rejected = self.rejected.saturating_add(1);
@@ -332,6 +356,7 @@ impl Namespace {
         for blob in self.blobs.values_mut() {
             blob.replicas.remove(&node);
         }
+        self.stores.remove(&node);
         self.debug_check();
         true
     }
@@ -495,6 +520,31 @@ impl Namespace {
         Ok(DfsResult::ReplicaAdded)
     }
 
+    fn store_ready(&mut self, node: NodeId) -> Result<DfsResult, DfsError> {
+        if self.failed.contains(&node) {
+            return Err(DfsError::NodeFailed { node });
+        }
+        let same_address: Vec<NodeId> = self
+            .stores
+            .iter()
+            .filter(|s| s.addr == node.addr)
+            .copied()
+            .collect();
+        debug_assert!(same_address.len() <= 1, "one generation per address");
+        if same_address.iter().any(|s| s.generation >= node.generation) {
+            // Already recorded, or a newer generation is (this announcement is late).
+            return Ok(DfsResult::StoreReady);
+        }
+        if same_address.is_empty() && self.stores.len() >= STORES_MAX {
+            return Err(DfsError::StoresFull { max: STORES_MAX });
+        }
+        for older in same_address {
+            self.stores.remove(&older);
+        }
+        self.stores.insert(node);
+        Ok(DfsResult::StoreReady)
+    }
+
     fn replica_lost(&mut self, hash: ContentHash, node: NodeId) -> Result<DfsResult, DfsError> {
         let blob = self
             .blobs
@@ -551,6 +601,17 @@ impl Namespace {
             debug_assert!(blob.replicas.iter().all(|n| !self.failed.contains(n)));
         }
         debug_assert!(self.garbage.len() <= GARBAGE_KEPT_MAX);
+        debug_assert!(self.stores.len() <= STORES_MAX);
+        debug_assert!(self.stores.iter().all(|n| !self.failed.contains(n)));
+        debug_assert!(
+            self.stores
+                .iter()
+                .map(|n| n.addr)
+                .collect::<BTreeSet<_>>()
+                .len()
+                == self.stores.len(),
+            "one generation per address"
+        );
         debug_assert_eq!(
             self.name_bytes,
             self.files.keys().map(String::len).sum::<usize>()
@@ -882,6 +943,79 @@ mod tests {
         }
         assert!(accepted * 3 * crate::dfs::names::COMPONENT_BYTES_MAX <= NAME_BYTES_TOTAL_MAX);
         assert!(accepted < FILES_MAX);
+    }
+
+    fn ready(ns: &mut Namespace, node: NodeId) -> Result<DfsResult, DfsError> {
+        ns.execute(at(1), DfsCommand::StoreReady { node })
+    }
+
+    /// Until a node announces a store every live node may hold replicas (old logs); after, only
+    /// announced ones. A new generation replaces the old one at its address, a late
+    /// announcement of an older generation changes nothing, and a failed node leaves the set
+    /// for good.
+    #[test]
+    fn only_announced_stores_take_replicas() {
+        let mut ns = Namespace::default();
+        assert!(
+            ns.may_store(&node(1)) && ns.may_store(&node(9)),
+            "nobody announced"
+        );
+        assert_eq!(ready(&mut ns, node(1)), Ok(DfsResult::StoreReady));
+        assert_eq!(ready(&mut ns, node(2)), Ok(DfsResult::StoreReady));
+        assert_eq!(
+            ready(&mut ns, node(2)),
+            Ok(DfsResult::StoreReady),
+            "idempotent"
+        );
+        assert!(ns.may_store(&node(1)) && ns.may_store(&node(2)));
+        assert!(!ns.may_store(&node(9)), "never announced");
+        let newer = NodeId::new(node(1).addr, 2);
+        assert_eq!(ready(&mut ns, newer), Ok(DfsResult::StoreReady));
+        assert!(ns.may_store(&newer) && !ns.may_store(&node(1)));
+        assert_eq!(ready(&mut ns, node(1)), Ok(DfsResult::StoreReady), "late");
+        assert_eq!(
+            ns.stores().iter().copied().collect::<Vec<_>>(),
+            vec![newer, node(2)]
+        );
+        assert!(ns.node_failed(node(2)));
+        assert!(!ns.may_store(&node(2)));
+        let before = ns.clone();
+        assert_eq!(
+            ready(&mut ns, node(2)),
+            Err(DfsError::NodeFailed { node: node(2) })
+        );
+        assert_eq!(ns.stores(), before.stores());
+        // Every store failed: the set is empty again, so the fallback applies (failed nodes
+        // stay out).
+        assert!(ns.node_failed(newer));
+        assert!(ns.stores().is_empty());
+        assert!(ns.may_store(&node(5)) && !ns.may_store(&newer));
+        // The set travels with the namespace (a snapshot restores it).
+        ready(&mut ns, node(3)).expect("announces");
+        let bytes = crate::wire::encode_frame(&ns).expect("encodes");
+        let body = &bytes[crate::wire::FRAME_HEADER_BYTES..];
+        let copy: Namespace = crate::wire::decode_frame_body(body).expect("decodes");
+        assert_eq!(copy.stores(), ns.stores());
+        assert!(copy.may_store(&node(3)) && !copy.may_store(&node(4)));
+    }
+
+    #[test]
+    fn stores_are_bounded() {
+        let mut ns = Namespace::default();
+        for i in 0..STORES_MAX as u16 {
+            let node = NodeId::new(format!("10.0.1.1:{}", 1000 + i).parse().expect("addr"), 1);
+            assert_eq!(ready(&mut ns, node), Ok(DfsResult::StoreReady));
+        }
+        let one_more = NodeId::new("10.0.2.1:1000".parse().expect("addr"), 1);
+        assert_eq!(
+            ready(&mut ns, one_more),
+            Err(DfsError::StoresFull { max: STORES_MAX })
+        );
+        assert!(!ns.may_store(&one_more));
+        // A new generation of a recorded address still gets in.
+        let newer = NodeId::new("10.0.1.1:1000".parse().expect("addr"), 2);
+        assert_eq!(ready(&mut ns, newer), Ok(DfsResult::StoreReady));
+        assert_eq!(ns.stores().len(), STORES_MAX);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! Owns: [`plan_repairs`] and [`Repair`] / [`RepairPlan`]. For each under-replicated blob
 //! (fewest live replicas first, then by hash) it picks a live source replica (least loaded,
 //! deterministic tie-break) and least-loaded live targets that neither hold the blob nor are
-//! already receiving it, until `max_parallel` copies are in flight. Blobs with no live replica
+//! already receiving it, until `max_parallel` copies are in flight. Targets are only nodes the
+//! namespace [`Namespace::may_store`] (announced blob stores); any live replica may be a
+//! source. Blobs with no live replica
 //! are reported as lost (nothing can restore them).
 //! The leader runs it after a failure, after a copy finishes and periodically; the runtime (or
 //! the simulator) performs the copies and proposes `ReplicaAdded` when each one is on disk.
-//! Must never: plan a copy from or to a node that is not live, plan two copies of one blob to
-//! one node, exceed `max_parallel`, or depend on anything but its arguments.
+//! Must never: plan a copy from or to a node that is not live, plan a copy to a node without a
+//! blob store, plan two copies of one blob to one node, exceed `max_parallel`, or depend on anything but its arguments.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,11 +94,9 @@ pub fn plan_repairs(
         let Some(from) = rank(&hash, &sources).first().map(|c| c.node) else {
             continue;
         };
-        let targets = current(
-            &mut live_nodes
-                .iter()
-                .filter(|n| !blob.replicas.contains(n) && !receiving.contains(n)),
-        );
+        let targets = current(&mut live_nodes.iter().filter(|n| {
+            !blob.replicas.contains(n) && !receiving.contains(n) && namespace.may_store(n)
+        }));
         let chosen: Vec<NodeId> = rank(&hash, &targets)
             .into_iter()
             .take(missing.min(max_parallel - running))
@@ -107,6 +107,7 @@ pub fn plan_repairs(
         }
         for to in chosen {
             debug_assert!(live_nodes.contains(&from) && live_nodes.contains(&to) && from != to);
+            debug_assert!(namespace.may_store(&to));
             let load = loads.entry(to).or_default();
             *load = load.saturating_add(blob.size);
             plan.repairs.push(Repair { hash, from, to });
@@ -226,6 +227,38 @@ mod tests {
                 proptest::prop_assert!(seen.insert((r.hash, r.to)));
             }
         }
+    }
+
+    /// Once stores announced themselves, a live node without one is never a target, while a
+    /// replica on a node that never announced (an old log) still serves as a source.
+    #[test]
+    fn repairs_go_only_to_announced_stores() {
+        let mut ns = namespace(&[(1, &[1, 2, 3, 4])]);
+        for i in [1u8, 2, 3, 6] {
+            ns.execute(Instant::ZERO, DfsCommand::StoreReady { node: node(i) })
+                .expect("announces");
+        }
+        // 4 died; 5 (less loaded than 6) has no store.
+        let plan = plan_repairs(&ns, &live(&[1, 2, 3, 5, 6]), &[], 8);
+        assert_eq!(plan.repairs.len(), 1);
+        assert_eq!(plan.repairs[0].to, node(6));
+        // Only storage-less nodes left as targets: nothing planned, deferred.
+        let plan = plan_repairs(&ns, &live(&[1, 2, 3, 5]), &[], 8);
+        assert!(plan.repairs.is_empty());
+        assert_eq!(plan.deferred, 1);
+        // A source that never announced still serves.
+        let mut ns = namespace(&[(2, &[7])]);
+        ns.execute(Instant::ZERO, DfsCommand::StoreReady { node: node(8) })
+            .expect("announces");
+        let plan = plan_repairs(&ns, &live(&[7, 8, 9]), &[], 8);
+        assert_eq!(
+            plan.repairs,
+            vec![Repair {
+                hash: ContentHash([2; 32]),
+                from: node(7),
+                to: node(8)
+            }]
+        );
     }
 
     #[test]

@@ -265,9 +265,13 @@ impl BlobStore {
                 max: limits.blob_bytes_max,
             });
         }
-        let present = self.contains(&hash);
+        let present;
         {
             let mut accounting = self.accounting();
+            // Decided under the lock `gc` removes under: either the collector removed the blob
+            // first (this put writes it again) or this writer is registered first (the
+            // collector skips it, and `finish` refreshes its age).
+            present = self.contains(&hash);
             if !present {
                 let held = accounting.used.saturating_add(accounting.reserved);
                 if held.saturating_add(size) > limits.disk_bytes_max {
@@ -456,6 +460,13 @@ impl BlobStore {
 
     /// Removes every blob not in `live` whose file is older than `grace` at `now`, never one
     /// being written; returns what it removed.
+    ///
+    /// Each blob's check (no writer, old enough) and its removal happen under the store's
+    /// lock, the one [`BlobStore::writer`] and [`BlobStore::refresh`] take: a put or a
+    /// re-replication fetch of the same bytes that finds the old file either finds it before
+    /// (and makes it young again, so it stays) or after the removal (and writes it anew). A
+    /// blob whose age is refreshed that way is never removed by a pass that decided on its old
+    /// age.
     pub fn gc(
         &self,
         live: &BTreeSet<BlobHash>,
@@ -464,23 +475,58 @@ impl BlobStore {
     ) -> Result<Vec<BlobHash>, StoreError> {
         let mut removed = Vec::new();
         for hash in self.list()?.into_keys() {
-            if live.contains(&hash) || self.accounting().writing.contains_key(&hash) {
+            if live.contains(&hash) {
                 continue;
             }
-            let modified = fs::metadata(self.path_of(&hash)).and_then(|m| m.modified());
-            let Ok(modified) = modified else {
-                continue;
-            };
-            // A clock that went back makes the age zero: keep the blob.
-            let age = now.duration_since(modified).unwrap_or(Duration::ZERO);
-            if age < grace {
-                continue;
+            let path = self.path_of(&hash);
+            {
+                let mut accounting = self.accounting();
+                if accounting.writing.contains_key(&hash) {
+                    continue;
+                }
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                let Ok(modified) = meta.modified() else {
+                    continue;
+                };
+                // A clock that went back makes the age zero: keep the blob.
+                let age = now.duration_since(modified).unwrap_or(Duration::ZERO);
+                if age < grace {
+                    continue;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io("remove", &path, e)),
+                }
+                accounting.used = accounting.used.saturating_sub(meta.len());
             }
-            if self.remove(&hash)? {
-                removed.push(hash);
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
             }
+            removed.push(hash);
         }
+        debug_assert!(removed.iter().all(|h| !live.contains(h)));
         Ok(removed)
+    }
+
+    /// Makes a stored blob young again (its modification time becomes now), under the lock
+    /// [`BlobStore::gc`] removes under, so a collector pass that has not removed it yet keeps
+    /// it for another grace period. `false` if the blob is not here (a collector removed it
+    /// first: the caller must store it again).
+    pub fn refresh(&self, hash: &BlobHash) -> Result<bool, StoreError> {
+        let path = self.path_of(hash);
+        let _accounting = self.accounting();
+        let touched = File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        match touched {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("touch", &path, e)),
+        }
     }
 
     /// Re-hashes every blob, reading at most `bytes_per_second_max` bytes per second (0: no
@@ -914,6 +960,59 @@ mod tests {
             .gc(&live_set, Duration::from_secs(3600), later)
             .expect("gc");
         assert_eq!(removed, vec![BlobHash::of(&writing)]);
+    }
+
+    /// An old orphan that a put of the same bytes or a re-replication fetch (`refresh`) finds
+    /// again becomes young: the next collection keeps it. Once collected, `refresh` says so
+    /// and a put writes the blob anew.
+    #[test]
+    fn an_orphan_found_again_is_not_collected() {
+        let dir = TempDir::new("store-gc-again");
+        let store = open(&dir);
+        let data = bytes(1000, 12);
+        let hash = BlobHash::of(&data);
+        let none = BTreeSet::new();
+        let grace = Duration::from_secs(3600);
+        let age = |store: &BlobStore| {
+            let old = SystemTime::now() - Duration::from_secs(7200);
+            File::options()
+                .append(true)
+                .open(store.path_of(&hash))
+                .and_then(|f| f.set_modified(old))
+                .expect("age the blob");
+        };
+        put(&store, &data).expect("put");
+        age(&store);
+        assert_eq!(
+            put(&store, &data).expect("again"),
+            PutOutcome::AlreadyPresent
+        );
+        assert!(
+            store
+                .gc(&none, grace, SystemTime::now())
+                .expect("gc")
+                .is_empty()
+        );
+        assert!(store.contains(&hash), "a put of the same bytes keeps it");
+        age(&store);
+        assert!(store.refresh(&hash).expect("refresh"));
+        assert!(
+            store
+                .gc(&none, grace, SystemTime::now())
+                .expect("gc")
+                .is_empty()
+        );
+        assert!(store.contains(&hash), "a refreshed copy stays");
+        age(&store);
+        assert_eq!(
+            store.gc(&none, grace, SystemTime::now()).expect("gc"),
+            vec![hash]
+        );
+        assert!(!store.refresh(&hash).expect("refresh"), "collected");
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(put(&store, &data).expect("anew"), PutOutcome::Stored);
+        assert_eq!(read_all(&store, hash).expect("read"), data);
+        assert_eq!(store.used_bytes(), data.len() as u64);
     }
 
     #[test]

@@ -47,10 +47,12 @@ pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
                 // Nodes that just refused this blob are left out (a bounded list).
                 let excluded: BTreeSet<NodeId> =
                     exclude.into_iter().take(PLACE_EXCLUDE_MAX).collect();
+                // Only nodes with a blob store (see `Namespace::may_store`).
                 let mut candidates = candidates(state, &alive);
-                candidates.retain(|c| !excluded.contains(&c.node));
+                candidates.retain(|c| !excluded.contains(&c.node) && ns.may_store(&c.node));
                 let placed = placement::place(&hash, &candidates, ns.config().replication);
                 debug_assert!(placed.nodes.iter().all(|n| !excluded.contains(n)));
+                debug_assert!(placed.nodes.iter().all(|n| ns.may_store(n)));
                 dfs(DfsAnswer::Placed {
                     replicas: placed.nodes,
                 })
@@ -113,7 +115,8 @@ pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
     }
 }
 
-/// The live members the namespace has not recorded as failed, with their loads.
+/// The live members the namespace has not recorded as failed, with their loads (repair
+/// sources among them; placement and repair targets are further limited to blob stores).
 fn candidates(state: &ClusterState, alive: &BTreeSet<NodeId>) -> Vec<Candidate> {
     let ns = state.dfs();
     let loads = ns.loads();
@@ -264,6 +267,55 @@ mod tests {
             4,
             "exclusions past the bound are ignored"
         );
+    }
+
+    /// Once some nodes announced a blob store, placement and repair targets are only those;
+    /// before any announced, every live node (old logs).
+    #[test]
+    fn placement_and_repairs_use_announced_stores_only() {
+        let mut state = committed(&[1, 2, 3, 4]);
+        let alive: BTreeSet<NodeId> = (1..=8).map(node).collect();
+        let place = |state: &ClusterState| {
+            let request = DfsRequest::Place {
+                hash: ContentHash([1; 32]),
+                size: 5,
+                exclude: Vec::new(),
+            };
+            match read(action(request, alive.clone()), state) {
+                DfsAnswer::Placed { replicas } => replicas,
+                other => panic!("not a placement: {other:?}"),
+            }
+        };
+        // Nodes 5..=8 hold nothing: the least loaded, chosen while nobody announced.
+        assert_eq!(
+            place(&state).into_iter().collect::<BTreeSet<_>>(),
+            (5..=8).map(node).collect()
+        );
+        for i in [1u8, 2, 3, 4, 5] {
+            let op = ClusterOp::Dfs(DfsCommand::StoreReady { node: node(i) });
+            let done = state.execute(ClusterCommand::new(Instant::from_micros(2), op));
+            assert_eq!(done, ClusterResult::Dfs(Ok(DfsResult::StoreReady)));
+        }
+        let placed = place(&state);
+        assert_eq!(placed.len(), 4);
+        assert!(placed.contains(&node(5)), "{placed:?}");
+        let stores: BTreeSet<NodeId> = (1..=5).map(node).collect();
+        assert!(placed.iter().all(|n| stores.contains(n)), "{placed:?}");
+        // Node 4 dies: its copy goes to 5, the only store without one, never to 6..=8.
+        state.execute(ClusterCommand::new(
+            Instant::from_micros(3),
+            ClusterOp::NodeFailed { node: node(4) },
+        ));
+        let alive: BTreeSet<NodeId> = [1, 2, 3, 5, 6, 7, 8].into_iter().map(node).collect();
+        let request = DfsRequest::PlanRepairs {
+            in_flight: Vec::new(),
+            max_parallel: 4,
+        };
+        let DfsAnswer::Repairs(repairs) = read(action(request, alive), &state) else {
+            panic!("no plan");
+        };
+        assert_eq!(repairs.len(), 1);
+        assert_eq!(repairs[0].2, node(5));
     }
 
     #[test]

@@ -74,9 +74,17 @@ pub async fn fetch(
 ) -> ControlResponse {
     if let Some(size) = store.size_of(&hash) {
         // A copy already here counts only if it hashes right (the leader may be replacing
-        // this very copy because it was reported corrupt).
+        // this very copy because it was reported corrupt), and only once it is young again:
+        // it may be an old orphan that the garbage collector is about to remove (if it did
+        // already, the copy is fetched anew).
         if verify_or_remove(store.clone(), hash).await {
-            return ControlResponse::Dfs(DfsAnswer::Fetched { size });
+            let refresh = store.clone();
+            match tokio::task::spawn_blocking(move || refresh.refresh(&hash)).await {
+                Ok(Ok(true)) => return ControlResponse::Dfs(DfsAnswer::Fetched { size }),
+                Ok(Ok(false)) => debug!(%hash, "the local copy was collected meanwhile"),
+                Ok(Err(e)) => warn!(%hash, error = %e, "cannot refresh the local copy"),
+                Err(e) => warn!(%hash, error = %e, "refresh task failed"),
+            }
         }
     }
     let dir = scratch_dir(store);

@@ -1,8 +1,10 @@
-//! The file system's background tasks on a node: re-replication (acts only while this node's
-//! Raft driver leads), corrupt-replica reports (from the scrubber and the blob service, sent to
-//! the leader as `ReplicaLost`), and garbage collection of blobs no kept version refers to.
+//! The file system's background tasks on a node: announcing its blob store (`StoreReady`, so
+//! placement may choose it), re-replication (acts only while this node's Raft driver leads),
+//! corrupt-replica reports (from the scrubber and the blob service, sent to the leader as
+//! `ReplicaLost`), and garbage collection of blobs no kept version refers to.
 //!
-//! Owns: [`repair_loop`], [`report_corrupt`], [`gc_loop`] and their settings.
+//! Owns: [`announce_store`], [`repair_loop`], [`report_corrupt`], [`gc_loop`] and their
+//! settings ([`GcOptions`]).
 //! Re-replication: every [`REPAIR_INTERVAL`] the task asks its own Raft driver (never
 //! forwarded, so only the leader answers) for the copies to start, given those running; each
 //! copy asks the target to fetch the blob from a live source (verified, fsynced), then proposes
@@ -38,6 +40,56 @@ pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const GC_INTERVAL: Duration = Duration::from_secs(30);
 /// A blob younger than this is never collected (a put may not have committed yet).
 pub const GC_GRACE: Duration = Duration::from_secs(600);
+/// First pause between tries to announce the store (doubled up to [`ANNOUNCE_PAUSE_MAX`]).
+pub const ANNOUNCE_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between tries to announce the store.
+pub const ANNOUNCE_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// When and what a node's garbage collector removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Pause between passes; must not be zero.
+    pub interval: Duration,
+    /// Age (file modification time) under which an unreferenced blob is kept: it must exceed
+    /// the longest put (bytes stored, version not yet committed) by a wide margin.
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            interval: GC_INTERVAL,
+            grace: GC_GRACE,
+        }
+    }
+}
+
+/// Proposes `StoreReady` for `me` (this node's generation) until the log applied it: from
+/// then on placement and repair may choose this node. Ends then, or when the cluster refuses
+/// it for good (this generation was declared failed, or the set is full).
+pub async fn announce_store(self_addr: SocketAddr, me: NodeId) {
+    let ready = to_leader(
+        DfsRequest::Apply(DfsCommand::StoreReady { node: me }),
+        false,
+    );
+    let mut pause = ANNOUNCE_PAUSE;
+    loop {
+        match control::call_following_leader(self_addr, &ready, ASK_TIMEOUT).await {
+            Ok((_, ControlResponse::Dfs(DfsAnswer::Applied(Ok(_))))) => {
+                info!("blob store announced: this node takes replicas");
+                return;
+            }
+            Ok((_, ControlResponse::Dfs(DfsAnswer::Applied(Err(e))))) => {
+                warn!(error = %e, "the cluster refused this node's blob store");
+                return;
+            }
+            Ok((_, other)) => debug!(?other, "store announcement not applied; retrying"),
+            Err(e) => debug!(error = %e, "cannot announce the store yet; retrying"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(ANNOUNCE_PAUSE_MAX);
+    }
+}
 
 /// While this node leads, restores the replication factor of under-replicated blobs.
 /// `self_addr` is this node's control address (its Raft driver answers there).
@@ -163,10 +215,12 @@ pub async fn report_corrupt(
     }
 }
 
-/// Every [`GC_INTERVAL`], deletes local blobs no kept version refers to (older than
-/// [`GC_GRACE`]), asking the leader (through this node) which blobs are referenced.
-pub async fn gc_loop(self_addr: SocketAddr, store: BlobStore, grace: Duration) {
-    let mut tick = tokio::time::interval(GC_INTERVAL);
+/// Every `options.interval`, deletes local blobs no kept version refers to (older than
+/// `options.grace`), asking the leader (through this node) which blobs are referenced.
+pub async fn gc_loop(self_addr: SocketAddr, store: BlobStore, options: GcOptions) {
+    debug_assert!(!options.interval.is_zero());
+    let grace = options.grace;
+    let mut tick = tokio::time::interval(options.interval.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
