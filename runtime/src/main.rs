@@ -127,6 +127,8 @@ fn start(args: StartArgs) -> ExitCode {
     options.raft = raft;
     options.cluster_key = cluster_key;
     options.worker.lanes = usize::try_from(args.worker_lanes).unwrap_or(0);
+    // `IDUNNO_WORKER_PIPELINE=0`: lanes do one step at a time (the benchmarks' "before").
+    options.worker.pipeline = std::env::var("IDUNNO_WORKER_PIPELINE").map_or(true, |v| v != "0");
     let result = node::block_on(async {
         // A fenced node comes back as a new generation; each run prints its LISTENING line.
         let started = |bound: &node::BoundNode| {
