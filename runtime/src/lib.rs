@@ -20,6 +20,7 @@
 //! - [`identity`]: the node's generation, persisted so it strictly increases across restarts.
 //! - [`node`]: binds the sockets and wires driver, control server and signals together.
 //! - [`render`]: member tables and JSON for the client and the demo.
+//! - [`progress`]: the client commands' progress bars on stderr (indicatif).
 //! - [`demo`]: the local-cluster demo (spawns `idunno-node start` children).
 //! - [`cli`]: the command line (clap).
 //! - [`logging`]: tracing subscriber setup.
@@ -42,6 +43,7 @@ pub mod jobs;
 pub mod logging;
 pub mod net;
 pub mod node;
+pub mod progress;
 pub mod render;
 pub mod stats;
 pub mod storage;

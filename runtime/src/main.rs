@@ -141,6 +141,8 @@ fn start(args: StartArgs) -> ExitCode {
         interval: Duration::from_millis(args.gc_interval_ms),
         grace: Duration::from_millis(args.gc_grace_ms),
     };
+    // `IDUNNO_WORKER_PIPELINE=0`: lanes do one step at a time (the benchmarks' "before").
+    options.worker.pipeline = std::env::var("IDUNNO_WORKER_PIPELINE").map_or(true, |v| v != "0");
     let result = node::block_on(async {
         // A fenced node comes back as a new generation; each run prints its LISTENING line.
         let started = |bound: &node::BoundNode| {

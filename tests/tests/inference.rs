@@ -457,8 +457,12 @@ fn field(line: &str, key: &str) -> Option<f64> {
         .ok()
 }
 
-/// Sums the workers' per-batch step timings ("batch ran", "batch reported") from the logs.
-/// With `IDUNNO_INFER_LOGS=DIR` the node logs are copied there as well.
+/// Sums the workers' per-batch step timings ("batch ran", "batch reported") from the logs:
+/// each step's median per batch, and the lanes' overhead: per lane (a node's log and its
+/// `lane=`), the wall time from its first run's start to its last run's end minus the sum of
+/// its run times, over the sum of its run times; summed over the lanes that ran at least two
+/// batches (a lane with one batch has no gap to measure). With `IDUNNO_INFER_LOGS=DIR` the node
+/// logs are copied there as well.
 fn print_batch_times(logs: &[PathBuf], only_job: Option<u64>) {
     let job_field = only_job.map(|j| format!(" job=job-{j} "));
     if let Some(dir) = std::env::var_os("IDUNNO_INFER_LOGS") {
@@ -470,25 +474,22 @@ fn print_batch_times(logs: &[PathBuf], only_job: Option<u64>) {
             }
         }
     }
-    const KEYS: [&str; 6] = [
-        "inputs", "load_ms", "fetch_ms", "run_ms", "store_ms", "total_ms",
-    ];
+    const KEYS: [&str; 5] = ["inputs", "fetch_ms", "wait_ms", "run_ms", "store_ms"];
     let mut per_model: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    // (model, log, lane) -> (run start us, run end us) per batch.
+    let mut lanes: BTreeMap<(String, usize, u64), Vec<(f64, f64)>> = BTreeMap::new();
     let mut reports = Vec::new();
-    for log in logs {
+    for (at, log) in logs.iter().enumerate() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
+            let wanted = job_field.as_ref().is_none_or(|j| line.contains(j.as_str()));
             if line.contains("batch reported") {
-                if only_job.is_none() {
+                if wanted {
                     reports.extend(field(line, "report_ms"));
                 }
                 continue;
             }
-            if !line.contains("batch ran")
-                || job_field
-                    .as_ref()
-                    .is_some_and(|j| !line.contains(j.as_str()))
-            {
+            if !line.contains("batch ran") || !wanted {
                 continue;
             }
             let model = line
@@ -498,10 +499,19 @@ fn print_batch_times(logs: &[PathBuf], only_job: Option<u64>) {
                 .unwrap_or("?")
                 .to_owned();
             let entry = per_model
-                .entry(model)
+                .entry(model.clone())
                 .or_insert_with(|| vec![Vec::new(); KEYS.len()]);
             for (slot, key) in KEYS.iter().enumerate() {
                 entry[slot].push(field(line, key).unwrap_or(0.0));
+            }
+            let lane = field(line, "lane").unwrap_or(0.0) as u64;
+            if let (Some(start), Some(end)) =
+                (field(line, "run_start_us"), field(line, "run_end_us"))
+            {
+                lanes
+                    .entry((model, at, lane))
+                    .or_default()
+                    .push((start, end));
             }
         }
     }
@@ -511,16 +521,34 @@ fn print_batch_times(logs: &[PathBuf], only_job: Option<u64>) {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     for (model, t) in &per_model {
+        let (mut gaps, mut runs, mut counted, mut measured) = (0.0, 0.0, 0usize, 0usize);
+        for ((m, _, _), batches) in &lanes {
+            if m != model || batches.len() < 2 {
+                continue;
+            }
+            let first = batches.iter().map(|b| b.0).fold(f64::INFINITY, f64::min);
+            let last = batches.iter().map(|b| b.1).fold(0.0, f64::max);
+            let ran: f64 = batches.iter().map(|b| b.1 - b.0).sum();
+            gaps += (last - first - ran).max(0.0);
+            runs += ran;
+            counted += batches.len();
+            measured += 1;
+        }
+        let overhead = if runs > 0.0 {
+            format!("{:.2}%", 100.0 * gaps / runs)
+        } else {
+            "n/a (no lane ran two batches)".to_owned()
+        };
         eprintln!(
-            "{model}: {} batches, {} inputs; median per batch: load {:.1} ms, fetch {:.1} ms, \
-             run {:.1} ms, store {:.1} ms, total {:.1} ms{}",
+            "{model}: {} batches, {} inputs; median per batch: fetch {:.1} ms, wait {:.1} ms, \
+             run {:.1} ms, store {:.1} ms; lane overhead (gaps between runs / run time) \
+             {overhead} over {counted} batches in {measured} lanes{}",
             t[0].len(),
             t[0].iter().sum::<f64>(),
             median(&t[1]),
             median(&t[2]),
             median(&t[3]),
             median(&t[4]),
-            median(&t[5]),
             if only_job.is_none() {
                 " (the kill slows the stores placed on the dead node until it is detected)"
             } else {

@@ -204,6 +204,9 @@ pub struct Grant {
     pub inputs: Vec<(u32, String)>,
     /// When the lease lapses (replicated clock).
     pub expires_at: Instant,
+    /// How long the lease lasts from a grant or a renewal (the job's lease time): the worker
+    /// renews well within it.
+    pub lease_millis: u32,
 }
 
 /// What a [`SchedCommand`] did.
@@ -711,6 +714,7 @@ impl Scheduler {
                 .filter_map(|&i| Some((i, job.spec.inputs.get(i as usize)?.clone())))
                 .collect(),
             expires_at: lease.expires_at,
+            lease_millis: job.spec.lease_millis,
         })
     }
 

@@ -603,52 +603,30 @@ fn random_client_id() -> u64 {
     u64::from_le_bytes(id)
 }
 
-/// Files at least this large show progress on a terminal.
+/// Files at least this large show a progress bar on a terminal.
 pub const PROGRESS_BYTES_MIN: u64 = 8 << 20;
-/// Least time between two progress lines.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often `get`'s bar looks at the bytes written so far.
+const GET_PROGRESS_POLL: Duration = Duration::from_millis(100);
 
-/// A source that reports how much of it was read on stderr, only when stderr is a terminal
-/// and the file is large.
+/// A source that shows how much of it was read on a progress bar (stderr, only when stderr is
+/// a terminal, see `crate::progress`), when the file is large.
 struct Progress<R> {
     inner: R,
-    read: u64,
-    total: u64,
-    label: String,
-    shown: Option<std::time::Instant>,
-    enabled: bool,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl<R> Progress<R> {
     fn new(inner: R, total: u64, label: &str) -> Self {
-        use std::io::IsTerminal;
-        Progress {
-            inner,
-            read: 0,
-            total,
-            label: label.to_owned(),
-            shown: None,
-            enabled: total >= PROGRESS_BYTES_MIN && std::io::stderr().is_terminal(),
-        }
+        let bar = (total >= PROGRESS_BYTES_MIN)
+            .then(|| crate::progress::transfer(&format!("put {label}"), total));
+        Progress { inner, bar }
     }
+}
 
-    fn show(&mut self) {
-        let due = self.shown.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
-        let done = self.read >= self.total;
-        if !self.enabled || !(due || done) {
-            return;
-        }
-        self.shown = Some(std::time::Instant::now());
-        let percent = self.read.saturating_mul(100) / self.total.max(1);
-        eprint!(
-            "\r{}: {} / {} MiB ({percent}%){}",
-            self.label,
-            self.read >> 20,
-            self.total >> 20,
-            if done { "\n" } else { "" }
-        );
-        if done {
-            self.enabled = false;
+impl<R> Drop for Progress<R> {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
@@ -663,8 +641,9 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Progress<R> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = &polled {
             let got = (buf.filled().len() - before) as u64;
-            self.read = self.read.saturating_add(got);
-            self.show();
+            if let Some(bar) = &self.bar {
+                bar.inc(got);
+            }
         }
         polled
     }
@@ -701,6 +680,40 @@ pub fn main(node: SocketAddr, timeout: Duration, command: DfsClientCommand) -> E
     }
 }
 
+/// [`DfsClient::get`] with a progress bar for a large file, fed from the size of the partial
+/// file being written.
+async fn get_with_progress(
+    client: &DfsClient,
+    name: &str,
+    local: &Path,
+) -> Result<GetDone, DfsClientError> {
+    let versions = client.versions(name, 1).await?;
+    let Some(version) = versions.into_iter().next() else {
+        return Err(DfsClientError::Refused(DfsError::NotFound {
+            name: name.to_owned(),
+        }));
+    };
+    if version.size < PROGRESS_BYTES_MIN {
+        return client.get_version(version, local, u64::MAX).await;
+    }
+    let bar = crate::progress::transfer(&format!("get {name}"), version.size);
+    let partial = crate::blobs::client::partial_path(local);
+    let fetch = client.get_version(version, local, u64::MAX);
+    tokio::pin!(fetch);
+    let done = loop {
+        tokio::select! {
+            done = &mut fetch => break done,
+            () = tokio::time::sleep(GET_PROGRESS_POLL) => {
+                if let Ok(meta) = tokio::fs::metadata(&partial).await {
+                    bar.set_position(meta.len());
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    done
+}
+
 async fn run(
     node: SocketAddr,
     timeout: Duration,
@@ -730,7 +743,7 @@ async fn run(
             })
         }
         DfsClientCommand::Get { name, local, json } => {
-            let done = client.get(&name, &local).await?;
+            let done = get_with_progress(&client, &name, &local).await?;
             let reported: Vec<String> = done.reported.iter().map(ToString::to_string).collect();
             Ok(if json {
                 format!(

@@ -6,9 +6,9 @@
 //!   pretrained weights in this process, and puts the weight bytes in the file system as
 //!   `models/MODEL` (a worker loads them from there, per version);
 //! - [`upload`]: puts the first N regular files of a local directory (sorted by name) as
-//!   `PREFIX/<file name>`, [`UPLOAD_PARALLEL`] at a time, a counter on stderr;
+//!   `PREFIX/<file name>`, [`UPLOAD_PARALLEL`] at a time, a progress bar on stderr;
 //! - [`inference`]: lists a prefix of the file system and submits one job with its names
-//!   (chunked), optionally waiting for it with a counter on stderr;
+//!   (chunked), optionally waiting for it with a progress bar on stderr;
 //! - [`predictions`]: a job's outcome per input (done, failed or pending), reading each
 //!   referenced result file once.
 //!
@@ -16,7 +16,6 @@
 //! inputs than a job takes; read a result file larger than its cap; print progress on stdout.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,6 +200,11 @@ pub async fn upload(
         work.push((name, path));
     }
     let total = work.len();
+    let total_bytes: u64 = work
+        .iter()
+        .map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()))
+        .sum();
+    let bar = crate::progress::upload(total_bytes, total);
     let gate = Arc::new(Semaphore::new(UPLOAD_PARALLEL));
     let mut set = JoinSet::new();
     for (name, path) in work {
@@ -219,7 +223,8 @@ pub async fn upload(
             Ok(Ok(put)) => {
                 done += 1;
                 bytes += put.size;
-                progress(&format!("uploaded {done}/{total} files ({bytes} bytes)"));
+                bar.inc(put.size);
+                bar.set_message(crate::progress::upload_message(done, total));
             }
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
@@ -229,7 +234,7 @@ pub async fn upload(
             }
         }
     }
-    progress_end();
+    bar.finish_and_clear();
     if let Some(e) = first_error {
         return Err(JobsCliError::Refused(format!(
             "{} of {total} files not uploaded; first: {e}",
@@ -244,17 +249,6 @@ pub async fn upload(
     } else {
         format!("uploaded {done} files ({bytes} bytes) under {prefix}/\n")
     })
-}
-
-/// A counter line on stderr, redrawn in place.
-fn progress(text: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(err, "\r{text}");
-    let _ = err.flush();
-}
-
-fn progress_end() {
-    let _ = writeln!(std::io::stderr().lock());
 }
 
 /// The file-system prefix `inference` reads: `inputs/x` as is, `x` as `inputs/x`.
@@ -342,40 +336,35 @@ pub async fn inference(
     })
 }
 
-/// Polls `job` until it is no longer running, a counter on stderr; (status, done, failed).
+/// Polls `job` until it is no longer running, a progress bar on stderr; (status, done,
+/// failed).
 async fn wait_for(
     client: &SchedClient,
     job: JobId,
     inputs: usize,
 ) -> Result<(&'static str, u32, u32), JobsCliError> {
-    loop {
+    let bar = crate::progress::job(&job.to_string(), inputs as u64);
+    let outcome = loop {
         // Any other answer (a leader change): ask again.
         if let Ok(SchedAnswer::Jobs(jobs)) = client.query(SchedQuery::Jobs).await {
-            if let Some(j) = jobs.iter().find(|j| j.job == job) {
-                progress(&format!(
-                    "{job}: {}/{inputs} done, {} failed, {:.1}/s",
-                    j.done,
-                    j.failed,
-                    j.rate_milli as f64 / 1000.0
-                ));
-                match j.status {
-                    JobStatus::Running => {}
-                    JobStatus::Finished => {
-                        progress_end();
-                        return Ok(("finished", j.done, j.failed));
-                    }
-                    JobStatus::Cancelled => {
-                        progress_end();
-                        return Ok(("cancelled", j.done, j.failed));
-                    }
-                }
-            } else {
-                progress_end();
-                return Err(JobsCliError::Refused(format!("unknown job {job}")));
+            let Some(j) = jobs.iter().find(|j| j.job == job) else {
+                break Err(JobsCliError::Refused(format!("unknown job {job}")));
+            };
+            bar.set_position(u64::from(j.done) + u64::from(j.failed));
+            bar.set_message(crate::progress::job_message(
+                j.failed,
+                j.rate_milli as f64 / 1000.0,
+            ));
+            match j.status {
+                JobStatus::Running => {}
+                JobStatus::Finished => break Ok(("finished", j.done, j.failed)),
+                JobStatus::Cancelled => break Ok(("cancelled", j.done, j.failed)),
             }
         }
         tokio::time::sleep(WAIT_POLL).await;
-    }
+    };
+    bar.finish_and_clear();
+    outcome
 }
 
 /// One input's outcome as `c4` shows it.

@@ -7,8 +7,9 @@
 //! [`FETCH_PARALLEL`] at a time, while the weights' newest version is looked up; the model runs on the calling (blocking) thread through
 //! `idunno_models::predict_batch`; the results go to ONE file per batch,
 //! `results/job-J/lease-L.jsonl` (format in [`super::results`]), and each input's outcome is
-//! `Result(<that file's name>)` or `Failed(<short error>)`. Timings of each step (fetch, load,
-//! run, store) go to the log.
+//! `Result(<that file's name>)` or `Failed(<short error>)`. The fetch (inputs and weights) is
+//! the [`Executor::prepare`] step, the model's run the [`Prepared::run`] step, the result file
+//! the [`Ran::store`] step: the worker times each and logs them.
 //! Failure policy: a bad input (missing, too large, undecodable) fails that input only; a model
 //! that is not trained yet or whose weights do not load fails every input of the batch with a
 //! clear error; a cluster that does not answer (weights, inputs or the result file) makes the
@@ -37,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use super::noop::{NoopExecutor, is_noop, truncated, unknown_model};
 use super::results::{self, ResultLine};
-use super::{ExecError, Executor};
+use super::{ExecError, Executor, Prepared, Ran};
 use crate::blobs::client::GetError;
 use crate::dfs::client::{DfsClient, DfsClientError};
 
@@ -67,16 +68,23 @@ struct Loaded {
     model: Mutex<Box<dyn Model>>,
 }
 
-/// Runs the registry's models (and `noop`) on batches, reading weights and inputs from the file
-/// system and writing one result file per batch.
-pub struct ModelExecutor {
+/// What a batch's steps share with their executor: the node the file-system requests go to,
+/// the runtime that I/O runs on, and the scratch directory (removed when the last holder drops
+/// it: a batch's store step may outlive its executor).
+struct Io {
     /// The node whose control port the file-system requests go to.
     node: SocketAddr,
     timeout: Duration,
     handle: Handle,
-    device: Device,
     scratch: PathBuf,
     files: AtomicU64,
+}
+
+/// Runs the registry's models (and `noop`) on batches, reading weights and inputs from the file
+/// system and writing one result file per batch.
+pub struct ModelExecutor {
+    io: Arc<Io>,
+    device: Device,
     cache: Mutex<BTreeMap<String, Arc<Loaded>>>,
     /// Held while weights load, so two lanes never load the same model twice at once.
     loading: Mutex<()>,
@@ -85,8 +93,8 @@ pub struct ModelExecutor {
 impl std::fmt::Debug for ModelExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelExecutor")
-            .field("node", &self.node)
-            .field("scratch", &self.scratch)
+            .field("node", &self.io.node)
+            .field("scratch", &self.io.scratch)
             .finish_non_exhaustive()
     }
 }
@@ -105,11 +113,28 @@ pub struct BatchTimes {
 }
 
 fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
+    ms_of(since.elapsed())
+}
+
+fn ms_of(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn short(error: &str) -> String {
     truncated(error, ERROR_BYTES_MAX)
+}
+
+/// Every input of `grant` failed with `reason`.
+fn all_failed(grant: &Grant, reason: &str) -> Vec<Completion> {
+    grant
+        .inputs
+        .iter()
+        .map(|(input, _)| Completion {
+            input: *input,
+            outcome: InputOutcome::Failed(short(reason)),
+            elapsed_micros: 0,
+        })
+        .collect()
 }
 
 impl ModelExecutor {
@@ -124,36 +149,17 @@ impl ModelExecutor {
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch)?;
         Ok(ModelExecutor {
-            node,
-            timeout,
-            handle,
+            io: Arc::new(Io {
+                node,
+                timeout,
+                handle,
+                scratch,
+                files: AtomicU64::new(0),
+            }),
             device: idunno_models::default_device(),
-            scratch,
-            files: AtomicU64::new(0),
             cache: Mutex::new(BTreeMap::new()),
             loading: Mutex::new(()),
         })
-    }
-
-    /// Runs `io` on the node's runtime and waits for it on this (blocking) thread. The I/O
-    /// runs on the runtime's own thread, not here: inside a turmoil simulation only that thread
-    /// reaches the simulated network.
-    fn on_runtime<T: Send + 'static>(
-        &self,
-        io: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T, ExecError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        drop(self.handle.spawn(async move {
-            let _ = tx.send(io.await);
-        }));
-        rx.recv()
-            .map_err(|_| ExecError("the node's runtime stopped".into()))
-    }
-
-    /// A fresh scratch path.
-    fn scratch_file(&self) -> PathBuf {
-        let n = self.files.fetch_add(1, Ordering::Relaxed);
-        self.scratch.join(format!("f{n}"))
     }
 
     fn cached(&self, model: &str, version: u64, hash: &ContentHash) -> Option<Arc<Loaded>> {
@@ -189,7 +195,7 @@ impl ModelExecutor {
         version: VersionInfo,
     ) -> Result<Result<Arc<Loaded>, String>, ExecError> {
         let file = weights_file_name(name);
-        let dfs = DfsClient::new(self.node, self.timeout);
+        let dfs = DfsClient::new(self.io.node, self.io.timeout);
         if let Some(loaded) = self.cached(name, version.version, &version.hash) {
             return Ok(Ok(loaded));
         }
@@ -201,12 +207,12 @@ impl ModelExecutor {
             return Ok(Ok(loaded));
         }
         let (number, hash) = (version.version, version.hash);
-        let path = self.scratch_file();
+        let path = self.io.scratch_file();
         let fetched = {
             let path = path.clone();
-            self.on_runtime(
-                async move { dfs.get_version(version, &path, WEIGHTS_BYTES_MAX).await },
-            )?
+            self.io.on_runtime(async move {
+                dfs.get_version(version, &path, WEIGHTS_BYTES_MAX).await
+            })?
         };
         let bytes = match fetched {
             Ok(_) => std::fs::read(&path),
@@ -245,13 +251,13 @@ impl ModelExecutor {
         inputs: &[(u32, String)],
     ) -> impl Future<Output = Result<Vec<Result<Vec<u8>, String>>, ExecError>> + Send + 'static
     {
-        let dfs = Arc::new(DfsClient::new(self.node, self.timeout));
+        let dfs = Arc::new(DfsClient::new(self.io.node, self.io.timeout));
         let gate = Arc::new(Semaphore::new(FETCH_PARALLEL));
         let count = inputs.len();
         let jobs: Vec<(usize, String, PathBuf)> = inputs
             .iter()
             .enumerate()
-            .map(|(slot, (_, name))| (slot, name.clone(), self.scratch_file()))
+            .map(|(slot, (_, name))| (slot, name.clone(), self.io.scratch_file()))
             .collect();
         async move {
             let mut set = JoinSet::new();
@@ -294,6 +300,111 @@ impl ModelExecutor {
         }
     }
 
+    /// Fetches a batch of a registry model (its inputs and weights): what is left to run it,
+    /// or the completions when the model cannot run. The weights' lookup and the inputs' fetch
+    /// overlap.
+    fn prepare_model(&self, grant: &Grant) -> Result<Prepared, ExecError> {
+        let mut times = BatchTimes::default();
+        let started = Instant::now();
+        let newest = Self::newest_weights(
+            DfsClient::new(self.io.node, self.io.timeout),
+            grant.model.clone(),
+        );
+        let inputs = self.fetch_inputs(&grant.inputs);
+        let (version, fetched) = self
+            .io
+            .on_runtime(async move { tokio::join!(newest, inputs) })?;
+        times.fetch_ms = ms(started);
+        let step = Instant::now();
+        // A weights file that cannot load fails the batch's inputs; trouble fetching it (a
+        // transient `ExecError`) makes the batch run again later.
+        let loaded = match version? {
+            Ok(v) => self.model(&grant.model, v)?,
+            Err(reason) => Err(reason),
+        };
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(reason) => {
+                warn!(model = %grant.model, lease = %grant.lease, %reason, "the batch's model cannot run");
+                return Ok(Prepared::done(all_failed(grant, &reason)));
+            }
+        };
+        times.load_ms = ms(step);
+        let fetched = fetched?;
+        debug!(
+            lease = %grant.lease, fetch_ms = times.fetch_ms, load_ms = times.load_ms,
+            "batch fetched"
+        );
+        let (io, grant) = (Arc::clone(&self.io), grant.clone());
+        let prepared_in = started.elapsed();
+        Ok(Prepared::new(move || {
+            let step = Instant::now();
+            let ran = predict(&loaded, &grant.model, &fetched)?;
+            let ran_in = step.elapsed();
+            Ok(Ran::new(move || {
+                let step = Instant::now();
+                let completions = io.finish(&grant, fetched, ran, prepared_in + ran_in)?;
+                let times = BatchTimes {
+                    run_ms: ms_of(ran_in),
+                    store_ms: ms(step),
+                    ..times
+                };
+                debug!(
+                    job = %grant.job, lease = %grant.lease, model = %grant.model,
+                    inputs = grant.inputs.len(), load_ms = times.load_ms, fetch_ms = times.fetch_ms,
+                    run_ms = times.run_ms, store_ms = times.store_ms, "batch stored"
+                );
+                Ok(completions)
+            }))
+        }))
+    }
+}
+
+/// Runs `loaded` on the inputs that were fetched: one result per fetched input, in order.
+fn predict(
+    loaded: &Loaded,
+    model_name: &str,
+    fetched: &[Result<Vec<u8>, String>],
+) -> Result<Vec<Result<idunno_models::Prediction, String>>, ExecError> {
+    let good: Vec<&[u8]> = fetched
+        .iter()
+        .filter_map(|f| f.as_ref().ok().map(Vec::as_slice))
+        .collect();
+    let model = loaded
+        .model
+        .lock()
+        .map_err(|_| ExecError("the model's lock is poisoned".into()))?;
+    Ok(match idunno_models::predict_batch(model.as_ref(), &good) {
+        Ok(p) => p
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect(),
+        Err(e) => vec![Err(format!("{model_name} failed on the batch: {e}")); good.len()],
+    })
+}
+
+impl Io {
+    /// Runs `io` on the node's runtime and waits for it on this (blocking) thread. The I/O
+    /// runs on the runtime's own thread, not here: inside a turmoil simulation only that thread
+    /// reaches the simulated network.
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        io: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop(self.handle.spawn(async move {
+            let _ = tx.send(io.await);
+        }));
+        rx.recv()
+            .map_err(|_| ExecError("the node's runtime stopped".into()))
+    }
+
+    /// A fresh scratch path.
+    fn scratch_file(&self) -> PathBuf {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        self.scratch.join(format!("f{n}"))
+    }
+
     /// Writes `lines` as the result file `name`; `Err` when it was not committed.
     fn store(&self, name: &str, lines: &[ResultLine]) -> Result<(), ExecError> {
         let path = self.scratch_file();
@@ -308,76 +419,17 @@ impl ModelExecutor {
         put.map_err(|e| ExecError(format!("storing {name}: {e}")))
     }
 
-    /// Runs a batch of a registry model; the completions and the step timings.
-    pub fn run_model(&self, grant: &Grant) -> Result<(Vec<Completion>, BatchTimes), ExecError> {
-        let mut times = BatchTimes::default();
-        let started = Instant::now();
-        // The weights' lookup and the inputs' fetch overlap.
-        let newest =
-            Self::newest_weights(DfsClient::new(self.node, self.timeout), grant.model.clone());
-        let inputs = self.fetch_inputs(&grant.inputs);
-        let (version, fetched) = self.on_runtime(async move { tokio::join!(newest, inputs) })?;
-        times.fetch_ms = ms(started);
-        let step = Instant::now();
-        // A weights file that cannot load fails the batch's inputs; trouble fetching it (a
-        // transient `ExecError`) makes the batch run again later.
-        let loaded = match version? {
-            Ok(v) => self.model(&grant.model, v)?,
-            Err(reason) => Err(reason),
-        };
-        let loaded = match loaded {
-            Ok(loaded) => loaded,
-            Err(reason) => {
-                warn!(model = %grant.model, lease = %grant.lease, %reason, "the batch's model cannot run");
-                let failed = grant
-                    .inputs
-                    .iter()
-                    .map(|(input, _)| Completion {
-                        input: *input,
-                        outcome: InputOutcome::Failed(short(&reason)),
-                        elapsed_micros: 0,
-                    })
-                    .collect();
-                return Ok((failed, times));
-            }
-        };
-        times.load_ms = ms(step);
-        let fetched = fetched?;
-        let step = Instant::now();
-        let good: Vec<&[u8]> = fetched
-            .iter()
-            .filter_map(|f| f.as_ref().ok().map(Vec::as_slice))
-            .collect();
-        let ran: Vec<Result<idunno_models::Prediction, String>> = {
-            let model = loaded
-                .model
-                .lock()
-                .map_err(|_| ExecError("the model's lock is poisoned".into()))?;
-            match idunno_models::predict_batch(model.as_ref(), &good) {
-                Ok(p) => p
-                    .into_iter()
-                    .map(|r| r.map_err(|e| e.to_string()))
-                    .collect(),
-                Err(e) => {
-                    vec![Err(format!("{} failed on the batch: {e}", grant.model)); good.len()]
-                }
-            }
-        };
-        drop(good);
-        times.run_ms = ms(step);
-        self.finish(grant, fetched, ran, times, started)
-    }
-
     /// Builds the lines from the fetch outcomes and the model's per-input results (one per
-    /// fetched input, in order), stores the file and makes the completions.
+    /// fetched input, in order), stores the file and makes the completions; `worked` (the
+    /// fetch and the run) plus the store, split over the inputs, is each one's time.
     fn finish(
         &self,
         grant: &Grant,
         fetched: Vec<Result<Vec<u8>, String>>,
         ran: Vec<Result<idunno_models::Prediction, String>>,
-        mut times: BatchTimes,
-        started: Instant,
-    ) -> Result<(Vec<Completion>, BatchTimes), ExecError> {
+        worked: Duration,
+    ) -> Result<Vec<Completion>, ExecError> {
+        let started = Instant::now();
         let file = results::result_file_name(grant.job, grant.lease);
         let mut ran = ran.into_iter();
         let mut lines = Vec::with_capacity(grant.inputs.len());
@@ -393,15 +445,13 @@ impl ModelExecutor {
                 Err(e) => ResultLine::failed(name, *index, &e),
             });
         }
-        let step = Instant::now();
         self.store(&file, &lines)?;
-        times.store_ms = ms(step);
-        let per_input = u64::try_from(started.elapsed().as_micros())
+        let per_input = u64::try_from((worked + started.elapsed()).as_micros())
             .unwrap_or(u64::MAX)
             .checked_div(grant.inputs.len() as u64)
             .unwrap_or(0)
             .min(ELAPSED_MICROS_MAX);
-        let completions = lines
+        let completions: Vec<Completion> = lines
             .iter()
             .map(|line| Completion {
                 input: line.index,
@@ -412,36 +462,30 @@ impl ModelExecutor {
                 elapsed_micros: per_input,
             })
             .collect();
-        Ok((completions, times))
+        debug_assert_eq!(completions.len(), grant.inputs.len());
+        Ok(completions)
     }
 }
 
 impl Executor for ModelExecutor {
-    fn run(&self, grant: &Grant) -> Result<Vec<Completion>, ExecError> {
+    fn prepare(&self, grant: &Grant) -> Result<Prepared, ExecError> {
         if is_noop(&grant.model) {
-            return Ok(NoopExecutor::complete(&grant.model, &grant.inputs));
+            return NoopExecutor.prepare(grant);
         }
         if registry::info(&grant.model).is_err() {
-            return Ok(grant
-                .inputs
-                .iter()
-                .map(|(input, _)| Completion {
-                    input: *input,
-                    outcome: unknown_model(&grant.model),
-                    elapsed_micros: 0,
-                })
-                .collect());
+            return Ok(Prepared::done(
+                grant
+                    .inputs
+                    .iter()
+                    .map(|(input, _)| Completion {
+                        input: *input,
+                        outcome: unknown_model(&grant.model),
+                        elapsed_micros: 0,
+                    })
+                    .collect(),
+            ));
         }
-        let started = Instant::now();
-        let (completions, t) = self.run_model(grant)?;
-        info!(
-            job = %grant.job, lease = %grant.lease, model = %grant.model,
-            inputs = grant.inputs.len(), load_ms = t.load_ms, fetch_ms = t.fetch_ms,
-            run_ms = t.run_ms, store_ms = t.store_ms, total_ms = ms(started),
-            "batch ran"
-        );
-        debug_assert_eq!(completions.len(), grant.inputs.len());
-        Ok(completions)
+        self.prepare_model(grant)
     }
 
     fn discard(&self, grant: &Grant, results: &[Completion]) {
@@ -457,8 +501,8 @@ impl Executor for ModelExecutor {
         if files.is_empty() || is_noop(&grant.model) {
             return;
         }
-        let (node, timeout) = (self.node, self.timeout);
-        self.handle.spawn(async move {
+        let (node, timeout) = (self.io.node, self.io.timeout);
+        self.io.handle.spawn(async move {
             let mut dfs = DfsClient::new(node, timeout);
             for file in files {
                 match dfs.delete(&file).await {
@@ -486,7 +530,7 @@ pub fn scratch_dir(addr: SocketAddr) -> PathBuf {
     std::env::temp_dir().join(format!("idunno-worker-{}-{label}-{n}", std::process::id()))
 }
 
-impl Drop for ModelExecutor {
+impl Drop for Io {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }

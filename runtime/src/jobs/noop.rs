@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use idunno_core::scheduler::{Completion, ERROR_BYTES_MAX, Grant, InputOutcome, NAME_BYTES_MAX};
 
-use super::{ExecError, Executor};
+use super::{ExecError, Executor, Prepared, Ran};
 
 /// The no-op model's name.
 pub const NOOP_MODEL: &str = "noop";
@@ -117,8 +117,12 @@ impl NoopExecutor {
 }
 
 impl Executor for NoopExecutor {
-    fn run(&self, grant: &Grant) -> Result<Vec<Completion>, ExecError> {
-        Ok(Self::complete(&grant.model, &grant.inputs))
+    /// Nothing to fetch: the run step sleeps the model's cost, and there is nothing to store.
+    fn prepare(&self, grant: &Grant) -> Result<Prepared, ExecError> {
+        let (model, inputs) = (grant.model.clone(), grant.inputs.clone());
+        Ok(Prepared::new(move || {
+            Ok(Ran::done(Self::complete(&model, &inputs)))
+        }))
     }
 }
 
