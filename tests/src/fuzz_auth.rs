@@ -624,15 +624,15 @@ fn records_tampered(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         _ => {}
     }
     let mut stream: Vec<u8> = order.iter().flat_map(|&i| records[i].1.clone()).collect();
-    match mangle {
+    match &mangle {
         Mangle::Flip { at, xor } if !stream.is_empty() => {
-            let at = at as usize % stream.len();
+            let at = *at as usize % stream.len();
             stream[at] ^= xor;
         }
-        Mangle::Cut { at } => stream.truncate(at as usize % (stream.len() + 1)),
+        Mangle::Cut { at } => stream.truncate(*at as usize % (stream.len() + 1)),
         Mangle::Insert { at, bytes } => {
-            let at = at as usize % (stream.len() + 1);
-            stream.splice(at..at, bytes);
+            let at = *at as usize % (stream.len() + 1);
+            stream.splice(at..at, bytes.iter().copied());
         }
         _ => {}
     }
