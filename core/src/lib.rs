@@ -1,6 +1,7 @@
 //! idunno-core: the pure, deterministic state machines of the idunno cluster.
 //!
-//! Owns: the wire codec ([`wire`]), virtual time ([`time`]), SWIM group membership
+//! Owns: the wire codec ([`wire`]), the sealing, opening and handshake steps of cluster
+//! authentication ([`auth`]), virtual time ([`time`]), SWIM group membership
 //! ([`membership`]), the Raft log that replicates the coordinator's state ([`consensus`]), that
 //! state itself ([`cluster`]), the file-system metadata and its placement and repair decisions
 //! ([`dfs`]), and the inference scheduler: jobs, leases, fair-time and statistics
@@ -14,6 +15,7 @@
 //! Must never: perform I/O, read a clock, spawn threads, use global randomness, or let
 //! hash-map iteration order reach a decision. `core/clippy.toml` enforces the first four.
 
+pub mod auth;
 pub mod cluster;
 pub mod consensus;
 pub mod dfs;

@@ -2,7 +2,8 @@
 //!
 //! Owns: one function per target, each taking the raw fuzz input and panicking on any violated
 //! invariant: [`wire_datagram`], [`wire_frame`], [`membership_events`], [`consensus_message`],
-//! [`consensus_events`], [`cluster_state`]; the table [`TARGETS`] that maps target names to them; and the
+//! [`consensus_events`], [`cluster_state`], and the authentication targets of
+//! [`crate::fuzz_auth`] ([`auth_datagram`], [`auth_handshake`], [`auth_records`]); the table [`TARGETS`] that maps target names to them; and the
 //! deterministic seed corpora ([`seed_corpus`]) that `examples/write_fuzz_corpus.rs` writes
 //! under `fuzz/corpus/<target>/`.
 //!
@@ -35,6 +36,8 @@ use idunno_core::wire::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::fuzz_auth::{auth_datagram, auth_handshake, auth_records};
+
 /// A fuzz target: its name (the `fuzz/fuzz_targets/<name>.rs` file and corpus directory) and
 /// its check function.
 pub type Target = (&'static str, fn(&[u8]));
@@ -47,6 +50,9 @@ pub const TARGETS: &[Target] = &[
     ("consensus_message", consensus_message),
     ("consensus_events", consensus_events_check),
     ("cluster_state", cluster_state),
+    ("auth_datagram", auth_datagram),
+    ("auth_handshake", auth_handshake),
+    ("auth_records", auth_records),
 ];
 
 /// The check function of the target called `name`.
@@ -1104,11 +1110,11 @@ impl RaftCluster {
                 let at = usize::from(at) % bytes.len();
                 bytes[at] = value;
                 let from = (original.from.0 - 1) as u8;
-                // Genuine only unchanged and to its own recipient: a vote grant redirected to
-                // another candidate is a forgery too (Raft trusts who a message was sent to).
-                let before = raft::decode(&original.bytes)
-                    .ok()
-                    .map(|msg| (original.to, msg));
+                // Genuine when unchanged, to whichever voter: every message kind is safe to
+                // deliver to another voter (a request went to every peer anyway, a leader's
+                // entries are its log, a response reaches a non-leader or a non-candidate, and
+                // a vote response names its candidate, so no one else counts it).
+                let before = raft::decode(&original.bytes).ok();
                 self.inject(to, from, &bytes, before);
             }
             RaftStep::Pump { rounds, tick_ms } => {
@@ -1148,9 +1154,10 @@ impl RaftCluster {
     }
 
     /// Raw bytes to voter `to % 3` from voter `from % 4` (3: not a voter). A message that
-    /// decodes, is valid, comes from another voter and differs from `genuine` is a forgery:
+    /// decodes, is valid, comes from another voter and differs from `genuine` (the message the
+    /// bytes were taken from, whoever it was sent to) is a forgery:
     /// the cluster-wide safety checks are off from then on.
-    fn inject(&mut self, to: u8, from: u8, bytes: &[u8], genuine: Option<(usize, raft::Message)>) {
+    fn inject(&mut self, to: u8, from: u8, bytes: &[u8], genuine: Option<raft::Message>) {
         let to = Self::pick(to);
         let from = match from % 4 {
             3 => VoterId(99),
@@ -1161,8 +1168,7 @@ impl RaftCluster {
         };
         self.stats.raw_decoded += 1;
         let voter = from != voter_id(to) && from != VoterId(99);
-        let is_genuine =
-            genuine.is_some_and(|(genuine_to, genuine)| genuine_to == to && genuine == msg);
+        let is_genuine = genuine.is_some_and(|genuine| genuine == msg);
         if voter && msg.validate().is_ok() && !is_genuine {
             self.stats.forged = true;
         }
@@ -1392,7 +1398,13 @@ fn consensus_message_seeds() -> Vec<(String, Vec<u8>)> {
                 last_term: 1,
             },
         ),
-        ("pre_vote_response", Body::PreVoteResponse { granted: true }),
+        (
+            "pre_vote_response",
+            Body::PreVoteResponse {
+                candidate: VoterId(2),
+                granted: true,
+            },
+        ),
         (
             "request_vote",
             Body::RequestVote {
@@ -1400,7 +1412,13 @@ fn consensus_message_seeds() -> Vec<(String, Vec<u8>)> {
                 last_term: 1,
             },
         ),
-        ("vote_response", Body::VoteResponse { granted: false }),
+        (
+            "vote_response",
+            Body::VoteResponse {
+                candidate: VoterId(2),
+                granted: false,
+            },
+        ),
         (
             "append_entries",
             Body::AppendEntries {
@@ -1650,6 +1668,7 @@ pub fn seed_corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         "consensus_message" => consensus_message_seeds(),
         "consensus_events" => consensus_events_seeds(),
         "cluster_state" => cluster_state_seeds(),
+        "auth_datagram" | "auth_handshake" | "auth_records" => crate::fuzz_auth::seeds(target),
         _ => Vec::new(),
     }
 }

@@ -201,6 +201,11 @@ pub enum Error {
     /// A structurally invalid message; dropped and counted.
     #[error("malformed message: {0:?}")]
     Malformed(Malformed),
+    /// A vote response naming another candidate (delayed across a restart or re-election, or
+    /// delivered to the wrong voter); dropped and counted, state unchanged (not even its term
+    /// is looked at).
+    #[error("a vote response for {0:?}, not for this node")]
+    Misdirected(VoterId),
     /// An acknowledgement for a batch never issued; ignored and counted.
     #[error("persisted({acked}) but only {issued} batches were issued")]
     UnknownBatch {
@@ -238,6 +243,8 @@ pub struct Metrics {
     pub messages_stale_term: u64,
     /// Stale responses ignored (old rejections, answers to a finished election).
     pub responses_stale: u64,
+    /// Vote responses addressed to another candidate, dropped.
+    pub responses_misdirected: u64,
     /// Timers whose token was no longer current.
     pub timers_stale: u64,
     /// Messages dropped because too many were waiting for a persist ack.
@@ -610,6 +617,12 @@ impl Raft {
             self.metrics.messages_invalid += 1;
             return Err(Error::Malformed(why));
         }
+        if let Some(candidate) = msg.body.addressee()
+            && candidate != self.id
+        {
+            self.metrics.responses_misdirected += 1;
+            return Err(Error::Misdirected(candidate));
+        }
         self.reply_context = msg.context;
         let result = self.on_valid_message(now, from, msg);
         self.reply_context = 0;
@@ -633,7 +646,7 @@ impl Raft {
                 self.metrics.votes_refused_in_lease += 1;
                 return Ok(());
             }
-            if let Body::PreVoteResponse { granted: true } = msg.body {
+            if let Body::PreVoteResponse { granted: true, .. } = msg.body {
                 // A grant is stamped with the term we would campaign in; not a newer term.
             } else {
                 let leader = matches!(msg.body, Body::AppendEntries { .. }).then_some(from);
@@ -646,14 +659,18 @@ impl Raft {
         }
         match msg.body {
             Body::PreVote { .. } => {}
-            Body::PreVoteResponse { granted } => {
+            Body::PreVoteResponse { granted, candidate } => {
+                debug_assert_eq!(candidate, self.id, "misdirected responses were dropped");
                 self.on_pre_vote_response(now, from, msg.term, granted)
             }
             Body::RequestVote {
                 last_index,
                 last_term,
             } => self.on_request_vote(now, from, last_index, last_term),
-            Body::VoteResponse { granted } => self.on_vote_response(now, from, granted),
+            Body::VoteResponse { granted, candidate } => {
+                debug_assert_eq!(candidate, self.id, "misdirected responses were dropped");
+                self.on_vote_response(now, from, granted)
+            }
             Body::AppendEntries {
                 prev_index,
                 prev_term,
@@ -684,7 +701,10 @@ impl Raft {
                 index: 0,
                 success: false,
             },
-            Body::RequestVote { .. } => Body::VoteResponse { granted: false },
+            Body::RequestVote { .. } => Body::VoteResponse {
+                candidate: from,
+                granted: false,
+            },
             _ => return,
         };
         self.send(from, body);
@@ -710,7 +730,10 @@ impl Raft {
             Message {
                 term: reply_term,
                 context: 0,
-                body: Body::PreVoteResponse { granted },
+                body: Body::PreVoteResponse {
+                    candidate: from,
+                    granted,
+                },
             },
         ));
     }
@@ -748,7 +771,13 @@ impl Raft {
             }
             self.arm_election(now);
         }
-        self.send(from, Body::VoteResponse { granted });
+        self.send(
+            from,
+            Body::VoteResponse {
+                candidate: from,
+                granted,
+            },
+        );
     }
 
     fn on_vote_response(&mut self, now: Instant, from: VoterId, granted: bool) {
@@ -1626,6 +1655,11 @@ impl Raft {
             self.unstable_from = None;
         }
         for (to, msg) in std::mem::take(&mut self.sends) {
+            debug_assert!(to != self.id, "never a message to itself");
+            debug_assert!(
+                msg.body.addressee().is_none_or(|candidate| candidate == to),
+                "a vote response names the voter it goes to"
+            );
             if self.batch_acked == self.batch_issued {
                 self.metrics.messages_sent += 1;
                 self.outputs.push_back(Output::Send { to, msg });

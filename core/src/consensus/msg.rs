@@ -163,6 +163,9 @@ pub enum Body {
     },
     /// Answer to [`Body::PreVote`].
     PreVoteResponse {
+        /// The pre-candidate it answers: any other receiver drops it (a response delayed or
+        /// misdelivered across a restart or a re-election is never counted for someone else).
+        candidate: VoterId,
         /// Whether the vote would be granted.
         granted: bool,
     },
@@ -175,6 +178,9 @@ pub enum Body {
     },
     /// Answer to [`Body::RequestVote`]; a grant is released only after the vote is durable.
     VoteResponse {
+        /// The candidate it answers: any other receiver drops it (as for
+        /// [`Body::PreVoteResponse`]).
+        candidate: VoterId,
         /// Whether the vote was granted.
         granted: bool,
     },
@@ -205,6 +211,23 @@ pub enum Body {
         /// Whether the entries were accepted.
         success: bool,
     },
+}
+
+impl Body {
+    /// The voter a response is addressed to, for the responses that name it (the vote
+    /// responses); `None` for every other kind.
+    pub fn addressee(&self) -> Option<VoterId> {
+        match self {
+            Body::PreVoteResponse { candidate, .. } | Body::VoteResponse { candidate, .. } => {
+                Some(*candidate)
+            }
+            Body::PreVote { .. }
+            | Body::RequestVote { .. }
+            | Body::AppendEntries { .. }
+            | Body::InstallSnapshot { .. }
+            | Body::AppendResponse { .. } => None,
+        }
+    }
 }
 
 /// Why a message is malformed.

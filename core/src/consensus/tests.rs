@@ -401,7 +401,10 @@ fn votes_are_released_only_after_persisting_and_one_per_term() {
         Output::Send {
             to: VoterId(2),
             msg: Message {
-                body: Body::VoteResponse { granted: true },
+                body: Body::VoteResponse {
+                    candidate: VoterId(2),
+                    granted: true
+                },
                 ..
             }
         }
@@ -414,12 +417,152 @@ fn votes_are_released_only_after_persisting_and_one_per_term() {
         Output::Send {
             to: VoterId(3),
             msg: Message {
-                body: Body::VoteResponse { granted: false },
+                body: Body::VoteResponse {
+                    candidate: VoterId(3),
+                    granted: false
+                },
                 ..
             }
         }
     )));
     assert_eq!(raft.hard_state().vote, Some(VoterId(2)));
+}
+
+/// Hands every persist batch back at once; the election timer armed last, if any.
+fn settle(raft: &mut Raft, now: Instant) -> Option<Timer> {
+    let mut election = None;
+    loop {
+        let outputs = drain(raft);
+        if outputs.is_empty() {
+            return election;
+        }
+        for output in outputs {
+            match output {
+                Output::Persist(batch) => {
+                    raft.handle(now, Input::Persisted(batch.batch))
+                        .expect("ack");
+                }
+                Output::SetTimer { timer, .. } if timer.kind == TimerKind::Election => {
+                    election = Some(timer);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn vote_responses_for_another_candidate_are_dropped_unread() {
+    // Voter 2 campaigns; voter 3's answers to voter 1's campaign in the same terms reach it
+    // (delayed across a re-election, or delivered to the wrong voter): none may count.
+    let mut raft = Raft::new(Config::lan(), VoterId(2), voters(3), 0, at(0)).expect("ok");
+    let timer = settle(&mut raft, at(0)).expect("an election timer");
+    raft.handle(at(1000), Input::Timer(timer)).expect("timer");
+    settle(&mut raft, at(1000));
+    assert_eq!(raft.role(), Role::PreCandidate);
+    let answer = |term, candidate, pre: bool| Input::Message {
+        from: VoterId(3),
+        msg: Message {
+            term,
+            context: 0,
+            body: if pre {
+                Body::PreVoteResponse {
+                    candidate: VoterId(candidate),
+                    granted: true,
+                }
+            } else {
+                Body::VoteResponse {
+                    candidate: VoterId(candidate),
+                    granted: true,
+                }
+            },
+        },
+    };
+    // A pre-vote grant for voter 1 neither starts voter 2's election nor moves its term.
+    assert_eq!(
+        raft.handle(at(1001), answer(1, 1, true)),
+        Err(Error::Misdirected(VoterId(1)))
+    );
+    settle(&mut raft, at(1001));
+    assert_eq!((raft.role(), raft.term()), (Role::PreCandidate, 0));
+    // Its own pre-vote grant does: voter 2 is a candidate in term 1.
+    assert_eq!(raft.handle(at(1002), answer(1, 2, true)), Ok(()));
+    settle(&mut raft, at(1002));
+    assert_eq!((raft.role(), raft.term()), (Role::Candidate, 1));
+    // A vote for voter 1 in term 1 is not a vote for voter 2, and one from a later term does
+    // not even move its term (the response is dropped before its term is read).
+    assert_eq!(
+        raft.handle(at(1003), answer(1, 1, false)),
+        Err(Error::Misdirected(VoterId(1)))
+    );
+    assert_eq!(
+        raft.handle(at(1003), answer(5, 1, false)),
+        Err(Error::Misdirected(VoterId(1)))
+    );
+    settle(&mut raft, at(1003));
+    assert_eq!((raft.role(), raft.term()), (Role::Candidate, 1));
+    assert_eq!(raft.metrics().responses_misdirected, 3);
+    // Voter 3's vote for voter 2 elects it.
+    assert_eq!(raft.handle(at(1004), answer(1, 2, false)), Ok(()));
+    settle(&mut raft, at(1004));
+    assert_eq!((raft.role(), raft.term()), (Role::Leader, 1));
+}
+
+#[test]
+fn vote_responses_name_the_candidate_they_answer() {
+    let mut raft = Raft::new(Config::lan(), VoterId(1), voters(3), 0, at(0)).expect("ok");
+    settle(&mut raft, at(0));
+    for (from, body) in [
+        (
+            2,
+            Body::PreVote {
+                last_index: 0,
+                last_term: 0,
+            },
+        ),
+        (
+            3,
+            Body::RequestVote {
+                last_index: 0,
+                last_term: 0,
+            },
+        ),
+    ] {
+        let msg = Message {
+            term: 1,
+            context: 0,
+            body,
+        };
+        raft.handle(
+            at(1),
+            Input::Message {
+                from: VoterId(from),
+                msg,
+            },
+        )
+        .expect("ok");
+    }
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        for output in drain(&mut raft) {
+            match output {
+                Output::Send { to, msg } => answered.push((to, msg.body.addressee())),
+                Output::Persist(batch) => {
+                    raft.handle(at(1), Input::Persisted(batch.batch))
+                        .expect("ack");
+                }
+                _ => {}
+            }
+        }
+    }
+    answered.sort();
+    assert_eq!(
+        answered,
+        [
+            (VoterId(2), Some(VoterId(2))),
+            (VoterId(3), Some(VoterId(3)))
+        ]
+    );
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! The handshake that opens a secure TCP connection, keyed by the cluster key.
+//! The handshake that opens a secure TCP connection: the secrets each side proves.
 //!
-//! Owns: the roles ([`Role::Peer`] for nodes, [`Role::Client`] for clients), the keys a role
-//! proves ([`NodeKeys`]: a peer key and the client token, both derived from the cluster key with
-//! BLAKE3 `derive_key`; [`ClientToken`] alone on a client), the hello messages and the key
-//! schedule. The exchange (one round trip):
+//! Owns: the keys a role proves ([`NodeKeys`]: a peer key and the client token, both derived
+//! from the [`ClusterKey`]; [`ClientToken`] alone on a client; [`Credential`], what a connecting
+//! side proves), their parsing and printing, and fresh random nonces. The messages, the key
+//! schedule and each side's step are pure and live in [`idunno_core::auth::handshake`]
+//! (re-exported here; a fuzz target reaches them there). The exchange (one round trip):
 //!
 //! ```text
 //! client -> node: MAGIC | version | role | client nonce (32 random bytes)
@@ -13,64 +14,26 @@
 //!
 //! Each direction's record key is BLAKE3 keyed by the role's secret over a direction label and
 //! the whole hello transcript, so only a holder of the secret can produce record 0, a replayed
-//! connection fails (the other side's nonce is fresh), and a changed role fails too. `MAGIC` read
-//! as a frame length is far above any frame's cap, so a plain node answers a hello with a plain
-//! error frame, and a secure node tells a hello from a plain frame by its first 4 bytes.
-//! Must never: reveal a secret (only MACs over fresh nonces go on the wire), accept a
-//! connection before the peer's record 0 authenticated, or read more than a hello's fixed size
-//! before that.
+//! connection fails (the other side's nonce is fresh), and a changed role fails too.
+//! [`super::tcp`] does the I/O.
+//! Must never: reveal a secret (only MACs over fresh nonces go on the wire), or print one.
 
 use std::fmt;
 
 use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
+use idunno_core::auth::handshake::{self as steps, Answer};
 
-use super::stream::DirectionKey;
+pub use idunno_core::auth::handshake::{
+    CLIENT_HELLO_REST_BYTES, HelloError, MAGIC, NODE_HELLO_REST_BYTES, NONCE_BYTES, PROOF_BYTES,
+    Role, VERSION, check_proof, client_hello, node_hello, parse_client_hello, parse_node_hello,
+    proof_header_ok,
+};
+
 use super::{ClusterKey, KEY_BYTES, KeyError};
 
-/// First bytes of every hello; as a frame length, 4.28 GB, which no frame may be.
-pub const MAGIC: [u8; 4] = [0xFF, b'I', b'D', b'N'];
-/// Handshake version.
-pub const VERSION: u8 = 1;
-/// Bytes of random nonce each side contributes.
-pub const NONCE_BYTES: usize = 32;
-/// Bytes of the client's hello after [`MAGIC`]: version, role, nonce.
-pub const CLIENT_HELLO_REST_BYTES: usize = 1 + 1 + NONCE_BYTES;
-/// Bytes of the node's hello after [`MAGIC`]: version, nonce (record 0 follows).
-pub const NODE_HELLO_REST_BYTES: usize = 1 + NONCE_BYTES;
 /// Environment variable holding a client token as 64 hex digits.
 pub const TOKEN_ENV: &str = "IDUNNO_CLIENT_TOKEN";
-
-const PEER_KEY_CONTEXT: &str = "idunno 2026-11-27 tcp peer key v1";
-const TOKEN_CONTEXT: &str = "idunno 2026-11-27 tcp client token v1";
-const CLIENT_TO_NODE: &[u8] = b"client->node";
-const NODE_TO_CLIENT: &[u8] = b"node->client";
-
-/// Who opens a connection: a node (every request) or a client (client requests only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Another node, proving the cluster key: may send `RaftHello` and forwarded requests.
-    Peer,
-    /// A client, proving a client token: may send client requests only.
-    Client,
-}
-
-impl Role {
-    fn byte(self) -> u8 {
-        match self {
-            Role::Peer => 1,
-            Role::Client => 2,
-        }
-    }
-
-    fn from_byte(byte: u8) -> Option<Self> {
-        match byte {
-            1 => Some(Role::Peer),
-            2 => Some(Role::Client),
-            _ => None,
-        }
-    }
-}
 
 /// A secret of 32 bytes that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -90,7 +53,7 @@ pub struct ClientToken(Secret);
 impl ClientToken {
     /// The token of the cluster whose key is `key`.
     pub fn from_key(key: &ClusterKey) -> Self {
-        ClientToken(Secret(blake3::derive_key(TOKEN_CONTEXT, key.bytes())))
+        ClientToken(Secret(steps::client_token(key.bytes())))
     }
 
     /// Parses 64 hex digits (what `idunno-node token` prints).
@@ -115,17 +78,19 @@ impl NodeKeys {
     /// The keys of the cluster whose key is `key`.
     pub fn from_key(key: &ClusterKey) -> Self {
         NodeKeys {
-            peer: Secret(blake3::derive_key(PEER_KEY_CONTEXT, key.bytes())),
+            peer: Secret(steps::peer_secret(key.bytes())),
             token: ClientToken::from_key(key),
         }
     }
 
-    /// The secret a connection in `role` proves.
-    fn secret(&self, role: Role) -> &Secret {
-        match role {
-            Role::Peer => &self.peer,
-            Role::Client => &self.token.0,
-        }
+    /// The node's answer to a client hello (the bytes after [`MAGIC`]), with a fresh
+    /// `node_nonce`: the connection's role, the node's hello and proof, and its record keys.
+    pub(crate) fn answer(
+        &self,
+        rest: &[u8; CLIENT_HELLO_REST_BYTES],
+        node_nonce: &[u8; NONCE_BYTES],
+    ) -> Result<Answer, HelloError> {
+        steps::node_answer(&self.peer.0, &self.token.0.0, rest, node_nonce)
     }
 }
 
@@ -149,9 +114,19 @@ impl Credential {
 
     fn secret(&self) -> &Secret {
         match self {
-            Credential::Node(keys) => keys.secret(Role::Peer),
+            Credential::Node(keys) => &keys.peer,
             Credential::Client(token) => &token.0,
         }
+    }
+
+    /// This side's answer to the node's hello (the bytes after [`MAGIC`]), for a connection
+    /// whose hello carried `client_nonce`: its proof and its record keys.
+    pub(crate) fn answer(
+        &self,
+        client_nonce: &[u8; NONCE_BYTES],
+        rest: &[u8; NODE_HELLO_REST_BYTES],
+    ) -> Result<Answer, HelloError> {
+        steps::client_answer(&self.secret().0, self.role(), client_nonce, rest)
     }
 }
 
@@ -162,120 +137,15 @@ pub fn fresh_nonce() -> [u8; NONCE_BYTES] {
     nonce
 }
 
-/// The client's hello.
-pub fn client_hello(role: Role, nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
-    let mut hello = Vec::with_capacity(MAGIC.len() + CLIENT_HELLO_REST_BYTES);
-    hello.extend_from_slice(&MAGIC);
-    hello.push(VERSION);
-    hello.push(role.byte());
-    hello.extend_from_slice(nonce);
-    hello
-}
-
-/// Why a hello is not acceptable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
-    /// Another handshake version.
-    #[error("handshake version {0}, this build speaks version {VERSION}")]
-    Version(u8),
-    /// A role byte that names no role.
-    #[error("unknown role {0}")]
-    Role(u8),
-}
-
-/// Reads the client's hello after its [`MAGIC`]: its role and nonce.
-pub fn parse_client_hello(
-    rest: &[u8; CLIENT_HELLO_REST_BYTES],
-) -> Result<(Role, [u8; NONCE_BYTES]), HelloError> {
-    if rest[0] != VERSION {
-        return Err(HelloError::Version(rest[0]));
-    }
-    let role = Role::from_byte(rest[1]).ok_or(HelloError::Role(rest[1]))?;
-    let mut nonce = [0u8; NONCE_BYTES];
-    nonce.copy_from_slice(&rest[2..]);
-    Ok((role, nonce))
-}
-
-/// The node's hello (record 0 is appended by the caller).
-pub fn node_hello(nonce: &[u8; NONCE_BYTES]) -> Vec<u8> {
-    let mut hello = Vec::with_capacity(MAGIC.len() + NODE_HELLO_REST_BYTES);
-    hello.extend_from_slice(&MAGIC);
-    hello.push(VERSION);
-    hello.extend_from_slice(nonce);
-    hello
-}
-
-/// Reads the node's hello after its [`MAGIC`]: its nonce.
-pub fn parse_node_hello(
-    rest: &[u8; NODE_HELLO_REST_BYTES],
-) -> Result<[u8; NONCE_BYTES], HelloError> {
-    if rest[0] != VERSION {
-        return Err(HelloError::Version(rest[0]));
-    }
-    let mut nonce = [0u8; NONCE_BYTES];
-    nonce.copy_from_slice(&rest[1..]);
-    Ok(nonce)
-}
-
-/// The two record keys of a connection: (client to node, node to client).
-struct SessionKeys {
-    client_to_node: [u8; 32],
-    node_to_client: [u8; 32],
-}
-
+/// The key schedule over a runtime secret (the unit tests compare roles and nonces with it).
+#[cfg(test)]
 fn session_keys(
     secret: &Secret,
     role: Role,
     client_nonce: &[u8; NONCE_BYTES],
     node_nonce: &[u8; NONCE_BYTES],
-) -> SessionKeys {
-    let derive = |label: &[u8]| -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new_keyed(&secret.0);
-        hasher.update(label);
-        hasher.update(&MAGIC);
-        hasher.update(&[VERSION, role.byte()]);
-        hasher.update(client_nonce);
-        hasher.update(node_nonce);
-        *hasher.finalize().as_bytes()
-    };
-    let keys = SessionKeys {
-        client_to_node: derive(CLIENT_TO_NODE),
-        node_to_client: derive(NODE_TO_CLIENT),
-    };
-    debug_assert_ne!(keys.client_to_node, keys.node_to_client);
-    keys
-}
-
-/// The connecting side's (send, receive) record keys.
-pub(crate) fn client_directions(
-    credential: &Credential,
-    client_nonce: &[u8; NONCE_BYTES],
-    node_nonce: &[u8; NONCE_BYTES],
-) -> (DirectionKey, DirectionKey) {
-    let keys = session_keys(
-        credential.secret(),
-        credential.role(),
-        client_nonce,
-        node_nonce,
-    );
-    (
-        DirectionKey::new(&keys.client_to_node),
-        DirectionKey::new(&keys.node_to_client),
-    )
-}
-
-/// The accepting node's (send, receive) record keys for a connection in `role`.
-pub(crate) fn node_directions(
-    keys: &NodeKeys,
-    role: Role,
-    client_nonce: &[u8; NONCE_BYTES],
-    node_nonce: &[u8; NONCE_BYTES],
-) -> (DirectionKey, DirectionKey) {
-    let keys = session_keys(keys.secret(role), role, client_nonce, node_nonce);
-    (
-        DirectionKey::new(&keys.node_to_client),
-        DirectionKey::new(&keys.client_to_node),
-    )
+) -> steps::SessionKeys {
+    steps::session_keys(&secret.0, role, client_nonce, node_nonce)
 }
 
 #[cfg(test)]

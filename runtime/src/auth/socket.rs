@@ -84,7 +84,7 @@ impl<S: DatagramSocket> AuthSocket<S> {
     /// Wraps `inner`; with `None` datagrams pass through unauthenticated.
     pub fn new(inner: S, key: Option<&ClusterKey>) -> Self {
         let sealing = key.map(|key| Sealing {
-            key: DatagramKey::new(key),
+            key: DatagramKey::from(key),
             session: OsRng.next_u64(),
             counter: AtomicU64::new(0),
             guard: Mutex::new(ReplayGuard::default()),

@@ -1,17 +1,17 @@
 //! The record layer of a secure TCP connection: a byte stream sealed in bounded records.
 //!
 //! Owns: [`SecureStream`], which every control, Raft and blob connection is (plain when the
-//! process has no cluster key, sealed otherwise), and the record format
-//! `[u32 big-endian length][ciphertext][16-byte Poly1305 tag]` with ChaCha20-Poly1305 under one
-//! key per direction and a per-direction record counter as the nonce (so a reordered, dropped,
-//! repeated or changed record fails its tag). The length header is authenticated as associated
-//! data. [`SecureStream`] is an `AsyncRead + AsyncWrite`, so the frames, raw blob bytes and Raft
-//! frames above it are the ones a plain `TcpStream` carried.
+//! process has no cluster key, sealed otherwise): the socket, the record being written, and the
+//! mapping of record errors to `io::Error`s. The record format
+//! `[u32 big-endian length][ciphertext][16-byte Poly1305 tag]`, the per-direction ciphers
+//! ([`DirectionKey`]) and the receive buffer ([`RecordReader`]) are pure and live in
+//! [`idunno_core::auth::record`] (where a fuzz target reaches them). [`SecureStream`] is an
+//! `AsyncRead + AsyncWrite`, so the frames, raw blob bytes and Raft frames above it are the ones
+//! a plain `TcpStream` carried.
 //! Must never: hand the reader a byte that did not authenticate, go on after a failed record
-//! (the stream stays failed), allocate from an unauthenticated length beyond [`RECORD_BYTES_MAX`],
-//! report bytes as written before their whole record reached the socket (a stream dropped
-//! after a write loses nothing a plain `TcpStream` would keep: no flush is needed), or panic on
-//! what a peer sends.
+//! (the stream stays failed), report bytes as written before their whole record reached the
+//! socket (a stream dropped after a write loses nothing a plain `TcpStream` would keep: no
+//! flush is needed), or panic on what a peer sends.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,126 +19,32 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use crate::net::TcpStream;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Largest plaintext in one record, in bytes.
-pub const RECORD_PLAINTEXT_MAX: usize = 64 * 1024;
-/// Bytes of the Poly1305 tag at the end of every record.
-pub const TAG_BYTES: usize = 16;
-/// Bytes of the record length header.
-pub const RECORD_HEADER_BYTES: usize = 4;
-/// Largest record body (ciphertext and tag) a reader accepts.
-pub const RECORD_BYTES_MAX: usize = RECORD_PLAINTEXT_MAX + TAG_BYTES;
-/// How much the reader asks the socket for at once (a little over two whole records).
-const READ_BUFFER_BYTES: usize = 2 * (RECORD_HEADER_BYTES + RECORD_BYTES_MAX);
+pub use idunno_core::auth::record::{
+    DirectionKey, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, RECORD_PLAINTEXT_MAX, RecordError,
+    RecordReader, TAG_BYTES, record_len,
+};
 
-/// One direction's cipher and record counter.
-pub(crate) struct DirectionKey {
-    cipher: ChaCha20Poly1305,
-    counter: u64,
-}
-
-impl std::fmt::Debug for DirectionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DirectionKey(<redacted>, record {})", self.counter)
-    }
-}
-
-impl DirectionKey {
-    /// A direction keyed by `key`, starting at record 0.
-    pub(crate) fn new(key: &[u8; 32]) -> Self {
-        DirectionKey {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
-            counter: 0,
-        }
-    }
-
-    fn next_nonce(&mut self) -> io::Result<Nonce> {
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
-        // A counter never wraps: 2^64 records is beyond any connection's life, but a reused
-        // nonce would be fatal, so the stream fails instead.
-        self.counter = self
-            .counter
-            .checked_add(1)
-            .ok_or_else(|| io::Error::other("record counter exhausted"))?;
-        Ok(Nonce::from(nonce))
-    }
-
-    /// Appends one sealed record holding `plaintext` to `out`.
-    pub(crate) fn seal_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        debug_assert!(plaintext.len() <= RECORD_PLAINTEXT_MAX);
-        let body_len = plaintext.len() + TAG_BYTES;
-        let header = u32::try_from(body_len)
-            .map_err(|_| io::Error::other("record too large"))?
-            .to_be_bytes();
-        let nonce = self.next_nonce()?;
-        let start = out.len();
-        out.extend_from_slice(&header);
-        out.extend_from_slice(plaintext);
-        let body = &mut out[start + RECORD_HEADER_BYTES..];
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce, &header, body)
-            .map_err(|_| io::Error::other("cannot seal a record"))?;
-        out.extend_from_slice(&tag);
-        debug_assert_eq!(out.len(), start + RECORD_HEADER_BYTES + body_len);
-        Ok(())
-    }
-
-    /// Opens one record body in place; returns the plaintext length (at the start of `body`).
-    pub(crate) fn open_in_place(
-        &mut self,
-        header: [u8; RECORD_HEADER_BYTES],
-        body: &mut [u8],
-    ) -> io::Result<usize> {
-        let plain_len = body
-            .len()
-            .checked_sub(TAG_BYTES)
-            .ok_or_else(|| invalid("record shorter than its tag"))?;
-        let nonce = self.next_nonce()?;
-        let (plain, tag) = body.split_at_mut(plain_len);
-        let tag = Tag::from_slice(tag);
-        self.cipher
-            .decrypt_in_place_detached(&nonce, &header, plain, tag)
-            .map_err(|_| {
-                invalid("record failed authentication (changed, replayed or reordered)")
-            })?;
-        Ok(plain_len)
-    }
-}
-
-/// The length a record header announces, checked against [`RECORD_BYTES_MAX`].
-pub(crate) fn record_len(header: [u8; RECORD_HEADER_BYTES]) -> io::Result<usize> {
-    let len = u32::from_be_bytes(header) as usize;
-    if !(TAG_BYTES..=RECORD_BYTES_MAX).contains(&len) {
-        return Err(invalid("record length out of bounds"));
-    }
-    Ok(len)
-}
-
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+/// The `io::Error` of a record error: `InvalidData` for what the peer sent, `UnexpectedEof`
+/// for a connection cut inside a record, `Other` for this side's limits.
+pub(crate) fn io_error(error: RecordError) -> io::Error {
+    let kind = if error.is_invalid_data() {
+        io::ErrorKind::InvalidData
+    } else if error == RecordError::Truncated {
+        io::ErrorKind::UnexpectedEof
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, error)
 }
 
 /// Keys and buffers of a sealed connection.
 #[derive(Debug)]
 struct Records {
     send: DirectionKey,
-    recv: DirectionKey,
-    /// Raw bytes from the socket; `[read_start, read_end)` is unconsumed.
-    read_buf: Vec<u8>,
-    read_start: usize,
-    read_end: usize,
-    /// Opened plaintext waiting for the reader: `[plain_start, plain_end)` of `read_buf`.
-    plain_start: usize,
-    plain_end: usize,
-    /// Where the record holding the current plaintext ends in `read_buf`.
-    record_end: usize,
-    /// Set once a record failed: the stream stays failed.
-    read_failed: Option<io::ErrorKind>,
+    /// The receiving direction and its buffer.
+    reader: RecordReader,
     /// A sealed record on its way to the socket, and how much of it was written.
     write_buf: Vec<u8>,
     write_pos: usize,
@@ -171,14 +77,7 @@ impl SecureStream {
     ) -> Self {
         let records = Records {
             send,
-            recv,
-            read_buf: vec![0u8; READ_BUFFER_BYTES],
-            read_start: 0,
-            read_end: 0,
-            plain_start: 0,
-            plain_end: 0,
-            record_end: 0,
-            read_failed: None,
+            reader: RecordReader::new(recv),
             write_buf: Vec::with_capacity(RECORD_HEADER_BYTES + RECORD_BYTES_MAX),
             write_pos: 0,
             write_plain: Vec::new(),
@@ -214,88 +113,38 @@ impl SecureStream {
     #[cfg(test)]
     pub(crate) fn seal_for_test(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         match &mut self.records {
-            Some(records) => records.send.seal_into(plaintext, out),
+            Some(records) => records.send.seal_into(plaintext, out).map_err(io_error),
             None => Err(io::Error::other("a plain stream has no records")),
         }
     }
 }
 
 impl Records {
-    /// Opens the next whole record in `read_buf`, if there is one.
-    fn open_next(&mut self) -> io::Result<bool> {
-        debug_assert_eq!(self.plain_start, self.plain_end);
-        let available = self.read_end - self.read_start;
-        if available < RECORD_HEADER_BYTES {
-            return Ok(false);
-        }
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        header.copy_from_slice(&self.read_buf[self.read_start..self.read_start + 4]);
-        let len = record_len(header)?;
-        if available < RECORD_HEADER_BYTES + len {
-            return Ok(false);
-        }
-        let body_start = self.read_start + RECORD_HEADER_BYTES;
-        let body = &mut self.read_buf[body_start..body_start + len];
-        let plain_len = self.recv.open_in_place(header, body)?;
-        self.plain_start = body_start;
-        self.plain_end = body_start + plain_len;
-        self.record_end = body_start + len;
-        Ok(true)
-    }
-
-    /// Makes room at the end of `read_buf` for at least one whole record.
-    fn compact(&mut self) {
-        if self.read_start == 0 {
-            return;
-        }
-        self.read_buf.copy_within(self.read_start..self.read_end, 0);
-        self.read_end -= self.read_start;
-        self.read_start = 0;
-    }
-
     fn poll_read(
         &mut self,
         tcp: &mut TcpStream,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let reader = &mut self.reader;
         loop {
-            if self.plain_start < self.plain_end {
-                let n = (self.plain_end - self.plain_start).min(buf.remaining());
-                buf.put_slice(&self.read_buf[self.plain_start..self.plain_start + n]);
-                self.plain_start += n;
-                if self.plain_start == self.plain_end {
-                    self.read_start = self.record_end;
-                }
+            let plain = reader.plaintext();
+            if !plain.is_empty() {
+                let n = plain.len().min(buf.remaining());
+                buf.put_slice(&plain[..n]);
+                reader.consume(n);
                 return Poll::Ready(Ok(()));
             }
-            if let Some(kind) = self.read_failed {
-                return Poll::Ready(Err(io::Error::new(kind, "the secure connection failed")));
+            if reader.open_next().map_err(io_error)? {
+                continue;
             }
-            match self.open_next() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    self.read_failed = Some(e.kind());
-                    return Poll::Ready(Err(e));
-                }
-            }
-            // Keep room for a whole record, so reads stay large.
-            if self.read_buf.len() - self.read_end < RECORD_HEADER_BYTES + RECORD_BYTES_MAX {
-                self.compact();
-            }
-            debug_assert!(self.read_end < self.read_buf.len());
-            let mut spare = ReadBuf::new(&mut self.read_buf[self.read_end..]);
+            let mut spare = ReadBuf::new(reader.spare());
             ready!(Pin::new(&mut *tcp).poll_read(cx, &mut spare))?;
             let got = spare.filled().len();
             if got == 0 {
-                if self.read_start == self.read_end {
-                    return Poll::Ready(Ok(()));
-                }
-                self.read_failed = Some(io::ErrorKind::UnexpectedEof);
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                return Poll::Ready(reader.end().map_err(io_error));
             }
-            self.read_end += got;
+            reader.filled(got);
         }
     }
 
@@ -333,7 +182,9 @@ impl Records {
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        self.send.seal_into(&buf[..n], &mut self.write_buf)?;
+        self.send
+            .seal_into(&buf[..n], &mut self.write_buf)
+            .map_err(io_error)?;
         self.write_plain.extend_from_slice(&buf[..n]);
         ready!(self.poll_drain(tcp, cx))?;
         self.finish_record();

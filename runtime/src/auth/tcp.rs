@@ -24,7 +24,7 @@ use super::handshake::{
     self, CLIENT_HELLO_REST_BYTES, ClientToken, Credential, HelloError, MAGIC,
     NODE_HELLO_REST_BYTES, NodeKeys, Role, TOKEN_ENV,
 };
-use super::stream::{RECORD_HEADER_BYTES, SecureStream, TAG_BYTES, record_len};
+use super::stream::{RECORD_HEADER_BYTES, SecureStream, TAG_BYTES};
 use super::{ClusterKey, KeyError};
 use crate::net::TcpStream;
 
@@ -174,20 +174,18 @@ async fn client_handshake(
     }
     let mut rest = [0u8; NODE_HELLO_REST_BYTES];
     read_or_closed(&mut tcp, &mut rest).await?;
-    let node_nonce = handshake::parse_node_hello(&rest)?;
-    let (mut send, mut recv) = handshake::client_directions(credential, &client_nonce, &node_nonce);
+    let answer = credential.answer(&client_nonce, &rest)?;
+    let (send, mut recv) = (answer.send, answer.recv);
     // Prove first, then check: the node counts a wrong key even when this side gives up.
-    let mut proof = Vec::with_capacity(RECORD_HEADER_BYTES + TAG_BYTES);
-    send.seal_into(&[], &mut proof)?;
-    tcp.write_all(&proof).await?;
+    tcp.write_all(&answer.reply).await?;
     let mut header = [0u8; RECORD_HEADER_BYTES];
     read_or_closed(&mut tcp, &mut header).await?;
-    let mut body = [0u8; TAG_BYTES];
-    if record_len(header).ok() != Some(TAG_BYTES) {
+    if !handshake::proof_header_ok(header) {
         return Err(HandshakeError::WrongKey);
     }
-    read_or_closed(&mut tcp, &mut body).await?;
-    if recv.open_in_place(header, &mut body).is_err() {
+    let mut tag = [0u8; TAG_BYTES];
+    read_or_closed(&mut tcp, &mut tag).await?;
+    if handshake::check_proof(&mut recv, header, &mut tag).is_err() {
         return Err(HandshakeError::WrongKey);
     }
     Ok(SecureStream::sealed(tcp, send, recv))
@@ -344,22 +342,20 @@ async fn node_handshake(
     }
     let mut rest = [0u8; CLIENT_HELLO_REST_BYTES];
     tcp.read_exact(&mut rest).await.map_err(broken)?;
-    let (role, client_nonce) = handshake::parse_client_hello(&rest).map_err(|_| Refusal::Broken)?;
-    let node_nonce = handshake::fresh_nonce();
-    let (mut send, mut recv) = handshake::node_directions(keys, role, &client_nonce, &node_nonce);
-    let mut hello = handshake::node_hello(&node_nonce);
-    send.seal_into(&[], &mut hello).map_err(broken)?;
+    let answer = keys
+        .answer(&rest, &handshake::fresh_nonce())
+        .map_err(|_| Refusal::Broken)?;
+    let (send, mut recv, role) = (answer.send, answer.recv, answer.role);
     tcp.set_nodelay(true).map_err(broken)?;
-    tcp.write_all(&hello).await.map_err(broken)?;
+    tcp.write_all(&answer.reply).await.map_err(broken)?;
     let mut header = [0u8; RECORD_HEADER_BYTES];
     tcp.read_exact(&mut header).await.map_err(broken)?;
-    if record_len(header).ok() != Some(TAG_BYTES) {
+    if !handshake::proof_header_ok(header) {
         return Err(Refusal::Forged);
     }
-    let mut body = [0u8; TAG_BYTES];
-    tcp.read_exact(&mut body).await.map_err(broken)?;
-    recv.open_in_place(header, &mut body)
-        .map_err(|_| Refusal::Forged)?;
+    let mut tag = [0u8; TAG_BYTES];
+    tcp.read_exact(&mut tag).await.map_err(broken)?;
+    handshake::check_proof(&mut recv, header, &mut tag).map_err(|_| Refusal::Forged)?;
     Ok((SecureStream::sealed(tcp, send, recv), role))
 }
 

@@ -39,7 +39,7 @@ struct Args {
 }
 
 fn seal_open_ns(size: usize, operations: u64) -> (f64, f64) {
-    let key = DatagramKey::new(&ClusterKey::generate());
+    let key = DatagramKey::from(&ClusterKey::generate());
     let payload = vec![7u8; size];
     let now = 1_800_000_000;
     let start = Instant::now();

@@ -425,7 +425,10 @@ mod tests {
         let msg = |term| Message {
             term,
             context: 7,
-            body: Body::PreVoteResponse { granted: true },
+            body: Body::PreVoteResponse {
+                candidate: VoterId(1),
+                granted: true,
+            },
         };
         for term in 1..=3 {
             outbound.send(VoterId(1), &msg(term));
