@@ -580,7 +580,8 @@ mod tests {
             .num_threads(1)
             .build()
             .expect("pool");
-        let time = |name: &str, run: &dyn Fn(&Pointwise, &[f32], usize) -> Vec<f32>| {
+        type Conv<'a> = dyn Fn(&Pointwise, &[f32], usize) -> Vec<f32> + 'a;
+        let time = |name: &str, run: &Conv<'_>| {
             let mut best = f64::MAX;
             let mut small = 0.0;
             for _ in 0..20 {
