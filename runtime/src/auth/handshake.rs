@@ -153,24 +153,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hellos_round_trip_and_bad_ones_are_errors() {
-        let nonce = fresh_nonce();
-        let hello = client_hello(Role::Client, &nonce);
-        assert_eq!(&hello[..4], &MAGIC);
-        let mut rest = [0u8; CLIENT_HELLO_REST_BYTES];
-        rest.copy_from_slice(&hello[4..]);
-        assert_eq!(parse_client_hello(&rest), Ok((Role::Client, nonce)));
-        rest[1] = 9;
-        assert_eq!(parse_client_hello(&rest), Err(HelloError::Role(9)));
-        rest[0] = 2;
-        assert_eq!(parse_client_hello(&rest), Err(HelloError::Version(2)));
-        let hello = node_hello(&nonce);
-        let mut rest = [0u8; NODE_HELLO_REST_BYTES];
-        rest.copy_from_slice(&hello[4..]);
-        assert_eq!(parse_node_hello(&rest), Ok(nonce));
-    }
-
-    #[test]
     fn magic_is_no_frame_a_node_would_read() {
         let len = u32::from_be_bytes(MAGIC) as usize;
         assert!(len > idunno_core::wire::FRAME_BYTES_MAX);
