@@ -381,18 +381,39 @@ fn storage_less_nodes_get_no_replicas_and_orphans_are_collected() {
             Ok(())
         },
     );
-    // The five stores announce themselves as they start; until all have, a put may be placed
-    // on fewer than four.
+    // How many blob requests the storage-less nodes have refused so far (from their logs).
+    let refused = |cluster: &Cluster| -> usize {
+        storeless
+            .iter()
+            .map(|&index| {
+                std::fs::read_to_string(&cluster.node(index).log)
+                    .unwrap_or_default()
+                    .matches(NO_BLOB_STORE)
+                    .count()
+            })
+            .sum()
+    };
+    // The five stores announce themselves as they start. Until the first announcement
+    // applies, placement falls back to every live node (as with a log from before stores
+    // announced), and the storage-less nodes, holding the least, are chosen first and refuse;
+    // until all have, a put may be placed on fewer than four. Warm up until a put lands on four
+    // stores with no refusal on the way: from then on only announced stores are candidates.
     let warm = cluster.scratch().join("warm");
     std::fs::write(&warm, b"warm").expect("write");
     eventually("a put lands on four stores", CONVERGE_TIMEOUT, || {
+        let before = refused(&cluster);
         let (_, replicas) = dfs_put(all[0], &warm, "warm")?;
-        if replicas.len() == REPLICATION {
+        let after = refused(&cluster);
+        if replicas.len() == REPLICATION && after == before {
             Ok(())
         } else {
-            Err(format!("placed on {replicas:?}"))
+            Err(format!(
+                "placed on {replicas:?}, {} refusals on the way",
+                after - before
+            ))
         }
     });
+    let refused_at_start = refused(&cluster);
 
     // 1. Files put through every node, storage-less ones included (they hold the least, so a
     //    placement blind to stores would choose them first): never a replica on them.
@@ -419,14 +440,11 @@ fn storage_less_nodes_get_no_replicas_and_orphans_are_collected() {
         }
         files.push((name, content));
     }
-    for index in &storeless {
-        let log = std::fs::read_to_string(&cluster.node(*index).log).unwrap_or_default();
-        assert!(
-            !log.contains(NO_BLOB_STORE),
-            "a blob request reached the storage-less {}",
-            cluster.node(*index).addr
-        );
-    }
+    assert_eq!(
+        refused(&cluster),
+        refused_at_start,
+        "a blob request reached a storage-less node once stores had announced"
+    );
 
     // 2. An orphan: the only version referring to a blob is deleted; every replica's
     //    collector removes the blob from disk after the grace, while a live blob stays.
