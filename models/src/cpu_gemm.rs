@@ -433,18 +433,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     use crate::cpu_kernels::Avx2;
     use crate::cpu_kernels::Plain;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 12_000) as f32 / 1000.0 - 4.0
-            })
-            .collect()
-    }
+    use crate::cpu_kernels::tests::values;
 
     fn naive(
         weight: &[f32],

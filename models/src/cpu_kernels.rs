@@ -545,7 +545,7 @@ pub(crate) fn channel_means(x: &[f32], channels: usize) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Naive depthwise convolution with explicit SAME padding, the kernel's specification.
@@ -582,8 +582,8 @@ mod tests {
         (out, [c, oh, ow])
     }
 
-    /// Deterministic pseudo-random values in about [-4, 8].
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic pseudo-random values in about [-4, 8] (also cpu_gemm's tests).
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
         (0..n)
             .map(|_| {

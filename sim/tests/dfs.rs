@@ -214,21 +214,28 @@ fn corrupt_copies_are_reported_and_replaced() {
     });
 }
 
+/// After a second of traffic, crashes the metadata leader and three random nodes at once, runs
+/// 2.5 s, and restarts the leader with its log.
+fn crash_the_leader_and_three(sim: &mut DfsSim<RaftLog>) -> Result<(), Violation> {
+    sim.run_for(ms(1_000))?;
+    let leader = sim.log_mut().raft().leader();
+    if let Some(leader) = leader {
+        sim.log_mut().raft().crash(&[leader]);
+    }
+    let victims = sim.random_nodes(3);
+    sim.crash(&victims);
+    sim.run_for(ms(2_500))?;
+    if let Some(leader) = leader {
+        sim.log_mut().raft().restart(leader)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn raft_backed_with_leader_and_storage_crashes() {
     scenario!("raft_backed_with_leader_and_storage_crashes", RAFT_SEEDS).run(|seed| {
         let mut sim = raft_backed(seed, DfsOptions::default())?;
-        sim.run_for(ms(1_000))?;
-        let leader = sim.log_mut().raft().leader();
-        if let Some(leader) = leader {
-            sim.log_mut().raft().crash(&[leader]);
-        }
-        let victims = sim.random_nodes(3);
-        sim.crash(&victims);
-        sim.run_for(ms(2_500))?;
-        if let Some(leader) = leader {
-            sim.log_mut().raft().restart(leader)?;
-        }
+        crash_the_leader_and_three(&mut sim)?;
         sim.run_for(ms(500))?;
         settle(&mut sim)?;
         expect(
@@ -290,17 +297,7 @@ fn raft_backed_storage_less_nodes_never_hold_replicas() {
     )
     .run(|seed| {
         let mut sim = raft_backed(seed, three_storage_less())?;
-        sim.run_for(ms(1_000))?;
-        let leader = sim.log_mut().raft().leader();
-        if let Some(leader) = leader {
-            sim.log_mut().raft().crash(&[leader]);
-        }
-        let victims = sim.random_nodes(3);
-        sim.crash(&victims);
-        sim.run_for(ms(2_500))?;
-        if let Some(leader) = leader {
-            sim.log_mut().raft().restart(leader)?;
-        }
+        crash_the_leader_and_three(&mut sim)?;
         settle(&mut sim)?;
         expect(
             sim.now(),
