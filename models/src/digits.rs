@@ -406,6 +406,11 @@ impl DigitsCnn {
     }
 }
 
+/// One digit file's bytes as the network's input.
+fn preprocess_digit(bytes: &[u8]) -> Result<Preprocessed, InputError> {
+    decode_digit(bytes).map(|pixels| to_preprocessed(&pixels))
+}
+
 impl Model for DigitsCnn {
     fn name(&self) -> &'static str {
         NAME
@@ -423,8 +428,8 @@ impl Model for DigitsCnn {
         true
     }
 
-    fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, InputError> {
-        decode_digit(bytes).map(|pixels| to_preprocessed(&pixels))
+    fn preprocessor(&self) -> crate::Preprocessor {
+        preprocess_digit
     }
 
     fn forward_batch(&self, batch: &[Preprocessed]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -719,8 +719,8 @@ impl Model for EfficientNetLite0 {
         false
     }
 
-    fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, InputError> {
-        preprocess_image(bytes)
+    fn preprocessor(&self) -> crate::Preprocessor {
+        preprocess_image
     }
 
     fn forward_batch(&self, batch: &[Preprocessed]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -85,6 +85,9 @@ impl Preprocessed {
     }
 }
 
+/// Decodes and preprocesses one input of a model (see [`Model::preprocessor`]).
+pub type Preprocessor = fn(&[u8]) -> Result<Preprocessed, InputError>;
+
 /// A model a worker can drive without knowing which model it is.
 pub trait Model: Send {
     /// The registry name, e.g. `"digits-cnn"`.
@@ -100,8 +103,15 @@ pub trait Model: Send {
     /// weights).
     fn is_trainable(&self) -> bool;
 
+    /// The decoder behind [`Model::preprocess`], as a plain function: it holds no model state,
+    /// so a caller may decode several inputs on several threads at once (the model itself is
+    /// not `Sync`).
+    fn preprocessor(&self) -> Preprocessor;
+
     /// Decode and preprocess one input. Errors are per input and change nothing.
-    fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, InputError>;
+    fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, InputError> {
+        (self.preprocessor())(bytes)
+    }
 
     /// Run the network on a batch; one logits vector per input, in order.
     fn forward_batch(&self, batch: &[Preprocessed]) -> Result<Vec<Vec<f32>>, ModelError>;

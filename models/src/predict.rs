@@ -11,6 +11,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::classify::{ClassScore, Prediction};
@@ -88,9 +89,12 @@ pub fn run_model(
     }
     let mut failed = 0usize;
     for chunk in files.chunks(BATCH_SIZE) {
+        // Decoding is a third of an image's CPU time: the chunk's inputs decode in parallel on
+        // the current rayon pool, so this process keeps every core busy between two runs.
+        let preprocess = model.preprocessor();
         let prepared: Vec<Result<Preprocessed, InputError>> = chunk
-            .iter()
-            .map(|path| read_input(path).and_then(|bytes| model.preprocess(&bytes)))
+            .par_iter()
+            .map(|path| read_input(path).and_then(|bytes| preprocess(&bytes)))
             .collect();
         let batch: Vec<Preprocessed> = prepared
             .iter()
