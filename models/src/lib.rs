@@ -40,6 +40,7 @@ use burn::tensor::{Tensor, TensorData};
 pub use classify::{ClassScore, Prediction};
 pub use device::DeviceError;
 pub use error::{InputError, ModelError};
+use rayon::prelude::*;
 
 /// What kind of bytes a model takes as one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -141,8 +142,11 @@ pub fn predict_batch(
     model: &dyn Model,
     inputs: &[&[u8]],
 ) -> Result<Vec<Result<Prediction, InputError>>, ModelError> {
+    // The inputs decode in parallel on the current rayon pool (a third of an image's CPU time
+    // is decoding; the network then runs the images in parallel too).
+    let preprocess = model.preprocessor();
     let prepared: Vec<Result<Preprocessed, InputError>> =
-        inputs.iter().map(|bytes| model.preprocess(bytes)).collect();
+        inputs.par_iter().map(|bytes| preprocess(bytes)).collect();
     let batch: Vec<Preprocessed> = prepared
         .iter()
         .filter_map(|p| p.as_ref().ok().cloned())

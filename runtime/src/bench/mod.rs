@@ -1,5 +1,5 @@
-//! What the bench binaries (`raft-bench`, `sched-throughput`, `jobs-bench`) share: the error
-//! of a failed step, and the local cluster of voters and workers they measure.
+//! What the bench binaries (`raft-bench`, `sched-throughput`, `jobs-bench`, `infer-throughput`)
+//! share: the error of a failed step, and the local cluster of voters and workers they measure.
 //!
 //! Owns: [`BenchError`] (any displayable error converts into it), [`fail`], and
 //! [`cluster::LocalCluster`].
