@@ -4,6 +4,8 @@
 //! A worker's leases go back to the queue sooner: once it has been suspected for
 //! `SUSPECT_REVOKE_AFTER`, but not when it refutes the suspicion before that.
 //!
+//! An idle worker's ask that would change nothing is answered without a log entry.
+//!
 //! Owns: one single-voter Raft driver on paused time, fed a membership view by hand.
 //! Must never: depend on wall-clock timing (time is paused and advanced by tokio).
 
@@ -196,4 +198,89 @@ async fn a_suspicion_refuted_at_once_keeps_the_lease() {
         SchedResult::NoWork,
         "the refuting worker keeps its batch"
     );
+}
+
+/// The Raft driver's counter `name` (from `NodeStats`).
+async fn raft_counter(requests: &mpsc::Sender<RaftRequest>, name: &str) -> u64 {
+    let ControlResponse::NodeStats(groups) = ask(requests, ControlRequest::NodeStats).await else {
+        panic!("no stats");
+    };
+    groups
+        .iter()
+        .filter(|g| g.name == "raft")
+        .flat_map(|g| g.counters.iter())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no raft counter {name}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_workers_asks_do_not_grow_the_log() {
+    let leader = start_leader("idle-asks", 7131).await;
+    let requests = &leader.requests;
+    let worker = NodeId::new(addr(7132), 1);
+    let before = raft_counter(requests, "last_index").await;
+    for request in 1..=20 {
+        let answer = sched(requests, SchedCommand::Lease { worker, request }).await;
+        assert_eq!(answer, SchedResult::NoWork);
+    }
+    assert_eq!(
+        raft_counter(requests, "last_index").await,
+        before,
+        "no entry for an idle ask"
+    );
+    assert_eq!(raft_counter(requests, "idle_asks_answered").await, 20);
+
+    // With work, the ask goes through the log and is granted; its retry gets the same grant.
+    let spec = JobSpec {
+        model: "noop".into(),
+        inputs: vec!["in/0".into()],
+        batch_size: 1,
+        lease_millis: 60_000,
+    };
+    let submitted = sched(requests, SchedCommand::Submit { spec, request: 1 }).await;
+    assert!(
+        matches!(submitted, SchedResult::Submitted { .. }),
+        "{submitted:?}"
+    );
+    let SchedResult::Granted(grant) = sched(
+        requests,
+        SchedCommand::Lease {
+            worker,
+            request: 21,
+        },
+    )
+    .await
+    else {
+        panic!("the pending input is granted");
+    };
+    let retried = sched(
+        requests,
+        SchedCommand::Lease {
+            worker,
+            request: 21,
+        },
+    )
+    .await;
+    assert_eq!(
+        retried,
+        SchedResult::Granted(grant),
+        "a retry is applied, not short-cut"
+    );
+    // Nothing pending again: the next new ask is answered from the state.
+    let logged = raft_counter(requests, "last_index").await;
+    assert!(logged >= before + 3, "submit, grant and retry were logged");
+    let other = NodeId::new(addr(7133), 1);
+    assert_eq!(
+        sched(
+            requests,
+            SchedCommand::Lease {
+                worker: other,
+                request: 1
+            }
+        )
+        .await,
+        SchedResult::NoWork
+    );
+    assert_eq!(raft_counter(requests, "last_index").await, logged);
 }

@@ -91,6 +91,14 @@ impl LeaseTable {
     }
 
     /// Removes and returns every lease with `expires_at <= now`, earliest first.
+    /// Whether some lease expires at or before `now`.
+    pub fn any_expired(&self, now: Instant) -> bool {
+        self.by_expiry
+            .range(..=(now, LeaseId(u64::MAX)))
+            .next()
+            .is_some()
+    }
+
     pub(super) fn take_expired(&mut self, now: Instant) -> Vec<Lease> {
         let due: Vec<LeaseId> = self
             .by_expiry

@@ -481,6 +481,24 @@ impl Scheduler {
         self.grant_of(self.leases.get(lease)?)
     }
 
+    /// Whether `Lease { worker, request }` applied at `now` would answer `NoWork`, changing
+    /// nothing but the worker's remembered request number: no running job has an input
+    /// waiting, no lease expires by `now` (which would put inputs back), and `request` is a new
+    /// ask (not a retry, which gets its earlier grant again, nor a stale one). The leader
+    /// answers such an ask without appending it to the log, so an idle cluster's workers do not
+    /// grow the log.
+    pub fn answers_no_work(&self, now: Instant, worker: NodeId, request: u64) -> bool {
+        let new_ask = match self.workers.get(&worker) {
+            Some(entry) => request > entry.request,
+            // An unknown worker at the cap evicts an idle one or is refused.
+            None => self.workers.len() < WORKERS_MAX,
+        };
+        new_ask
+            && !self.leases.any_expired(now)
+            && self.leases.of_worker(worker).count() < LEASES_PER_WORKER_MAX
+            && fair::pick(&self.jobs).is_none()
+    }
+
     /// Worker-time shares that equal query rates need, per running job (see `fair`).
     pub fn fair_shares(&self) -> Vec<(JobId, f64)> {
         fair::shares(&self.jobs)

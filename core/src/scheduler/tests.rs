@@ -696,9 +696,18 @@ proptest! {
             match st {
                 Step::Lease(w) => {
                     let r = requests.entry(w % 6).or_default();
-                    *r += 1;
-                    if let SchedResult::Granted(g) = s.apply(at(now), SchedCommand::Lease { worker: node(u64::from(w % 6)), request: *r }) {
-                        granted.push((node(u64::from(w % 6)), g));
+                    // Now and then a retry of the last ask (same request number).
+                    if w % 5 != 0 || *r == 0 {
+                        *r += 1;
+                    }
+                    let worker = node(u64::from(w % 6));
+                    let no_work = s.answers_no_work(at(now), worker, *r);
+                    let answer = s.apply(at(now), SchedCommand::Lease { worker, request: *r });
+                    if no_work {
+                        prop_assert_eq!(&answer, &SchedResult::NoWork);
+                    }
+                    if let SchedResult::Granted(g) = answer {
+                        granted.push((worker, g));
                     }
                 }
                 Step::Complete { worker, pick, wrong } => {
@@ -976,4 +985,40 @@ fn complete_and_lease_reports_then_grants_the_next_batch() {
     assert_eq!(*next, SchedResult::NoWork);
     assert_eq!(s.job(job).expect("kept").done_count(), 3);
     s.verify().expect("consistent");
+}
+
+#[test]
+fn an_idle_ask_is_answered_without_the_log_only_when_nothing_would_change() {
+    let mut s = Scheduler::default();
+    assert!(
+        s.answers_no_work(at(0), node(1), 1),
+        "no job: a new ask gets NoWork"
+    );
+    let job = submit(&mut s, at(0), spec("digits", 4, 2), 1);
+    assert!(
+        !s.answers_no_work(at(0), node(1), 1),
+        "pending inputs: the ask must be applied"
+    );
+    let first = lease(&mut s, at(1), node(1), 1).expect("work");
+    let second = lease(&mut s, at(1), node(2), 1).expect("work");
+    assert_eq!((first.job, second.job), (job, job));
+    // Every input is leased: a new ask finds nothing, but a retry of a granted ask must
+    // reach the log to get its grant again, and a stale one its refusal.
+    assert!(s.answers_no_work(at(2), node(1), 2));
+    assert!(
+        !s.answers_no_work(at(2), node(1), 1),
+        "a retry gets its earlier grant"
+    );
+    assert_eq!(lease(&mut s, at(2), node(1), 1), Some(first.clone()));
+    assert!(
+        !s.answers_no_work(at(2), node(1), 0),
+        "a stale ask is refused"
+    );
+    // A lease that has expired by `now` puts its inputs back when the ask applies.
+    assert!(!s.answers_no_work(at(5_000), node(3), 1));
+    s.apply(at(5_000), SchedCommand::ExpireLeases);
+    assert!(
+        !s.answers_no_work(at(5_000), node(3), 1),
+        "inputs are pending again"
+    );
 }

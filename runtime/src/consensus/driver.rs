@@ -28,8 +28,8 @@ use idunno_core::consensus::{
     Snapshot, StateMachine, Timer, VoterId,
 };
 use idunno_core::membership::NodeId;
-use idunno_core::scheduler::SchedCommand;
 use idunno_core::scheduler::api::{self, SchedAnswer, SchedRequest};
+use idunno_core::scheduler::{SchedCommand, SchedResult};
 use idunno_core::time::Instant;
 use idunno_core::wire::{ControlRequest, ControlResponse};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -180,6 +180,8 @@ pub struct RaftDriver {
     /// The applied index of the last compaction attempt (made or refused).
     compacted_at: u64,
     next_read_id: u64,
+    /// Idle workers' asks answered `NoWork` from the applied state (not logged).
+    idle_asks_answered: u64,
     next_proposal_id: u64,
     applied: u64,
 }
@@ -251,6 +253,7 @@ impl RaftDriver {
             compact_every: super::COMPACT_EVERY_DEFAULT,
             compacted_at: applied,
             next_read_id: 0,
+            idle_asks_answered: 0,
             next_proposal_id: 0,
             applied,
         })
@@ -543,6 +546,23 @@ impl RaftDriver {
                 self.read(query, reply)?;
             }
             ControlRequest::Sched { request, .. } => match request {
+                // An idle worker's ask that would change nothing is answered from the applied
+                // state: an idle cluster does not grow the log (or fsync) at every lane's ask.
+                // The applied state may lag the log (a job submitted a moment ago); then the
+                // worker only asks again after its idle pause.
+                SchedRequest::Command(SchedCommand::Lease { worker, request })
+                    if self.raft.is_leader()
+                        && self.state.scheduler().answers_no_work(
+                            cluster_now().max(self.state.now()),
+                            worker,
+                            request,
+                        ) =>
+                {
+                    self.idle_asks_answered += 1;
+                    let _ = reply.send(ControlResponse::Sched(SchedAnswer::Result(
+                        SchedResult::NoWork,
+                    )));
+                }
                 SchedRequest::Command(command) => {
                     self.propose(ClusterOp::Sched(command), reply, answer_sched)?;
                 }
@@ -568,6 +588,7 @@ impl RaftDriver {
                         ("applied_index", self.applied),
                         ("last_index", self.raft.last_index()),
                         ("proposals_waiting", self.proposals.len() as u64),
+                        ("idle_asks_answered", self.idle_asks_answered),
                         ("persist_fsyncs", persist.groups),
                     ],
                     self.raft.metrics(),

@@ -77,7 +77,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             lanes: 2,
             idle_min: Duration::from_millis(5),
-            idle_max: Duration::from_millis(500),
+            idle_max: Duration::from_millis(200),
             call_timeout: Duration::from_secs(3),
             pipeline: true,
         }
