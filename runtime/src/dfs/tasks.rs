@@ -41,9 +41,10 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(30);
 /// A blob younger than this is never collected (a put may not have committed yet).
 pub const GC_GRACE: Duration = Duration::from_secs(600);
 /// First pause between tries to announce the store (doubled up to [`ANNOUNCE_PAUSE_MAX`]).
-pub const ANNOUNCE_PAUSE: Duration = Duration::from_millis(250);
-/// Longest pause between tries to announce the store.
-pub const ANNOUNCE_PAUSE_MAX: Duration = Duration::from_secs(5);
+pub const ANNOUNCE_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between tries to announce the store: short, because until it is announced
+/// puts place their replicas on the other stores only (one try per generation, so cheap).
+pub const ANNOUNCE_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// When and what a node's garbage collector removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
