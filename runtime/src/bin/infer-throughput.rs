@@ -17,6 +17,9 @@
 //!   from its first lease to its end on the replicated clock (steady). Every job must end with
 //!   every input done and none failed.
 //!
+//! Also the CPU time (user + system, from /proc) per image: of the predict runs, and of each
+//! node during the timed jobs, so a gap shows whether it is overhead or idle cores.
+//!
 //! Prints a markdown table on stdout, progress on stderr.
 //!
 //! ```sh
@@ -95,6 +98,28 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`: 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU seconds (user + system) of process `pid` from /proc/PID/stat, with the given field
+/// offsets after the command name (0: utime; 2: cutime, the reaped children's).
+fn proc_cpu(pid: &str, first_field: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, cutime field 16.
+    let at = |field: usize| fields.get(field - 3)?.parse::<f64>().ok();
+    let user = at(14 + first_field)?;
+    let system = at(15 + first_field)?;
+    Some((user + system) / CLOCK_TICKS)
+}
+
+/// CPU seconds of this process's reaped children so far.
+fn children_cpu() -> f64 {
+    proc_cpu("self", 2).unwrap_or(f64::NAN)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -155,19 +180,21 @@ fn time_predict(exe: &Path, files: &[PathBuf], out_file: &Path) -> Result<Durati
     Ok(took)
 }
 
-/// The predict side: (times of the full runs, time of the one-photo run).
+/// The predict side: (times of the full runs, time of the one-photo run, CPU seconds of all
+/// the full runs).
 fn predict_side(
     exe: &Path,
     files: &[PathBuf],
     root: &Path,
     reps: usize,
-) -> Result<(Vec<f64>, f64), BenchError> {
+) -> Result<(Vec<f64>, f64, f64), BenchError> {
     let out_file = root.join("predict.jsonl");
     let one = files.first().cloned().map(|f| vec![f]).unwrap_or_default();
     // Warm the page cache and the executable.
     time_predict(exe, &one, &out_file)?;
     let single = time_predict(exe, &one, &out_file)?.as_secs_f64();
     let mut full = Vec::new();
+    let cpu_before = children_cpu();
     for rep in 0..reps {
         let took = time_predict(exe, files, &out_file)?.as_secs_f64();
         progress(&format!(
@@ -179,7 +206,7 @@ fn predict_side(
         ));
         full.push(took);
     }
-    Ok((full, single))
+    Ok((full, single, children_cpu() - cpu_before))
 }
 
 /// One cluster job's timings: (end to end, first lease to finished) in seconds.
@@ -290,6 +317,10 @@ struct Measured {
     images: usize,
     predict_full: Vec<f64>,
     predict_single: f64,
+    /// CPU seconds of all the full predict runs.
+    predict_cpu: f64,
+    /// (node, CPU seconds during the timed jobs), voter first.
+    cluster_cpu: Vec<(String, f64)>,
     warm_up: JobRun,
     jobs: Vec<JobRun>,
     load_before: String,
@@ -301,7 +332,7 @@ async fn cluster_side(
     root: &Path,
     photos_dir: &Path,
     images: usize,
-) -> Result<(JobRun, Vec<JobRun>), BenchError> {
+) -> Result<(JobRun, Vec<JobRun>, Vec<(String, f64)>), BenchError> {
     let mut side = ClusterSide::start(args, root.join("cluster")).await?;
     progress("storing the pretrained weights (train efficientnet-lite0)");
     side.client(&["train", MODEL]).await?;
@@ -321,6 +352,21 @@ async fn cluster_side(
         warm_up.end_to_end,
         images as f64 / warm_up.end_to_end
     ));
+    let nodes = 1 + usize::from(args.workers);
+    let pids: Vec<String> = (0..nodes)
+        .map(|i| {
+            side.cluster
+                .nodes
+                .pid(i)
+                .map_or_else(String::new, |p| p.to_string())
+        })
+        .collect();
+    let cpu_now = |pids: &[String]| -> Vec<f64> {
+        pids.iter()
+            .map(|p| proc_cpu(p, 0).unwrap_or(f64::NAN))
+            .collect()
+    };
+    let cpu_before = cpu_now(&pids);
     let mut jobs = Vec::new();
     for rep in 0..args.reps {
         let run = side.run_job(args.batch, images).await?;
@@ -336,11 +382,22 @@ async fn cluster_side(
         ));
         jobs.push(run);
     }
+    let cpu_after = cpu_now(&pids);
+    let cpu: Vec<(String, f64)> = (0..nodes)
+        .map(|i| {
+            let who = if i == 0 {
+                "voter".to_owned()
+            } else {
+                format!("worker {i}")
+            };
+            (who, cpu_after[i] - cpu_before[i])
+        })
+        .collect();
     side.cluster
         .nodes
         .check_alive()
         .map_err(|e| BenchError(e.0))?;
-    Ok((warm_up, jobs))
+    Ok((warm_up, jobs, cpu))
 }
 
 fn run(args: &Args, root: &Path) -> Result<Measured, BenchError> {
@@ -362,12 +419,14 @@ fn run(args: &Args, root: &Path) -> Result<Measured, BenchError> {
         "{images} photos; predict first ({} cores; load {load_before})",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    let (predict_full, predict_single) = predict_side(&exe, &files, root, args.reps)?;
-    let (warm_up, jobs) = block_on(cluster_side(args, root, &photos_dir, images))??;
+    let (predict_full, predict_single, predict_cpu) = predict_side(&exe, &files, root, args.reps)?;
+    let (warm_up, jobs, cluster_cpu) = block_on(cluster_side(args, root, &photos_dir, images))??;
     Ok(Measured {
         images,
         predict_full,
         predict_single,
+        predict_cpu,
+        cluster_cpu,
         warm_up,
         jobs,
         load_before,
@@ -431,6 +490,25 @@ fn report(args: &Args, m: &Measured) -> String {
         "\npredict of one photo (start-up, weights, one image): {:.2} s; cluster warm-up job \
          (loads the weights on each worker): {:.2} s\n",
         m.predict_single, m.warm_up.end_to_end
+    ));
+    // CPU per image: where the cluster spends more than the single process.
+    let timed_images = n * m.jobs.len() as f64;
+    let predict_images = n * m.predict_full.len() as f64;
+    let per_image = |cpu: f64, images: f64| 1000.0 * cpu / images.max(1.0);
+    let mut parts: Vec<String> = m
+        .cluster_cpu
+        .iter()
+        .map(|(who, cpu)| format!("{who} {:.2}", per_image(*cpu, timed_images)))
+        .collect();
+    let cluster_total: f64 = m.cluster_cpu.iter().map(|(_, c)| c).sum();
+    parts.push(format!(
+        "all nodes {:.2}",
+        per_image(cluster_total, timed_images)
+    ));
+    out.push_str(&format!(
+        "CPU ms per image (user + system): predict {:.2}; cluster: {}\n",
+        per_image(m.predict_cpu, predict_images),
+        parts.join(", ")
     ));
     out
 }

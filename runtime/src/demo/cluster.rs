@@ -112,6 +112,11 @@ impl Cluster {
         (0..self.nodes.len()).find(|&i| self.id(i).is_some_and(|id| id.addr == addr))
     }
 
+    /// The process id of node `index`, while it runs.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.nodes.get(index)?.as_ref().map(|n| n.process.id())
+    }
+
     /// Indices of the running nodes, ascending.
     pub fn live_indices(&self) -> Vec<usize> {
         (0..self.nodes.len())
