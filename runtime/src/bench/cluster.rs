@@ -50,14 +50,7 @@ impl LocalCluster {
         workers: usize,
         lanes: u8,
     ) -> Result<Self, BenchError> {
-        let me = std::env::current_exe()?;
-        let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
-        if !exe.is_file() {
-            return fail(format!(
-                "{} not found: build it first (cargo build --release -p idunno-runtime --bins)",
-                exe.display()
-            ));
-        }
+        let exe = super::node_exe()?;
         let nodes = Cluster::with_exe(root, exe).map_err(demo)?;
         let mut cluster = LocalCluster {
             nodes,

@@ -38,7 +38,7 @@ use clap::Parser;
 use idunno_core::scheduler::JobStatus;
 use idunno_core::scheduler::api::{JobSummary, SchedAnswer, SchedQuery};
 use idunno_runtime::bench::cluster::LocalCluster;
-use idunno_runtime::bench::{BenchError, fail};
+use idunno_runtime::bench::{BenchError, fail, load_average, node_exe};
 use idunno_runtime::demo::client::{ClientCmd, client_json};
 use idunno_runtime::demo::inputs::{copy_photos, default_photos_dir};
 use idunno_runtime::identity::unix_time_ms;
@@ -90,12 +90,6 @@ struct Args {
 
 fn progress(line: &str) {
     eprintln!("infer-throughput: {line}");
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`: 100 on Linux).
@@ -401,14 +395,7 @@ async fn cluster_side(
 }
 
 fn run(args: &Args, root: &Path) -> Result<Measured, BenchError> {
-    let me = std::env::current_exe()?;
-    let exe = me.with_file_name(format!("idunno-node{}", std::env::consts::EXE_SUFFIX));
-    if !exe.is_file() {
-        return fail(format!(
-            "{} not found: build it first (cargo build --release -p idunno-runtime --bins)",
-            exe.display()
-        ));
-    }
+    let exe = node_exe()?;
     let photos_from = args.photos.clone().unwrap_or_else(default_photos_dir);
     let photos_dir = root.join("photos");
     let names = copy_photos(&photos_from, &photos_dir, args.copies).map_err(|e| BenchError(e.0))?;

@@ -36,7 +36,7 @@
 //! Must never: leave a child running (the guard), bind outside 127.0.0.0/8, or report a
 //! measurement that did not complete (a rep that times out fails the bench, saying which).
 
-use idunno_runtime::bench::{BenchError, fail};
+use idunno_runtime::bench::{BenchError, fail, load_average};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -112,12 +112,6 @@ fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// One measure's samples, in seconds (or as a share, for the band).
