@@ -689,7 +689,7 @@ impl EfficientNetLite0 {
         let mut times = LayerTimes::default();
         if let Some(cpu) = self.cpu_net() {
             for item in batch {
-                crate::cpu_team::with_team(|| cpu.forward(item.values(), Some(&mut times)))?;
+                cpu.forward(item.values(), Some(&mut times))?;
             }
             return Ok(times);
         }
@@ -751,13 +751,7 @@ impl Model for EfficientNetLite0 {
         check_batch(NAME, self.input_shape(), batch)?;
         if let Some(cpu) = self.cpu_net() {
             // One image per pass, the images in parallel: each result is independent of the
-            // batch it came in. A lone image is split over the pool, with the pool's other
-            // workers kept spinning for the pass's many short steps.
-            if batch.len() == 1 {
-                return Ok(vec![crate::cpu_team::with_team(|| {
-                    cpu.forward(batch[0].values(), None)
-                })?]);
-            }
+            // batch it came in.
             return batch
                 .par_iter()
                 .map(|item| cpu.forward(item.values(), None))

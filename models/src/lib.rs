@@ -25,7 +25,6 @@
 pub mod classify;
 mod cpu_gemm;
 mod cpu_kernels;
-mod cpu_team;
 pub mod device;
 pub mod digits;
 pub mod efficientnet;
