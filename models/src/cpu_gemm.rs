@@ -528,32 +528,60 @@ fn column_tail(
     let cin = net.channels_in;
     let channels = rows.len();
     let first_panel = first_channel / MR;
-    for p in packed_end..end_column {
+    let mut first = packed_end;
+    while first < end_column {
+        // Up to TAIL_GROUP columns at once (independent multiply-add chains, interleaved as
+        // `column[ci * group + j]`); each column's sum runs in the same order whatever the group.
+        let group = (end_column - first).min(TAIL_GROUP);
         column.clear();
-        column.extend((0..cin).map(|ci| input[ci * pixels + p]));
+        column.extend(
+            (0..cin).flat_map(|ci| (0..group).map(move |j| input[ci * pixels + first + j])),
+        );
         for panel in 0..channels.div_ceil(MR) {
             let weights =
                 &net.packed[(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
-            let mut acc = [0.0f32; MR];
-            for (w, &x) in weights.chunks_exact(MR).zip(column.iter()) {
-                for (a, &w) in acc.iter_mut().zip(w) {
-                    *a = w.mul_add(x, *a);
+            let mut acc = [[0.0f32; MR]; TAIL_GROUP];
+            match group {
+                1 => acc[..1].copy_from_slice(&tail_sums::<1>(weights, column)),
+                2 => acc[..2].copy_from_slice(&tail_sums::<2>(weights, column)),
+                3 => acc[..3].copy_from_slice(&tail_sums::<3>(weights, column)),
+                _ => acc = tail_sums::<TAIL_GROUP>(weights, column),
+            }
+            for (j, acc) in acc.iter().take(group).enumerate() {
+                let p = first + j;
+                for (r, &a) in acc.iter().enumerate() {
+                    let (local, channel) = (panel * MR + r, first_channel + panel * MR + r);
+                    if local >= channels {
+                        break;
+                    }
+                    let value = a + net.bias[channel];
+                    rows[local][p - first_column] = match epilogue {
+                        Epilogue::Bias => value,
+                        Epilogue::BiasRelu6 => value.clamp(0.0, 6.0),
+                        Epilogue::BiasResidual(residual) => value + residual[channel * pixels + p],
+                    };
                 }
             }
-            for (r, &a) in acc.iter().enumerate() {
-                let (local, channel) = (panel * MR + r, first_channel + panel * MR + r);
-                if local >= channels {
-                    break;
-                }
-                let value = a + net.bias[channel];
-                rows[local][p - first_column] = match epilogue {
-                    Epilogue::Bias => value,
-                    Epilogue::BiasRelu6 => value.clamp(0.0, 6.0),
-                    Epilogue::BiasResidual(residual) => value + residual[channel * pixels + p],
-                };
+        }
+        first += group;
+    }
+}
+
+/// Tail columns [`column_tail`] takes at once.
+const TAIL_GROUP: usize = 4;
+
+/// `acc[j][r] = sum over ci of weights[ci * MR + r] * column[ci * G + j]`, `ci` in order.
+#[inline(always)]
+fn tail_sums<const G: usize>(weights: &[f32], column: &[f32]) -> [[f32; MR]; G] {
+    let mut acc = [[0.0f32; MR]; G];
+    for (w, x) in weights.chunks_exact(MR).zip(column.chunks_exact(G)) {
+        for (acc, &x) in acc.iter_mut().zip(x) {
+            for (a, &w) in acc.iter_mut().zip(w) {
+                *a = w.mul_add(x, *a);
             }
         }
     }
+    acc
 }
 
 #[cfg(test)]
@@ -604,6 +632,8 @@ mod tests {
             (3, 5, 64),
             (1, 1, 3),
             (1152, 16, 16),
+            (5, 9, 18),
+            (7, 13, 30),
         ];
         for (seed, &(cin, cout, pixels)) in shapes.iter().enumerate() {
             let seed = seed as u32;
