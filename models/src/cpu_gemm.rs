@@ -27,7 +27,8 @@ const TASK_MACS_MIN: usize = 1 << 18;
 /// same cache line of a row that starts on one).
 const LANES_SPLIT: usize = 16;
 /// Vectors of [`LANES_SPLIT`] pixels a task of a column split needs at least.
-const COLUMN_VECTORS_MIN: usize = 4;
+/// (One 48-pixel block with AVX-512: a 14x14 layer's 196 pixels go to four tasks.)
+const COLUMN_VECTORS_MIN: usize = 3;
 
 /// What the store does with `acc = W * X` of output channel `c`.
 #[derive(Debug, Clone, Copy)]
@@ -114,7 +115,7 @@ impl Pointwise {
     /// level `arch` (`pulp::Arch::new()` picks the best this CPU has).
     ///
     /// On a pool of several threads the work is split one of two ways. Wide images (at least
-    /// [`COLUMN_VECTORS_MIN`] vectors of pixels per thread) are split by pixel columns: each
+    /// [`COLUMN_VECTORS_MIN`] vectors of pixels per task, two tasks per thread) are split by pixel columns: each
     /// task packs only its own columns and computes every output channel for them, so packing
     /// runs in parallel and no task waits for it; the split points are multiples of 64 bytes.
     /// Narrow ones (the 7x7 layers, the classifier) are split by output channels after one
@@ -140,13 +141,18 @@ impl Pointwise {
         let tasks_by_work = (cin * cout * pixels / TASK_MACS_MIN).max(1);
         let lanes = arch.run(Lanes);
         let vectors = pixels / LANES_SPLIT;
-        let column_tasks = threads.min(tasks_by_work).min(vectors / COLUMN_VECTORS_MIN);
+        // Two tasks per thread: a worker that wakes late still finds one to take (with one
+        // per thread, the caller runs both when the other worker is slow to start).
+        let tasks_max = if threads > 1 { 2 * threads } else { 1 };
+        let column_tasks = tasks_max
+            .min(tasks_by_work)
+            .min(vectors / COLUMN_VECTORS_MIN);
         if column_tasks > 1 && split_mode() != SplitMode::Channels {
             self.forward_by_columns(arch, input, pixels, epilogue, output, column_tasks, lanes);
             return;
         }
         let panels = cout.div_ceil(MR);
-        let tasks = threads.min(tasks_by_work).clamp(1, panels);
+        let tasks = tasks_max.min(tasks_by_work).clamp(1, panels);
         let task_channels = panels.div_ceil(tasks) * MR;
         // The input's column blocks, packed once for all tasks (`[block][Cin][width]`, so a
         // micro-kernel reads one contiguous run); the last columns (fewer than a vector) stay
