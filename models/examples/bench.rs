@@ -14,9 +14,11 @@
 //! EfficientNet-Lite0: images/s at batch 1, 8, 32 on 1 and 2 rayon threads, network only (the
 //! input tensors are preprocessed once), measured like ../shared/tools/onnxruntime_bench.py:
 //! warm-up, then `repeats` timed repeats of back-to-back batches for at least `seconds` each,
-//! median (min, max) (`--threads 1,2,16` picks other pool sizes). Also: preprocessing per image, the digits CNN's training time and its
-//! throughput, and a per-layer-kind breakdown of EfficientNet at batch 8 (8 passes of one image,
-//! or with `--generic` one pass of 8 images, each step synchronised).
+//! median (min, max) (`--threads 1,2,16` picks other pool sizes, `--batches 1,8` other batch
+//! sizes). Also: preprocessing per image, the digits CNN's training time and its throughput
+//! (`--no-digits` skips them), and a per-layer-kind breakdown of EfficientNet at batch 8 (8
+//! passes of one image, or with `--generic` one pass of 8 images, each step synchronised), on 1
+//! and on 2 threads, then (CPU kernels) the same by layer size, 1 thread against 2.
 //!
 //! `--generic` measures the generic Burn network (what every non-CPU device runs) on the CPU
 //! instead of the CPU kernels (`EfficientNetLite0::with_cpu_kernels(false)`), for before/after

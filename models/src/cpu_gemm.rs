@@ -147,7 +147,7 @@ impl Pointwise {
         let column_tasks = tasks_max
             .min(tasks_by_work)
             .min(vectors / COLUMN_VECTORS_MIN);
-        if column_tasks > 1 && split_mode() != SplitMode::Channels {
+        if column_tasks > 1 {
             self.forward_by_columns(arch, input, pixels, epilogue, output, column_tasks, lanes);
             return;
         }
@@ -251,22 +251,6 @@ impl Pointwise {
             PACKED.set(packed);
         });
     }
-}
-
-/// How [`Pointwise::forward_into`] splits one image over several threads (an A/B switch for
-/// measurements: `IDUNNO_GEMM_SPLIT=channels` forces the output-channel split).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SplitMode {
-    Auto,
-    Channels,
-}
-
-fn split_mode() -> SplitMode {
-    static MODE: std::sync::OnceLock<SplitMode> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("IDUNNO_GEMM_SPLIT").as_deref() {
-        Ok("channels") => SplitMode::Channels,
-        _ => SplitMode::Auto,
-    })
 }
 
 /// Pack columns `first .. end` of `input` (`[Cin, pixels]`) into `packed` as blocks
