@@ -14,9 +14,11 @@
 //! EfficientNet-Lite0: images/s at batch 1, 8, 32 on 1 and 2 rayon threads, network only (the
 //! input tensors are preprocessed once), measured like ../shared/tools/onnxruntime_bench.py:
 //! warm-up, then `repeats` timed repeats of back-to-back batches for at least `seconds` each,
-//! median (min, max) (`--threads 1,2,16` picks other pool sizes). Also: preprocessing per image, the digits CNN's training time and its
-//! throughput, and a per-layer-kind breakdown of EfficientNet at batch 8 (8 passes of one image,
-//! or with `--generic` one pass of 8 images, each step synchronised).
+//! median (min, max) (`--threads 1,2,16` picks other pool sizes, `--batches 1,8` other batch
+//! sizes). Also: preprocessing per image, the digits CNN's training time and its throughput
+//! (`--no-digits` skips them), and a per-layer-kind breakdown of EfficientNet at batch 8 (8
+//! passes of one image, or with `--generic` one pass of 8 images, each step synchronised), on 1
+//! and on 2 threads, then (CPU kernels) the same by layer size, 1 thread against 2.
 //!
 //! `--generic` measures the generic Burn network (what every non-CPU device runs) on the CPU
 //! instead of the CPU kernels (`EfficientNetLite0::with_cpu_kernels(false)`), for before/after
@@ -153,6 +155,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|t| t.trim().parse().ok())
         .filter(|&t| t > 0)
         .collect();
+    // `--batches 1,8,32`: the batch sizes of the EfficientNet table (default 1,8,32).
+    let batch_sizes: Vec<usize> = text_arg("--batches")
+        .unwrap_or_else(|| "1,8,32".to_owned())
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .collect();
+    // `--no-digits`: skip the digits CNN (training and inference).
+    let digits = !std::env::args().any(|a| a == "--no-digits");
     let model = EfficientNetLite0::pretrained(&device)?.with_cpu_kernels(!generic);
     println!(
         "# efficientnet-lite0 on the CPU: {}",
@@ -181,7 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
-        for batch_size in [1usize, 8, 32] {
+        for &batch_size in &batch_sizes {
             let batch: Vec<Preprocessed> =
                 prepared.iter().cycle().take(batch_size).cloned().collect();
             let (median, min, max) = pool.install(|| {
@@ -226,12 +237,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let model = model.with_micro_batch(idunno_models::efficientnet::MICRO_BATCH);
 
+    // Per kind and layer size (input side), per pool size: for the 1- vs 2-thread table.
+    type Sized = Vec<((&'static str, usize), f64)>;
+    let mut by_size: Vec<(usize, Sized)> = Vec::new();
     for threads in [1usize, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
         let batch: Vec<Preprocessed> = prepared.iter().cycle().take(8).cloned().collect();
         let mut totals: Vec<(&'static str, f64)> = Vec::new();
+        let mut sized_totals: Vec<((&'static str, usize), f64)> = Vec::new();
         let runs = 5;
         for _ in 0..runs {
             let times = pool.install(|| model.profile(&batch))?;
@@ -241,7 +256,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     None => totals.push((kind, time.as_secs_f64())),
                 }
             }
+            for (key, time) in times.sized {
+                match sized_totals.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, t)) => *t += time.as_secs_f64(),
+                    None => sized_totals.push((key, time.as_secs_f64())),
+                }
+            }
         }
+        by_size.push((threads, sized_totals));
         let sum: f64 = totals.iter().map(|(_, t)| t).sum();
         println!();
         println!(
@@ -258,6 +280,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // The same steps by layer size, 1 thread against 2 (each image split over the pool).
+    if let [(1, one), (2, two)] = &by_size[..]
+        && !one.is_empty()
+    {
+        println!();
+        println!(
+            "# where the time goes by layer size, ms per 8 single-image passes, 1 vs 2 threads"
+        );
+        println!("| layer kind | input side | 1 thread | 2 threads | speed-up |");
+        println!("|---|---:|---:|---:|---:|");
+        let runs = 5.0;
+        for (key, t1) in one {
+            let t2 = two
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(f64::NAN, |(_, t)| *t);
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.2}x |",
+                key.0,
+                key.1,
+                1000.0 * t1 / runs,
+                1000.0 * t2 / runs,
+                t1 / t2
+            );
+        }
+    }
+
+    if !digits {
+        return Ok(());
+    }
     // digits-cnn: training time (default settings) and inference throughput.
     println!();
     println!("| digits-cnn | threads | value |");

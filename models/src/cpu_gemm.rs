@@ -3,9 +3,10 @@
 //! pixels), with the epilogue (bias, then ReLU6 or the residual add) fused into the store.
 //!
 //! Owns: the weight packing (once, at load: panels of [`MR`] output channels, `[Cin][MR]` each),
-//! the per-call packing of pixel columns (`[Cin][48]` blocks, once per task), the register-blocked
-//! micro-kernel (pulp picks AVX-512, AVX2 + FMA or plain code at run time; no `unsafe` here) and
-//! the split of one image's output channels over the current rayon pool.
+//! the per-call packing of pixel columns (`[Cin][48]` blocks), the register-blocked micro-kernel
+//! (pulp picks AVX-512, AVX2 + FMA or plain code at run time; no `unsafe` here) and the split of
+//! one image over the current rayon pool (by pixel columns, or by output channels when there are
+//! few columns).
 //! Must never: allocate per pixel, touch a Burn tensor, or change results beyond float rounding
 //! (checked against a naive loop below, on every SIMD level this CPU has).
 
@@ -21,7 +22,13 @@ const MR: usize = 8;
 /// Vectors of pixels per column block in the main kernel (3 x 16 = 48 pixels with AVX-512).
 const NV: usize = 3;
 /// Multiply-adds a rayon task should have at least, so splitting stays cheap.
-const TASK_MACS_MIN: usize = 1 << 20;
+const TASK_MACS_MIN: usize = 1 << 18;
+/// Column splits fall on multiples of this many floats (64 bytes: two tasks never write the
+/// same cache line of a row that starts on one).
+const LANES_SPLIT: usize = 16;
+/// Vectors of [`LANES_SPLIT`] pixels a task of a column split needs at least.
+/// (One 48-pixel block with AVX-512: a 14x14 layer's 196 pixels go to four tasks.)
+const COLUMN_VECTORS_MIN: usize = 3;
 
 /// What the store does with `acc = W * X` of output channel `c`.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +113,13 @@ impl Pointwise {
 
     /// [`Self::forward`] into `output` (`[Cout, pixels]`, every value overwritten), on the SIMD
     /// level `arch` (`pulp::Arch::new()` picks the best this CPU has).
+    ///
+    /// On a pool of several threads the work is split one of two ways. Wide images (at least
+    /// [`COLUMN_VECTORS_MIN`] vectors of pixels per task, two tasks per thread) are split by pixel columns: each
+    /// task packs only its own columns and computes every output channel for them, so packing
+    /// runs in parallel and no task waits for it; the split points are multiples of 64 bytes.
+    /// Narrow ones (the 7x7 layers, the classifier) are split by output channels after one
+    /// shared packing of the (few) columns.
     pub(crate) fn forward_into(
         &self,
         arch: impl Dispatch,
@@ -123,59 +137,151 @@ impl Pointwise {
         if pixels == 0 || cout == 0 {
             return;
         }
-        let panels = cout.div_ceil(MR);
-        let panel_macs = (MR * cin * pixels).max(1);
-        // Each task packs the input columns once for all its panels: one task on one thread,
-        // else up to two per thread, none smaller than TASK_MACS_MIN.
         let threads = rayon::current_num_threads();
+        let tasks_by_work = (cin * cout * pixels / TASK_MACS_MIN).max(1);
+        let lanes = arch.run(Lanes);
+        let vectors = pixels / LANES_SPLIT;
+        // Two tasks per thread: a worker that wakes late still finds one to take (with one
+        // per thread, the caller runs both when the other worker is slow to start).
         let tasks_max = if threads > 1 { 2 * threads } else { 1 };
-        let panels_per_task = TASK_MACS_MIN
-            .div_ceil(panel_macs)
-            .max(panels.div_ceil(tasks_max))
-            .clamp(1, panels);
-        let task_channels = panels_per_task * MR;
+        let column_tasks = tasks_max
+            .min(tasks_by_work)
+            .min(vectors / COLUMN_VECTORS_MIN);
+        if column_tasks > 1 {
+            self.forward_by_columns(arch, input, pixels, epilogue, output, column_tasks, lanes);
+            return;
+        }
+        let panels = cout.div_ceil(MR);
+        let tasks = tasks_max.min(tasks_by_work).clamp(1, panels);
+        let task_channels = panels.div_ceil(tasks) * MR;
         // The input's column blocks, packed once for all tasks (`[block][Cin][width]`, so a
         // micro-kernel reads one contiguous run); the last columns (fewer than a vector) stay
         // where they are. This thread's buffer is taken for the call (a call that rayon runs
         // on this thread meanwhile finds none and allocates its own).
-        let lanes = arch.run(Lanes);
         let mut packed = PACKED.take();
-        packed.clear();
-        let mut start = 0;
-        while pixels - start >= lanes {
-            let width = block_width(pixels - start, lanes);
-            for ci in 0..cin {
-                packed.extend_from_slice(&input[ci * pixels + start..][..width]);
-            }
-            start += width;
-        }
-        let packed_columns = start;
-        debug_assert_eq!(packed.len(), cin * packed_columns);
-        output
-            .par_chunks_mut(task_channels * pixels)
+        let packed_end = pack_columns(input, pixels, cin, 0, pixels, lanes, &mut packed);
+        let mut rows: Vec<&mut [f32]> = output.chunks_exact_mut(pixels).collect();
+        rows.par_chunks_mut(task_channels)
             .enumerate()
-            .for_each(|(task, out)| {
-                let first_channel = task * task_channels;
+            .for_each(|(task, rows)| {
                 COLUMNS.with_borrow_mut(|columns| {
                     arch.run(Task {
                         net: self,
                         input,
                         packed: &packed,
-                        packed_columns,
                         pixels,
-                        first_channel,
+                        first_column: 0,
+                        packed_end,
+                        end_column: pixels,
+                        first_channel: task * task_channels,
                         epilogue,
-                        out,
+                        rows,
                         columns,
                     })
                 });
             });
         PACKED.set(packed);
     }
+
+    /// [`Self::forward_into`] split by pixel columns into `tasks` ranges of whole
+    /// [`LANES_SPLIT`]-float vectors (the last range also takes the columns past the last
+    /// vector); each task packs its own columns.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_by_columns(
+        &self,
+        arch: impl Dispatch,
+        input: &[f32],
+        pixels: usize,
+        epilogue: Epilogue,
+        output: &mut [f32],
+        tasks: usize,
+        lanes: usize,
+    ) {
+        let cin = self.channels_in;
+        let vectors = pixels / LANES_SPLIT;
+        debug_assert!(tasks >= 1 && tasks <= vectors);
+        let bounds: Vec<usize> = (0..=tasks)
+            .map(|k| {
+                if k == tasks {
+                    pixels
+                } else {
+                    k * vectors / tasks * LANES_SPLIT
+                }
+            })
+            .collect();
+        // Each task's pieces of every output row.
+        let mut pieces: Vec<Vec<&mut [f32]>> = (0..tasks)
+            .map(|_| Vec::with_capacity(self.channels_out))
+            .collect();
+        for row in output.chunks_exact_mut(pixels) {
+            let mut rest = row;
+            for (task, range) in bounds.windows(2).enumerate() {
+                let (piece, tail) = rest.split_at_mut(range[1] - range[0]);
+                pieces[task].push(piece);
+                rest = tail;
+            }
+        }
+        pieces.par_iter_mut().enumerate().for_each(|(task, rows)| {
+            let (first_column, end_column) = (bounds[task], bounds[task + 1]);
+            let mut packed = PACKED.take();
+            let packed_end = pack_columns(
+                input,
+                pixels,
+                cin,
+                first_column,
+                end_column,
+                lanes,
+                &mut packed,
+            );
+            COLUMNS.with_borrow_mut(|columns| {
+                arch.run(Task {
+                    net: self,
+                    input,
+                    packed: &packed,
+                    pixels,
+                    first_column,
+                    packed_end,
+                    end_column,
+                    first_channel: 0,
+                    epilogue,
+                    rows,
+                    columns,
+                })
+            });
+            PACKED.set(packed);
+        });
+    }
 }
 
-/// The width of the column block at `left` columns from the end: [`NV`] vectors while that
-/// many are left, then single vectors (the caller stops below one vector).
+/// Pack columns `first .. end` of `input` (`[Cin, pixels]`) into `packed` as blocks
+/// (`[block][Cin][width]`, widths by [`block_width`]) of whole vectors; returns where the
+/// packed columns end (the columns from there to `end`, fewer than a vector, stay unpacked).
+fn pack_columns(
+    input: &[f32],
+    pixels: usize,
+    cin: usize,
+    first: usize,
+    end: usize,
+    lanes: usize,
+    packed: &mut Vec<f32>,
+) -> usize {
+    debug_assert!(first <= end && end <= pixels);
+    let packed_end = first + (end - first) / lanes * lanes;
+    packed.clear();
+    let mut start = first;
+    while start < packed_end {
+        let width = block_width(packed_end - start, lanes);
+        for ci in 0..cin {
+            packed.extend_from_slice(&input[ci * pixels + start..][..width]);
+        }
+        start += width;
+    }
+    debug_assert_eq!(packed.len(), cin * (packed_end - first));
+    packed_end
+}
+
+/// The width of the column block at `left` packed columns from the end of a range: [`NV`]
+/// vectors while that many are left, then single vectors.
 fn block_width(left: usize, lanes: usize) -> usize {
     if left >= NV * lanes {
         NV * lanes
@@ -196,22 +302,25 @@ impl WithSimd for Lanes {
     }
 }
 
-/// The output channels `first_channel ..` (as many as `out` holds) of one forward.
-struct Task<'a> {
+/// Output channels `first_channel ..` (one per row of `rows`) times pixel columns
+/// `first_column .. end_column` (every row's length) of one forward.
+struct Task<'a, 'r> {
     net: &'a Pointwise,
     input: &'a [f32],
-    /// The first `packed_columns` columns of `input`, packed in blocks (see `forward_into`).
+    /// Columns `first_column .. packed_end` of `input`, packed by [`pack_columns`].
     packed: &'a [f32],
-    packed_columns: usize,
     pixels: usize,
+    first_column: usize,
+    packed_end: usize,
+    end_column: usize,
     first_channel: usize,
     epilogue: Epilogue<'a>,
-    /// `[channels, pixels]`, channels a multiple of `MR` except at the end.
-    out: &'a mut [f32],
+    /// The task's part of each of its output rows; `first_channel` a multiple of `MR`.
+    rows: &'a mut [&'r mut [f32]],
     columns: &'a mut Vec<f32>,
 }
 
-impl WithSimd for Task<'_> {
+impl WithSimd for Task<'_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -220,31 +329,35 @@ impl WithSimd for Task<'_> {
             net,
             input,
             packed,
-            packed_columns,
             pixels,
+            first_column,
+            packed_end,
+            end_column,
             first_channel,
             epilogue,
-            out,
+            rows,
             columns,
         } = self;
         let lanes = S::F32_LANES;
         let cin = net.channels_in;
         debug_assert_eq!(first_channel % MR, 0);
-        debug_assert_eq!(out.len() % pixels, 0);
-        let channels = out.len() / pixels;
+        debug_assert!(rows.iter().all(|r| r.len() == end_column - first_column));
+        let channels = rows.len();
         let first_panel = first_channel / MR;
         // Panel by panel (8 output rows written front to back), all column blocks each.
         for panel in 0..channels.div_ceil(MR) {
             let weights =
                 &net.packed[(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
-            let mut start = 0;
-            while start < packed_columns {
-                let width = block_width(pixels - start, lanes);
-                let x = &packed[cin * start..cin * (start + width)];
+            let mut start = first_column;
+            while start < packed_end {
+                let width = block_width(packed_end - start, lanes);
+                let at = cin * (start - first_column);
+                let x = &packed[at..at + cin * width];
                 let block = Block {
                     net,
                     pixels,
                     start,
+                    first_column,
                     width,
                     channel: first_channel + panel * MR,
                     local_row: panel * MR,
@@ -253,31 +366,31 @@ impl WithSimd for Task<'_> {
                 if width == NV * lanes {
                     if lanes >= 16 {
                         let acc = micro::<S, MR, NV>(simd, x, width, weights, 0);
-                        block.store(simd, &acc, out);
+                        block.store(simd, &acc, rows);
                     } else {
                         // 16 vector registers: half a panel at a time.
                         const HALF: usize = MR / 2;
                         let acc = micro::<S, HALF, NV>(simd, x, width, weights, 0);
-                        block.store(simd, &acc, out);
+                        block.store(simd, &acc, rows);
                         let acc = micro::<S, HALF, NV>(simd, x, width, weights, HALF);
-                        block.at_row(HALF).store(simd, &acc, out);
+                        block.at_row(HALF).store(simd, &acc, rows);
                     }
                 } else {
                     let acc = micro::<S, MR, 1>(simd, x, width, weights, 0);
-                    block.store(simd, &acc, out);
+                    block.store(simd, &acc, rows);
                 }
                 start += width;
             }
         }
-        if packed_columns < pixels {
+        if packed_end < end_column {
             column_tail(
                 net,
                 input,
                 pixels,
-                packed_columns,
+                (first_column, packed_end, end_column),
                 first_channel,
                 epilogue,
-                out,
+                rows,
                 columns,
             );
         }
@@ -318,6 +431,8 @@ struct Block<'a> {
     net: &'a Pointwise,
     pixels: usize,
     start: usize,
+    /// The column where the task's rows start.
+    first_column: usize,
     width: usize,
     channel: usize,
     local_row: usize,
@@ -339,7 +454,7 @@ impl Block<'_> {
         &self,
         simd: S,
         acc: &[[S::f32s; V]; R],
-        out: &mut [f32],
+        rows: &mut [&mut [f32]],
     ) {
         let lanes = S::F32_LANES;
         let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
@@ -349,8 +464,11 @@ impl Block<'_> {
                 break;
             }
             let bias = self.net.bias[channel];
-            let at = (self.local_row + r) * self.pixels + self.start;
-            let Some(row) = out.get_mut(at..at + self.width) else {
+            let at = self.start - self.first_column;
+            let Some(row) = rows
+                .get_mut(self.local_row + r)
+                .and_then(|row| row.get_mut(at..at + self.width))
+            else {
                 break;
             };
             let residual = match self.epilogue {
@@ -381,50 +499,79 @@ impl Block<'_> {
     }
 }
 
-/// The last `pixels - start` (fewer than a vector) columns, one at a time: each column's `Cin`
-/// values against a weight panel's `MR` output channels at once (the packed panel holds them
-/// side by side, so this loop vectorizes over output channels).
+/// Columns `packed_end .. end_column` (fewer than a vector, never packed), one at a time: each
+/// column's `Cin` values against a weight panel's `MR` output channels at once (the packed panel
+/// holds them side by side, so this loop vectorizes over output channels). `rows` start at
+/// column `first_column`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn column_tail(
     net: &Pointwise,
     input: &[f32],
     pixels: usize,
-    start: usize,
+    (first_column, packed_end, end_column): (usize, usize, usize),
     first_channel: usize,
     epilogue: Epilogue,
-    out: &mut [f32],
+    rows: &mut [&mut [f32]],
     column: &mut Vec<f32>,
 ) {
     let cin = net.channels_in;
-    let channels = out.len() / pixels;
+    let channels = rows.len();
     let first_panel = first_channel / MR;
-    for p in start..pixels {
+    let mut first = packed_end;
+    while first < end_column {
+        // Up to TAIL_GROUP columns at once (independent multiply-add chains, interleaved as
+        // `column[ci * group + j]`); each column's sum runs in the same order whatever the group.
+        let group = (end_column - first).min(TAIL_GROUP);
         column.clear();
-        column.extend((0..cin).map(|ci| input[ci * pixels + p]));
+        column.extend(
+            (0..cin).flat_map(|ci| (0..group).map(move |j| input[ci * pixels + first + j])),
+        );
         for panel in 0..channels.div_ceil(MR) {
             let weights =
                 &net.packed[(first_panel + panel) * cin * MR..(first_panel + panel + 1) * cin * MR];
-            let mut acc = [0.0f32; MR];
-            for (w, &x) in weights.chunks_exact(MR).zip(column.iter()) {
-                for (a, &w) in acc.iter_mut().zip(w) {
-                    *a = w.mul_add(x, *a);
+            let mut acc = [[0.0f32; MR]; TAIL_GROUP];
+            match group {
+                1 => acc[..1].copy_from_slice(&tail_sums::<1>(weights, column)),
+                2 => acc[..2].copy_from_slice(&tail_sums::<2>(weights, column)),
+                3 => acc[..3].copy_from_slice(&tail_sums::<3>(weights, column)),
+                _ => acc = tail_sums::<TAIL_GROUP>(weights, column),
+            }
+            for (j, acc) in acc.iter().take(group).enumerate() {
+                let p = first + j;
+                for (r, &a) in acc.iter().enumerate() {
+                    let (local, channel) = (panel * MR + r, first_channel + panel * MR + r);
+                    if local >= channels {
+                        break;
+                    }
+                    let value = a + net.bias[channel];
+                    rows[local][p - first_column] = match epilogue {
+                        Epilogue::Bias => value,
+                        Epilogue::BiasRelu6 => value.clamp(0.0, 6.0),
+                        Epilogue::BiasResidual(residual) => value + residual[channel * pixels + p],
+                    };
                 }
             }
-            for (r, &a) in acc.iter().enumerate() {
-                let (local, channel) = (panel * MR + r, first_channel + panel * MR + r);
-                if local >= channels {
-                    break;
-                }
-                let value = a + net.bias[channel];
-                out[local * pixels + p] = match epilogue {
-                    Epilogue::Bias => value,
-                    Epilogue::BiasRelu6 => value.clamp(0.0, 6.0),
-                    Epilogue::BiasResidual(residual) => value + residual[channel * pixels + p],
-                };
+        }
+        first += group;
+    }
+}
+
+/// Tail columns [`column_tail`] takes at once.
+const TAIL_GROUP: usize = 4;
+
+/// `acc[j][r] = sum over ci of weights[ci * MR + r] * column[ci * G + j]`, `ci` in order.
+#[inline(always)]
+fn tail_sums<const G: usize>(weights: &[f32], column: &[f32]) -> [[f32; MR]; G] {
+    let mut acc = [[0.0f32; MR]; G];
+    for (w, x) in weights.chunks_exact(MR).zip(column.chunks_exact(G)) {
+        for (acc, &x) in acc.iter_mut().zip(x) {
+            for (a, &w) in acc.iter_mut().zip(w) {
+                *a = w.mul_add(x, *a);
             }
         }
     }
+    acc
 }
 
 #[cfg(test)]
@@ -475,6 +622,8 @@ mod tests {
             (3, 5, 64),
             (1, 1, 3),
             (1152, 16, 16),
+            (5, 9, 18),
+            (7, 13, 30),
         ];
         for (seed, &(cin, cout, pixels)) in shapes.iter().enumerate() {
             let seed = seed as u32;
@@ -506,6 +655,57 @@ mod tests {
                             (g - w).abs() <= tolerance,
                             "{level} {cin}->{cout} x{pixels} {epilogue:?}: value {i} is {g}, want {w}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_split_over_threads_gives_the_same_bits() {
+        // (Cin, Cout, pixels): column splits (with and without a tail past the last vector, on
+        // the network's sizes), channel splits (7x7, the classifier's single pixel).
+        let shapes = [
+            (24, 144, 3136),
+            (144, 24, 784),
+            (480, 80, 196),
+            (80, 480, 196),
+            (40, 96, 200),
+            (1152, 192, 49),
+            (1280, 1000, 1),
+        ];
+        for (seed, &(cin, cout, pixels)) in shapes.iter().enumerate() {
+            let seed = seed as u32 + 50;
+            let weight: Vec<f32> = values(cin * cout, seed).iter().map(|v| v / 64.0).collect();
+            let bias = values(cout, seed + 1);
+            let input = values(cin * pixels, seed + 2);
+            let residual = values(cout * pixels, seed + 3);
+            let conv = Pointwise::new(&weight, bias.clone());
+            for epilogue in [Epilogue::BiasRelu6, Epilogue::BiasResidual(&residual)] {
+                let want = naive(&weight, &bias, &input, pixels, epilogue);
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 2, 3, 4] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("pool");
+                    let got = pool.install(|| conv.forward(&input, pixels, epilogue));
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let tolerance = 1e-4 * (1.0 + w.abs()) * (cin as f32).sqrt();
+                        assert!(
+                            (g - w).abs() <= tolerance,
+                            "{threads} threads {cin}->{cout} x{pixels}: value {i} is {g}, want {w}"
+                        );
+                    }
+                    match &first {
+                        None => first = Some(got),
+                        Some(first) => assert!(
+                            first
+                                .iter()
+                                .zip(&got)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{threads} threads {cin}->{cout} x{pixels}: other bits than 1 thread"
+                        ),
                     }
                 }
             }

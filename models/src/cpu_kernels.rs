@@ -338,11 +338,19 @@ impl SmallConv {
         debug_assert_eq!(self.weight.len(), channels_out * channels_in * k * k);
         let g = Geometry::new(height, width, k, s);
         let per_channel = s * s * g.plane_len;
-        let mut planes = vec![0.0f32; channels_in * per_channel + g.slack()];
-        for (c, planes) in planes.chunks_exact_mut(per_channel).enumerate() {
-            let plane_in = &input[c * height * width..(c + 1) * height * width];
-            fill_phase_planes(planes, plane_in, height, width, None, s, &g);
-        }
+        // This thread's plane buffer (kept between calls: no allocation, no page faults), the
+        // input channels filled in parallel; the slack past them stays zero.
+        let mut planes = STEM_PLANES.take();
+        planes.resize(channels_in * per_channel + g.slack(), 0.0);
+        let (filled, slack) = planes.split_at_mut(channels_in * per_channel);
+        slack.fill(0.0);
+        filled
+            .par_chunks_mut(per_channel.max(1))
+            .enumerate()
+            .for_each(|(c, planes)| {
+                let plane_in = &input[c * height * width..(c + 1) * height * width];
+                fill_phase_planes(planes, plane_in, height, width, None, s, &g);
+            });
         let tap_base: Vec<usize> = (0..channels_in)
             .flat_map(|c| {
                 g.tap_offsets(k, s)
@@ -378,7 +386,13 @@ impl SmallConv {
                     g.compact_relu6(wide, out);
                 },
             );
+        STEM_PLANES.set(planes);
     }
+}
+
+thread_local! {
+    /// Each thread's phase planes for [`SmallConv::forward_into`], reused across calls.
+    static STEM_PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Write one channel, zero-padded, into its `s * s` phase planes: `relu6(x + bias)` with an

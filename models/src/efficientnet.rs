@@ -405,12 +405,16 @@ impl CpuNet {
         image: &[f32],
         mut times: Option<&mut LayerTimes>,
     ) -> Result<Vec<f32>, ModelError> {
+        // `step!(kind, side, expression)`: `side` is the layer's input height (the per-size
+        // breakdown's key).
         macro_rules! step {
-            ($kind:expr, $e:expr) => {{
+            ($kind:expr, $side:expr, $e:expr) => {{
                 let start = times.is_some().then(std::time::Instant::now);
                 let out = $e;
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
-                    t.add($kind, start.elapsed());
+                    let elapsed = start.elapsed();
+                    t.add($kind, elapsed);
+                    t.add_sized($kind, $side, elapsed);
                 }
                 out
             }};
@@ -430,6 +434,7 @@ impl CpuNet {
         let mut shape = self.stem.output_shape(image_shape);
         step!(
             "stem conv 3x3/2 + bias + ReLU6",
+            INPUT_SIDE,
             self.stem.forward_into(image, image_shape, room(x, shape))
         );
         for block in &self.blocks {
@@ -444,6 +449,7 @@ impl CpuNet {
                     let out = room(hidden, hidden_shape);
                     step!(
                         "expand conv 1x1 + bias + ReLU6 (GEMM)",
+                        height,
                         expand.forward_into(arch, input, pixels, Epilogue::BiasRelu6, out)
                     );
                     (&hidden[..hidden_shape.iter().product()], hidden_shape)
@@ -453,6 +459,7 @@ impl CpuNet {
             let dw_out_shape = block.depthwise.output_shape(dw_shape);
             step!(
                 "depthwise conv 3x3/5x5 + bias + ReLU6",
+                height,
                 block.depthwise.forward_into(
                     arch,
                     dw_input,
@@ -479,6 +486,7 @@ impl CpuNet {
             let out = room(hidden, shape);
             step!(
                 "project conv 1x1 + bias + residual (GEMM)",
+                out_h,
                 block.project.forward_into(
                     arch,
                     &spatial[..dw_out_shape.iter().product()],
@@ -495,6 +503,7 @@ impl CpuNet {
         let out = room(hidden, head_shape);
         step!(
             "head conv 1x1 + bias + ReLU6 (GEMM)",
+            height,
             self.head.forward_into(
                 arch,
                 &x[..channels * pixels],
@@ -505,6 +514,7 @@ impl CpuNet {
         );
         let pooled = step!(
             "pool + fc",
+            height,
             channel_means(
                 &hidden[..head_shape.iter().product()],
                 self.head.channels_out(),
@@ -514,6 +524,7 @@ impl CpuNet {
         let mut logits = vec![0.0; self.fc.channels_out()];
         step!(
             "pool + fc",
+            1,
             self.fc
                 .forward_into(arch, &pooled, 1, Epilogue::Bias, &mut logits)
         );
@@ -552,9 +563,19 @@ fn room(buffer: &mut Vec<f32>, shape: [usize; 3]) -> &mut [f32] {
 pub struct LayerTimes {
     /// (kind, total time), in first-seen order.
     pub kinds: Vec<(&'static str, std::time::Duration)>,
+    /// ((kind, input side in pixels), total time), in first-seen order: the same time split by
+    /// layer size (CPU kernel path only; empty for the generic network).
+    pub sized: Vec<((&'static str, usize), std::time::Duration)>,
 }
 
 impl LayerTimes {
+    fn add_sized(&mut self, kind: &'static str, side: usize, elapsed: std::time::Duration) {
+        match self.sized.iter_mut().find(|(k, _)| *k == (kind, side)) {
+            Some((_, total)) => *total += elapsed,
+            None => self.sized.push(((kind, side), elapsed)),
+        }
+    }
+
     fn add(&mut self, kind: &'static str, elapsed: std::time::Duration) {
         match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, total)) => *total += elapsed,
