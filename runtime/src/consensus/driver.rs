@@ -65,6 +65,11 @@ pub const FAILURE_GRACE: Duration = Duration::from_secs(3);
 /// Returning a live worker's leases costs only the rerun of its batches: its reports of them are
 /// refused (exactly once holds) and it asks for new ones.
 pub const SUSPECT_REVOKE_AFTER: Duration = Duration::from_millis(250);
+/// How long after a member joins (in this node's view) a placement short of the replication
+/// factor waits for it to announce its blob store (`StoreReady`), instead of acknowledging a put
+/// on fewer replicas. A store announces within about a second of starting; a member still
+/// silent after this is taken for one without a store.
+pub const STORE_ANNOUNCE_GRACE: Duration = Duration::from_secs(3);
 /// Most queued peer messages handled in one turn before timers and requests get a look.
 const MESSAGES_PER_TURN_MAX: usize = 256;
 
@@ -169,6 +174,9 @@ pub struct RaftDriver {
     failure_proposals: BTreeMap<NodeId, u64>,
     /// Members the view reports gone, and since when (they are proposed after [`FAILURE_GRACE`]).
     gone_since: BTreeMap<NodeId, tokio::time::Instant>,
+    /// Since when each live member has been alive in this node's view (placement waits for a
+    /// member's store announcement for [`STORE_ANNOUNCE_GRACE`]).
+    alive_since: BTreeMap<NodeId, tokio::time::Instant>,
     /// Members the view reports suspected, and since when (their leases are returned after
     /// [`SUSPECT_REVOKE_AFTER`]).
     suspect_since: BTreeMap<NodeId, tokio::time::Instant>,
@@ -248,6 +256,7 @@ impl RaftDriver {
             view: None,
             failure_proposals: BTreeMap::new(),
             gone_since: BTreeMap::new(),
+            alive_since: BTreeMap::new(),
             suspect_since: BTreeMap::new(),
             revoke_proposals: BTreeMap::new(),
             compact_every: super::COMPACT_EVERY_DEFAULT,
@@ -357,10 +366,18 @@ impl RaftDriver {
         // Every node tracks how long members have been gone, so a new leader need not wait
         // the grace again for members its view has long reported gone.
         let now = tokio::time::Instant::now();
-        let (gone, suspected): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+        let (gone, suspected, alive): (BTreeSet<NodeId>, BTreeSet<NodeId>, BTreeSet<NodeId>) = {
             let view = view.borrow();
-            (view.gone().copied().collect(), view.suspected().clone())
+            (
+                view.gone().copied().collect(),
+                view.suspected().clone(),
+                view.alive().clone(),
+            )
         };
+        self.alive_since.retain(|node, _| alive.contains(node));
+        for node in &alive {
+            self.alive_since.entry(*node).or_insert(now);
+        }
         debug_assert!(gone.is_disjoint(&suspected), "a suspect is alive");
         self.gone_since.retain(|node, _| gone.contains(node));
         for node in &gone {
@@ -601,7 +618,16 @@ impl RaftDriver {
                     .as_ref()
                     .map(|view| view.borrow().alive().clone())
                     .unwrap_or_default();
-                match crate::dfs::leader::action(request, alive) {
+                let now = tokio::time::Instant::now();
+                let starting: BTreeSet<NodeId> = self
+                    .alive_since
+                    .iter()
+                    .filter(|(node, since)| {
+                        alive.contains(node) && now.duration_since(**since) < STORE_ANNOUNCE_GRACE
+                    })
+                    .map(|(node, _)| *node)
+                    .collect();
+                match crate::dfs::leader::action(request, alive, starting) {
                     DfsAction::Propose(op) => {
                         self.propose(op, reply, crate::dfs::leader::answer_applied)?;
                     }

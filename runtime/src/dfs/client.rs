@@ -39,6 +39,9 @@ pub const PUT_TRIES: usize = 3;
 pub const PROPOSE_TRIES: usize = 8;
 /// Pause between tries.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Pauses of [`RETRY_PAUSE`] a put waits while the leader has no replica to place on (longer in
+/// all than the leader's wait for announcing stores, `STORE_ANNOUNCE_GRACE`).
+pub const PLACE_WAITS_MAX: usize = 8;
 
 /// Why a file-system command failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +207,8 @@ impl DfsClient {
         }
         let (hash, size) = hash_file(local).await.map_err(local_error)?;
         let mut tries = 0;
+        // Empty placements with no refusal (stores still announcing, or none at all).
+        let mut waits = 0;
         // Replicas that refused this blob: the next placement leaves them out, so a dead
         // replica (not yet detected) costs one failed try and no pause.
         let mut refused: Vec<NodeId> = Vec::new();
@@ -221,7 +226,19 @@ impl DfsClient {
             };
             debug_assert!(replicas.iter().all(|n| !refused.contains(n)));
             if replicas.is_empty() {
-                if refused.is_empty() || tries >= PUT_TRIES {
+                if refused.is_empty() {
+                    // No store to place on yet (the leader waits for stores that are still
+                    // announcing): wait a little, a bounded number of times.
+                    waits += 1;
+                    tries -= 1; // a wait is not a try of the replicas
+                    if waits > PLACE_WAITS_MAX {
+                        return Err(DfsClientError::NoReplicas);
+                    }
+                    debug!(waits, "no replicas to place on yet; waiting");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                if tries >= PUT_TRIES {
                     return Err(DfsClientError::NoReplicas);
                 }
                 // Every live node refused: no other choice than to wait and try them again.

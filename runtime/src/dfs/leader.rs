@@ -30,8 +30,10 @@ pub enum Action {
     Answer(ControlResponse),
 }
 
-/// What to do with `request`, given the members the leader's membership view reports alive.
-pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
+/// What to do with `request`, given the members the leader's membership view reports alive
+/// and, among them, those that joined too recently to have announced a blob store (`starting`:
+/// see [`crate::consensus::driver::STORE_ANNOUNCE_GRACE`]).
+pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>, starting: BTreeSet<NodeId>) -> Action {
     match request {
         DfsRequest::Apply(command) => {
             if let DfsCommand::Commit { name, .. } | DfsCommand::Delete { name, .. } = &command
@@ -51,6 +53,17 @@ pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>) -> Action {
                 let mut candidates = candidates(state, &alive);
                 candidates.retain(|c| !excluded.contains(&c.node) && ns.may_store(&c.node));
                 let placed = placement::place(&hash, &candidates, ns.config().replication);
+                // Short of the factor while a live node may still announce its store (it joined
+                // moments ago): an empty answer makes the client wait and ask again, rather
+                // than acknowledge a version on fewer replicas than it could have.
+                let may_announce = starting
+                    .iter()
+                    .any(|n| alive.contains(n) && !excluded.contains(n) && !ns.may_store(n));
+                if placed.nodes.len() < ns.config().replication && may_announce {
+                    return dfs(DfsAnswer::Placed {
+                        replicas: Vec::new(),
+                    });
+                }
                 debug_assert!(placed.nodes.iter().all(|n| !excluded.contains(n)));
                 debug_assert!(placed.nodes.iter().all(|n| ns.may_store(n)));
                 dfs(DfsAnswer::Placed {
@@ -215,7 +228,9 @@ mod tests {
             size: 5,
             exclude: Vec::new(),
         };
-        let DfsAnswer::Placed { replicas } = read(action(request, alive.clone()), &state) else {
+        let DfsAnswer::Placed { replicas } =
+            read(action(request, alive.clone(), BTreeSet::new()), &state)
+        else {
             panic!("not a placement");
         };
         assert_eq!(replicas.len(), 4);
@@ -226,7 +241,8 @@ mod tests {
             size: 5,
             exclude: Vec::new(),
         };
-        let DfsAnswer::Placed { replicas } = read(action(request, few), &state) else {
+        let DfsAnswer::Placed { replicas } = read(action(request, few, BTreeSet::new()), &state)
+        else {
             panic!("not a placement");
         };
         assert_eq!(replicas.len(), 2, "degraded, never a dead node");
@@ -244,7 +260,7 @@ mod tests {
                 size: 5,
                 exclude,
             };
-            match read(action(request, alive.clone()), &state) {
+            match read(action(request, alive.clone(), BTreeSet::new()), &state) {
                 DfsAnswer::Placed { replicas } => replicas,
                 other => panic!("not a placement: {other:?}"),
             }
@@ -269,6 +285,43 @@ mod tests {
         );
     }
 
+    /// Short of the factor while a member that joined moments ago has not announced its store:
+    /// an empty placement (the client waits), not a version on fewer replicas; once it is no
+    /// longer starting (or announced), the placement goes ahead.
+    #[test]
+    fn a_short_placement_waits_for_stores_still_announcing() {
+        let mut state = committed(&[1]);
+        for i in [1u8, 2] {
+            let op = ClusterOp::Dfs(DfsCommand::StoreReady { node: node(i) });
+            state.execute(ClusterCommand::new(Instant::from_micros(2), op));
+        }
+        let alive: BTreeSet<NodeId> = (1..=4).map(node).collect();
+        let place = |state: &ClusterState, starting: &[u8]| {
+            let request = DfsRequest::Place {
+                hash: ContentHash([7; 32]),
+                size: 5,
+                exclude: Vec::new(),
+            };
+            let starting = starting.iter().map(|&i| node(i)).collect();
+            match read(action(request, alive.clone(), starting), state) {
+                DfsAnswer::Placed { replicas } => replicas,
+                other => panic!("not a placement: {other:?}"),
+            }
+        };
+        assert!(place(&state, &[3]).is_empty(), "node 3 may still announce");
+        // A starting node that is already a store, or none starting: place on what there is.
+        assert_eq!(place(&state, &[1]).len(), 2);
+        assert_eq!(place(&state, &[]).len(), 2);
+        // Node 3 announces: three replicas, node 4 (never announced, not starting) left out.
+        let op = ClusterOp::Dfs(DfsCommand::StoreReady { node: node(3) });
+        state.execute(ClusterCommand::new(Instant::from_micros(3), op));
+        let placed = place(&state, &[3, 4]);
+        assert!(placed.is_empty(), "node 4 may still announce: {placed:?}");
+        let placed = place(&state, &[3]);
+        assert_eq!(placed.len(), 3, "{placed:?}");
+        assert!(!placed.contains(&node(4)));
+    }
+
     /// Once some nodes announced a blob store, placement and repair targets are only those;
     /// before any announced, every live node (old logs).
     #[test]
@@ -281,7 +334,7 @@ mod tests {
                 size: 5,
                 exclude: Vec::new(),
             };
-            match read(action(request, alive.clone()), state) {
+            match read(action(request, alive.clone(), BTreeSet::new()), state) {
                 DfsAnswer::Placed { replicas } => replicas,
                 other => panic!("not a placement: {other:?}"),
             }
@@ -311,7 +364,8 @@ mod tests {
             in_flight: Vec::new(),
             max_parallel: 4,
         };
-        let DfsAnswer::Repairs(repairs) = read(action(request, alive), &state) else {
+        let DfsAnswer::Repairs(repairs) = read(action(request, alive, BTreeSet::new()), &state)
+        else {
             panic!("no plan");
         };
         assert_eq!(repairs.len(), 1);
@@ -340,7 +394,7 @@ mod tests {
                 prefix: "in/".into(),
                 start_after,
             };
-            match read(action(request, BTreeSet::new()), &state) {
+            match read(action(request, BTreeSet::new(), BTreeSet::new()), &state) {
                 DfsAnswer::Names { names, more } => (names, more),
                 other => panic!("not names: {other:?}"),
             }
@@ -360,18 +414,22 @@ mod tests {
             name: name.into(),
             count: 5,
         };
-        let DfsAnswer::Versions(Ok(versions)) = read(action(ask("a"), BTreeSet::new()), &state)
+        let DfsAnswer::Versions(Ok(versions)) =
+            read(action(ask("a"), BTreeSet::new(), BTreeSet::new()), &state)
         else {
             panic!("no versions");
         };
         assert_eq!(versions.len(), 1);
         assert_eq!(versions[0].replicas.len(), 4);
         assert!(matches!(
-            read(action(ask("b"), BTreeSet::new()), &state),
+            read(action(ask("b"), BTreeSet::new(), BTreeSet::new()), &state),
             DfsAnswer::Versions(Err(DfsError::NotFound { .. }))
         ));
         assert!(matches!(
-            read(action(ask("../x"), BTreeSet::new()), &state),
+            read(
+                action(ask("../x"), BTreeSet::new(), BTreeSet::new()),
+                &state
+            ),
             DfsAnswer::Versions(Err(DfsError::InvalidName(_)))
         ));
     }
@@ -385,7 +443,8 @@ mod tests {
             in_flight: Vec::new(),
             max_parallel: 4,
         };
-        let DfsAnswer::Repairs(repairs) = read(action(request, alive), &state) else {
+        let DfsAnswer::Repairs(repairs) = read(action(request, alive, BTreeSet::new()), &state)
+        else {
             panic!("no plan");
         };
         assert_eq!(repairs.len(), 2);
@@ -403,7 +462,7 @@ mod tests {
             request: RequestId { client: 1, seq: 1 },
         });
         assert!(matches!(
-            action(request, BTreeSet::new()),
+            action(request, BTreeSet::new(), BTreeSet::new()),
             Action::Answer(ControlResponse::Dfs(DfsAnswer::Applied(Err(
                 DfsError::InvalidName(_)
             ))))

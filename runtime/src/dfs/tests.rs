@@ -59,7 +59,7 @@ async fn fake_leader(
             clock += 1;
             let answer = {
                 let mut seen = shared.lock().expect("lock");
-                let answer = match leader::action(request, alive.clone()) {
+                let answer = match leader::action(request, alive.clone(), BTreeSet::new()) {
                     Action::Read(query) => query(&seen.state),
                     Action::Propose(op) => {
                         let command = ClusterCommand::new(Instant::from_micros(clock), op);
