@@ -56,6 +56,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Pause between two polls of a job (each is a read through the Raft leader, which shares the
 /// cores with the workers; the steady rate uses the replicated timestamps, not the polls).
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// How long the nodes' CPU is sampled with no job running.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
 /// The file-system prefix of the photos.
 const PREFIX: &str = "inputs/photos";
 
@@ -308,14 +310,23 @@ impl ClusterSide {
     }
 }
 
+/// One node's CPU use.
+struct NodeCpu {
+    who: String,
+    /// CPU seconds during the timed jobs.
+    busy: f64,
+    /// Cores used while no job ran (CPU seconds per second).
+    idle_share: f64,
+}
+
 struct Measured {
     images: usize,
     predict_full: Vec<f64>,
     predict_single: f64,
     /// CPU seconds of all the full predict runs.
     predict_cpu: f64,
-    /// (node, CPU seconds during the timed jobs), voter first.
-    cluster_cpu: Vec<(String, f64)>,
+    /// Each node's CPU, voter first.
+    cluster_cpu: Vec<NodeCpu>,
     warm_up: JobRun,
     jobs: Vec<JobRun>,
     load_before: String,
@@ -327,7 +338,7 @@ async fn cluster_side(
     root: &Path,
     photos_dir: &Path,
     images: usize,
-) -> Result<(JobRun, Vec<JobRun>, Vec<(String, f64)>), BenchError> {
+) -> Result<(JobRun, Vec<JobRun>, Vec<NodeCpu>), BenchError> {
     let mut side = ClusterSide::start(args, root.join("cluster")).await?;
     progress("storing the pretrained weights (train efficientnet-lite0)");
     side.client(&["train", MODEL]).await?;
@@ -361,6 +372,15 @@ async fn cluster_side(
             .map(|p| proc_cpu(p, 0).unwrap_or(f64::NAN))
             .collect()
     };
+    // The nodes' own cost with no job: an idle window before the timed jobs.
+    let idle_before = cpu_now(&pids);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_after = cpu_now(&pids);
+    let idle: Vec<f64> = idle_after
+        .iter()
+        .zip(&idle_before)
+        .map(|(a, b)| (a - b) / IDLE_WINDOW.as_secs_f64())
+        .collect();
     let cpu_before = cpu_now(&pids);
     let mut jobs = Vec::new();
     for rep in 0..args.reps {
@@ -378,14 +398,15 @@ async fn cluster_side(
         jobs.push(run);
     }
     let cpu_after = cpu_now(&pids);
-    let cpu: Vec<(String, f64)> = (0..nodes)
-        .map(|i| {
-            let who = if i == 0 {
+    let cpu: Vec<NodeCpu> = (0..nodes)
+        .map(|i| NodeCpu {
+            who: if i == 0 {
                 "voter".to_owned()
             } else {
                 format!("worker {i}")
-            };
-            (who, cpu_after[i] - cpu_before[i])
+            },
+            busy: cpu_after[i] - cpu_before[i],
+            idle_share: idle[i],
         })
         .collect();
     side.cluster
@@ -486,9 +507,9 @@ fn report(args: &Args, m: &Measured) -> String {
     let mut parts: Vec<String> = m
         .cluster_cpu
         .iter()
-        .map(|(who, cpu)| format!("{who} {:.2}", per_image(*cpu, timed_images)))
+        .map(|c| format!("{} {:.2}", c.who, per_image(c.busy, timed_images)))
         .collect();
-    let cluster_total: f64 = m.cluster_cpu.iter().map(|(_, c)| c).sum();
+    let cluster_total: f64 = m.cluster_cpu.iter().map(|c| c.busy).sum();
     parts.push(format!(
         "all nodes {:.2}",
         per_image(cluster_total, timed_images)
@@ -497,6 +518,16 @@ fn report(args: &Args, m: &Measured) -> String {
         "CPU ms per image (user + system): predict {:.2}; cluster: {}\n",
         per_image(m.predict_cpu, predict_images),
         parts.join(", ")
+    ));
+    let idle: Vec<String> = m
+        .cluster_cpu
+        .iter()
+        .map(|c| format!("{} {:.1}%", c.who, 100.0 * c.idle_share))
+        .collect();
+    out.push_str(&format!(
+        "CPU of each node with no job ({} s before the timed jobs): {}\n",
+        IDLE_WINDOW.as_secs(),
+        idle.join(", ")
     ));
     out
 }
