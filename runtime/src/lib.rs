@@ -40,6 +40,7 @@ pub mod dfs;
 pub mod driver;
 pub mod identity;
 pub mod jobs;
+pub mod leader_client;
 pub mod logging;
 pub mod net;
 pub mod node;

@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use idunno_core::dfs::namespace::FILES_MAX;
@@ -31,6 +32,7 @@ use crate::blobs::client::{GetError, PutError, ReplicaFault};
 use crate::blobs::{PutMode, get_blob, hash_file, put_blob_from};
 use crate::cli::DfsClientCommand;
 use crate::control::{self, ClientError};
+use crate::leader_client::LeaderClient;
 
 /// Tries at a put (placement + transfer) before giving up; a replica that died since the
 /// leader's view last changed fails one try.
@@ -138,23 +140,32 @@ pub struct DfsClient {
     timeout: Duration,
     client: u64,
     seq: u64,
+    /// The leader's requests go through this (kept connections, shared by clones of the Arc).
+    leader: Arc<LeaderClient>,
 }
 
 impl DfsClient {
     /// A client with a fresh random id, asking `node` first.
     pub fn new(node: SocketAddr, timeout: Duration) -> Self {
+        Self::with_leader(Arc::new(LeaderClient::new(node, timeout)))
+    }
+
+    /// A client with a fresh random id whose leader requests share `leader`'s kept
+    /// connections (a worker keeps one for all its batches).
+    pub fn with_leader(leader: Arc<LeaderClient>) -> Self {
         DfsClient {
-            node,
-            timeout,
+            node: leader.node(),
+            timeout: leader.timeout(),
             client: random_client_id(),
             seq: 0,
+            leader,
         }
     }
 
-    /// Asks the leader (through `node`).
+    /// Asks the leader (first through `node`, then directly).
     async fn ask(&self, request: DfsRequest) -> Result<(SocketAddr, DfsAnswer), ClientError> {
         let request = to_leader(request, false);
-        match control::call_following_leader(self.node, &request, self.timeout).await? {
+        match self.leader.ask(&request).await? {
             (at, ControlResponse::Dfs(answer)) => Ok((at, answer)),
             (at, other) => Err(ClientError::Unexpected {
                 node: at,

@@ -41,6 +41,7 @@ use super::results::{self, ResultLine};
 use super::{ExecError, Executor, Prepared, Ran};
 use crate::blobs::client::GetError;
 use crate::dfs::client::{DfsClient, DfsClientError};
+use crate::leader_client::LeaderClient;
 
 /// Largest weights file a worker loads.
 pub const WEIGHTS_BYTES_MAX: u64 = 256 << 20;
@@ -75,6 +76,8 @@ struct Io {
     /// The node whose control port the file-system requests go to.
     node: SocketAddr,
     timeout: Duration,
+    /// The leader's file-system requests of every batch go over its kept connections.
+    leader: Arc<LeaderClient>,
     handle: Handle,
     scratch: PathBuf,
     files: AtomicU64,
@@ -152,6 +155,7 @@ impl ModelExecutor {
             io: Arc::new(Io {
                 node,
                 timeout,
+                leader: Arc::new(LeaderClient::new(node, timeout)),
                 handle,
                 scratch,
                 files: AtomicU64::new(0),
@@ -195,7 +199,7 @@ impl ModelExecutor {
         version: VersionInfo,
     ) -> Result<Result<Arc<Loaded>, String>, ExecError> {
         let file = weights_file_name(name);
-        let dfs = DfsClient::new(self.io.node, self.io.timeout);
+        let dfs = self.io.dfs();
         if let Some(loaded) = self.cached(name, version.version, &version.hash) {
             return Ok(Ok(loaded));
         }
@@ -251,7 +255,7 @@ impl ModelExecutor {
         inputs: &[(u32, String)],
     ) -> impl Future<Output = Result<Vec<Result<Vec<u8>, String>>, ExecError>> + Send + 'static
     {
-        let dfs = Arc::new(DfsClient::new(self.io.node, self.io.timeout));
+        let dfs = Arc::new(self.io.dfs());
         let gate = Arc::new(Semaphore::new(FETCH_PARALLEL));
         let count = inputs.len();
         let jobs: Vec<(usize, String, PathBuf)> = inputs
@@ -306,10 +310,7 @@ impl ModelExecutor {
     fn prepare_model(&self, grant: &Grant) -> Result<Prepared, ExecError> {
         let mut times = BatchTimes::default();
         let started = Instant::now();
-        let newest = Self::newest_weights(
-            DfsClient::new(self.io.node, self.io.timeout),
-            grant.model.clone(),
-        );
+        let newest = Self::newest_weights(self.io.dfs(), grant.model.clone());
         let inputs = self.fetch_inputs(&grant.inputs);
         let (version, fetched) = self
             .io
@@ -384,6 +385,11 @@ fn predict(
 }
 
 impl Io {
+    /// A file-system client on the shared leader connections.
+    fn dfs(&self) -> DfsClient {
+        DfsClient::with_leader(Arc::clone(&self.leader))
+    }
+
     /// Runs `io` on the node's runtime and waits for it on this (blocking) thread. The I/O
     /// runs on the runtime's own thread, not here: inside a turmoil simulation only that thread
     /// reaches the simulated network.
@@ -410,7 +416,7 @@ impl Io {
         let path = self.scratch_file();
         std::fs::write(&path, results::encode(lines))
             .map_err(|e| ExecError(format!("writing {}: {e}", path.display())))?;
-        let mut dfs = DfsClient::new(self.node, self.timeout);
+        let mut dfs = self.dfs();
         let put = {
             let (path, name) = (path.clone(), name.to_owned());
             self.on_runtime(async move { dfs.put(&path, &name).await.map(|_| ()) })?
