@@ -42,8 +42,9 @@ use crate::driver::Request;
 /// Most control connections served at once; more are closed at accept.
 pub const CONNECTIONS_MAX: usize = 512;
 /// Most control connections served at once from one peer address (a worker keeps up to
-/// `jobs::client::IDLE_CONNECTIONS_MAX` scheduler connections to the leader, and opens more
-/// while it uploads or fetches); more are closed at accept, so that no peer can take every slot.
+/// `leader_client::IDLE_CONNECTIONS_MAX` scheduler and as many file-system connections to the
+/// leader, and opens more while it uploads or fetches); more are closed at accept, so that no
+/// peer can take every slot.
 pub const CONNECTIONS_PER_PEER_MAX: usize = 64;
 /// Longest a connection may take to deliver a request (or stay idle between requests), and
 /// longest the driver may take to answer one.
