@@ -609,6 +609,22 @@ mod tests {
         out
     }
 
+    /// (weight scaled down by `scale`, bias, input, residual) of a `cin -> cout` layer over
+    /// `pixels`, from `seed`.
+    fn case(
+        cin: usize,
+        cout: usize,
+        pixels: usize,
+        seed: u32,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let weight = values(cin * cout, seed).iter().map(|v| v / scale).collect();
+        let bias = values(cout, seed + 1);
+        let input = values(cin * pixels, seed + 2);
+        let residual = values(cout * pixels, seed + 3);
+        (weight, bias, input, residual)
+    }
+
     #[test]
     fn pointwise_matches_the_naive_loop_on_every_simd_level() {
         // (Cin, Cout, pixels): the network's kinds of shapes, tails of every width, tiny ones.
@@ -626,11 +642,7 @@ mod tests {
             (7, 13, 30),
         ];
         for (seed, &(cin, cout, pixels)) in shapes.iter().enumerate() {
-            let seed = seed as u32;
-            let weight: Vec<f32> = values(cin * cout, seed).iter().map(|v| v / 16.0).collect();
-            let bias = values(cout, seed + 1);
-            let input = values(cin * pixels, seed + 2);
-            let residual = values(cout * pixels, seed + 3);
+            let (weight, bias, input, residual) = case(cin, cout, pixels, seed as u32, 16.0);
             let conv = Pointwise::new(&weight, bias.clone());
             assert_eq!((conv.channels_in(), conv.channels_out()), (cin, cout));
             for epilogue in [
@@ -675,11 +687,7 @@ mod tests {
             (1280, 1000, 1),
         ];
         for (seed, &(cin, cout, pixels)) in shapes.iter().enumerate() {
-            let seed = seed as u32 + 50;
-            let weight: Vec<f32> = values(cin * cout, seed).iter().map(|v| v / 64.0).collect();
-            let bias = values(cout, seed + 1);
-            let input = values(cin * pixels, seed + 2);
-            let residual = values(cout * pixels, seed + 3);
+            let (weight, bias, input, residual) = case(cin, cout, pixels, seed as u32 + 50, 64.0);
             let conv = Pointwise::new(&weight, bias.clone());
             for epilogue in [Epilogue::BiasRelu6, Epilogue::BiasResidual(&residual)] {
                 let want = naive(&weight, &bias, &input, pixels, epilogue);
