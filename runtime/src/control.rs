@@ -11,7 +11,8 @@
 //! `BlobPut` / `BlobGet` request to the node's [`BlobService`] (raw bytes follow those frames).
 //! Every connection is opened with [`auth::tcp::connect`] and accepted through a [`TcpGuard`]
 //! (sealed when the node has a cluster key); a connection that proved only a client token may
-//! not send peer-only requests ([`is_peer_only`]).
+//! not send peer-only requests ([`is_peer_only`]). A worker that closes a connection on which
+//! it asked for leases is reported to the membership driver as a [`ProbeHints`] hint.
 //! Must never: answer a request itself (the driver does), hold a connection open without a
 //! deadline, allocate more than a frame's cap for one message, serve a peer-only request to a
 //! client connection, or panic on what a peer sends.
@@ -37,7 +38,7 @@ use crate::auth::{Role, SecureStream, TcpGuard};
 use crate::blobs::BlobService;
 use crate::conn_limit::ConnectionSlots;
 use crate::consensus::{self, RaftRoute};
-use crate::driver::Request;
+use crate::driver::{ProbeHints, Request};
 
 /// Most control connections served at once; more are closed at accept.
 pub const CONNECTIONS_MAX: usize = 512;
@@ -153,18 +154,23 @@ pub async fn serve_full(
         raft,
         blobs,
         Arc::new(TcpGuard::insecure()),
+        None,
     )
     .await;
 }
 
 /// [`serve_full`], with every accepted connection going through `guard` first: the handshake
-/// when the node has a cluster key (refused connections are counted there and closed).
+/// when the node has a cluster key (refused connections are counted there and closed). With
+/// `hints`, a connection that carried a worker's lease requests and ends with the worker
+/// closing it (not by this server's timeout) reports the worker there: a killed worker's
+/// kernel closes its sockets at once, so its node gets probed long before its turn.
 pub async fn serve_guarded(
     listener: impl Into<TcpListener>,
     requests: mpsc::Sender<Request>,
     raft: Option<RaftRoute>,
     blobs: Option<Arc<BlobService>>,
     guard: Arc<TcpGuard>,
+    hints: Option<ProbeHints>,
 ) {
     let listener = listener.into();
     let slots = ConnectionSlots::new(CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX);
@@ -188,14 +194,19 @@ pub async fn serve_guarded(
         let raft = raft.clone();
         let blobs = blobs.clone();
         let guard = Arc::clone(&guard);
+        let hints = hints.clone();
         tokio::spawn(
             async move {
                 // The handshake holds a control slot, so a flood of them is bounded too.
                 let Ok((mut stream, role)) = guard.accept(stream).await else {
                     return;
                 };
+                let ends = ConnectionEnd {
+                    hints: hints.as_ref(),
+                    role,
+                };
                 let handoff =
-                    serve_requests(&mut stream, &requests, raft.as_ref(), blobs.is_some(), role)
+                    serve_requests(&mut stream, &requests, raft.as_ref(), blobs.is_some(), ends)
                         .await;
                 // The control slot is released here; a Raft connection takes a transport slot,
                 // a blob transfer one of the blob service's.
@@ -235,7 +246,11 @@ pub async fn serve_connection<T>(mut stream: T, requests: mpsc::Sender<Request>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Some(handoff) = serve_requests(&mut stream, &requests, None, false, Role::Peer).await {
+    let ends = ConnectionEnd {
+        hints: None,
+        role: Role::Peer,
+    };
+    if let Some(handoff) = serve_requests(&mut stream, &requests, None, false, ends).await {
         debug!(
             ?handoff,
             "raft hello on a connection that cannot carry raft; closed"
@@ -303,6 +318,34 @@ pub fn is_peer_only(request: &ControlRequest) -> bool {
     )
 }
 
+/// Who is on the other end of a served connection, and where to report a worker that closed
+/// it.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionEnd<'a> {
+    hints: Option<&'a ProbeHints>,
+    role: Role,
+}
+
+/// The worker a request speaks for, when it is a worker's own lease request sent straight
+/// to this node (not forwarded: a forwarded one's connection belongs to the forwarder).
+fn lease_worker(request: &ControlRequest) -> Option<NodeId> {
+    use idunno_core::scheduler::SchedCommand;
+    use idunno_core::scheduler::api::SchedRequest;
+    match request {
+        ControlRequest::Sched {
+            request:
+                SchedRequest::Command(
+                    SchedCommand::Lease { worker, .. }
+                    | SchedCommand::Renew { worker, .. }
+                    | SchedCommand::Complete { worker, .. }
+                    | SchedCommand::CompleteAndLease { worker, .. },
+                ),
+            forwarded: false,
+        } => Some(*worker),
+        _ => None,
+    }
+}
+
 /// The answer of a node without a blob store to a blob or node-local file-system request.
 pub const NO_BLOB_STORE: &str =
     "this node keeps no blobs: it has no blob store (started without --data-dir)";
@@ -315,11 +358,19 @@ async fn serve_requests<T>(
     requests: &mpsc::Sender<Request>,
     raft: Option<&RaftRoute>,
     blobs: bool,
-    role: Role,
+    ConnectionEnd { hints, role }: ConnectionEnd<'_>,
 ) -> Option<Handoff>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    // The worker whose lease requests this connection carried (a peer's only).
+    let mut worker: Option<NodeId> = None;
+    let closed_by_peer = |worker: Option<NodeId>| {
+        if let (Some(hints), Some(worker)) = (hints, worker) {
+            debug!(%worker, "a worker's lease connection closed; probing it out of turn");
+            hints.hint(worker);
+        }
+    };
     for _ in 0..REQUESTS_PER_CONNECTION_MAX {
         let read = tokio::time::timeout(
             SERVER_TIMEOUT,
@@ -331,10 +382,14 @@ where
                 debug!("control connection timed out");
                 return None;
             }
-            Ok(Ok(None)) => return None,
+            Ok(Ok(None)) => {
+                closed_by_peer(worker);
+                return None;
+            }
             Ok(Ok(Some(request))) => request,
             Ok(Err(FrameError::Io(e))) => {
                 debug!(error = %e, "control connection failed");
+                closed_by_peer(worker);
                 return None;
             }
             Ok(Err(FrameError::Wire(WireError::Oversized { len, .. })))
@@ -364,6 +419,11 @@ where
         }
         if let ControlRequest::RaftHello { from } = request {
             return Some(Handoff::Raft(from));
+        }
+        if role == Role::Peer
+            && let Some(asker) = lease_worker(&request)
+        {
+            worker = Some(asker);
         }
         if blobs && BlobService::is_blob_request(&request) {
             return Some(Handoff::Blob(request));

@@ -4,7 +4,8 @@
 //! Owns: the machine, its timer queue and the mapping between tokio time and the machine's
 //! [`Instant`] (microseconds since the driver's epoch, captured when the driver is built).
 //! Inputs: datagrams from the socket, due timers, control requests (from [`crate::control`] and
-//! the signal handler). Outputs, carried out in the order the machine decided them: datagrams
+//! the signal handler), and [`ProbeHints`] (members the control server saw close a worker's
+//! connection, probed out of turn). Outputs, carried out in the order the machine decided them: datagrams
 //! sent, timers armed, events logged at info.
 //! Must never: decide anything about membership, drop or reorder the machine's outputs, block
 //! on anything but its own socket, or panic on what a peer sends.
@@ -32,6 +33,33 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
 /// Capacity of the request channel that feeds the driver.
 pub const REQUESTS_QUEUE_MAX: usize = 64;
+/// Capacity of the probe-hint channel; a hint that finds it full is dropped (the member is
+/// still probed in its round-robin turn).
+pub const PROBE_HINTS_QUEUE_MAX: usize = 64;
+
+/// Where the control server reports a member that may be gone: a worker whose connection to
+/// this node closed without a goodbye (a killed process's kernel closes its sockets at once,
+/// long before a probe round reaches it). The driver hands each hint to the machine as
+/// [`Input::ProbeSoon`]: a probe out of turn, never a verdict.
+#[derive(Debug, Clone)]
+pub struct ProbeHints {
+    tx: mpsc::Sender<NodeId>,
+}
+
+impl ProbeHints {
+    /// A hint sender and the receiver for [`Driver::with_probe_hints`].
+    pub fn channel() -> (ProbeHints, mpsc::Receiver<NodeId>) {
+        let (tx, rx) = mpsc::channel(PROBE_HINTS_QUEUE_MAX);
+        (ProbeHints { tx }, rx)
+    }
+
+    /// Reports `node`; never waits (a full queue drops the hint).
+    pub fn hint(&self, node: NodeId) {
+        if self.tx.try_send(node).is_err() {
+            debug!(member = %node, "probe hint dropped (queue full or driver stopped)");
+        }
+    }
+}
 
 /// A control request for the driver, with the channel its answer goes back on.
 #[derive(Debug)]
@@ -79,6 +107,7 @@ pub struct Driver<S> {
     leave_deadline: Option<tokio::time::Instant>,
     view: Option<watch::Sender<MembershipView>>,
     counters: NodeCounters,
+    hints: Option<mpsc::Receiver<NodeId>>,
 }
 
 impl<S: DatagramSocket> Driver<S> {
@@ -103,12 +132,19 @@ impl<S: DatagramSocket> Driver<S> {
             leave_deadline: None,
             view: None,
             counters: NodeCounters::default(),
+            hints: None,
         })
     }
 
     /// Publishes the membership view on `view` from now on.
     pub fn with_view(mut self, view: watch::Sender<MembershipView>) -> Self {
         self.view = Some(view);
+        self
+    }
+
+    /// Probes the members reported on `hints` out of turn (see [`ProbeHints`]).
+    pub fn with_probe_hints(mut self, hints: mpsc::Receiver<NodeId>) -> Self {
+        self.hints = Some(hints);
         self
     }
 
@@ -138,6 +174,7 @@ impl<S: DatagramSocket> Driver<S> {
         }
         let mut buf = vec![0u8; RECV_BUFFER_BYTES];
         let mut requests_open = true;
+        let mut hints = self.hints.take();
         let exit = loop {
             if self.left {
                 break Exit::Left;
@@ -151,6 +188,10 @@ impl<S: DatagramSocket> Driver<S> {
                     None => requests_open = false,
                 },
                 () = sleep_until_opt(wake), if wake.is_some() => self.on_timers().await,
+                hint = recv_opt(hints.as_mut()), if hints.is_some() => match hint {
+                    Some(node) => self.on_probe_hint(node).await,
+                    None => hints = None,
+                },
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
                         let bytes = buf.get(..len).unwrap_or(&buf);
@@ -190,6 +231,16 @@ impl<S: DatagramSocket> Driver<S> {
             debug!(error = %e, "input dropped");
         }
         self.drain().await;
+    }
+
+    /// Hands a hint to the machine; logs the ones it takes (it ignores hints about members
+    /// it is probing already, or that are not alive).
+    async fn on_probe_hint(&mut self, node: NodeId) {
+        let taken = self.machine.metrics().probe_hints;
+        self.input(Input::ProbeSoon(node)).await;
+        if self.machine.metrics().probe_hints > taken {
+            info!(member = %node, "probing a member out of turn: its connection to this node closed");
+        }
     }
 
     /// Hands every due timer back to the machine, up to a bound per turn.
@@ -294,6 +345,14 @@ impl<S: DatagramSocket> Driver<S> {
                 self.left = true;
             }
         }
+    }
+}
+
+/// The next item of `rx`; never completes for `None` (callers also guard the branch).
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

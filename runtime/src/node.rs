@@ -41,7 +41,7 @@ use crate::consensus::transport::Inbound;
 use crate::consensus::{LocalVoter, RAFT_REQUESTS_QUEUE_MAX, RaftOptions, RaftRequest, RaftRoute};
 use crate::control;
 use crate::dfs::tasks::GcOptions;
-use crate::driver::{Driver, DriverError, Exit, REQUESTS_QUEUE_MAX, Request};
+use crate::driver::{Driver, DriverError, Exit, ProbeHints, REQUESTS_QUEUE_MAX, Request};
 use crate::identity::{self, IdentityError};
 use crate::jobs::{
     self, client::SchedClient, model::ModelExecutor, noop::NoopExecutor, worker::WorkerOptions,
@@ -165,6 +165,7 @@ pub struct BoundNode {
     seeds: Vec<SocketAddr>,
     requests: mpsc::Receiver<Request>,
     handle: NodeHandle,
+    hints: ProbeHints,
     span: tracing::Span,
     raft: Option<RaftParts>,
     route: Option<RaftRoute>,
@@ -277,7 +278,10 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
     let socket = AuthSocket::new(socket, options.cluster_key.as_ref());
     let auth = socket.stats();
     let (view_tx, view) = view::channel(NodeId::new(addr, generation));
-    let driver = Driver::new(options.config, socket, generation, seed)?.with_view(view_tx);
+    let (hints, hints_rx) = ProbeHints::channel();
+    let driver = Driver::new(options.config, socket, generation, seed)?
+        .with_view(view_tx)
+        .with_probe_hints(hints_rx);
     debug_assert_eq!(driver.id(), NodeId::new(addr, generation));
     debug!(rng_seed = seed, "identity fixed");
     let (tx, requests) = mpsc::channel(REQUESTS_QUEUE_MAX);
@@ -340,6 +344,7 @@ pub async fn bind(options: NodeOptions) -> Result<BoundNode, NodeError> {
         seeds: options.join,
         requests,
         handle: NodeHandle { requests: tx },
+        hints,
         span,
         raft,
         route,
@@ -407,6 +412,7 @@ impl BoundNode {
             seeds,
             requests,
             handle,
+            hints,
             span,
             raft,
             route,
@@ -462,7 +468,14 @@ impl BoundNode {
             ));
         }
         let server = tokio::spawn(
-            control::serve_guarded(listener, handle.requests, route, service, tcp_guard)
+            control::serve_guarded(
+                listener,
+                handle.requests,
+                route,
+                service,
+                tcp_guard,
+                Some(hints),
+            )
                 .instrument(span.clone()),
         );
         let raft_task = raft.map(|parts| {

@@ -39,6 +39,8 @@ pub enum SwimCommand {
     Join(Vec<SocketAddr>),
     /// Leave gracefully.
     Leave,
+    /// Probe this member out of turn (the runtime's hint when a worker's connection closes).
+    ProbeSoon(NodeId),
 }
 
 impl Machine for Membership {
@@ -64,6 +66,7 @@ impl Machine for Membership {
         match command {
             SwimCommand::Join(seeds) => self.handle(now, Input::Join { seeds }),
             SwimCommand::Leave => self.handle(now, Input::Leave),
+            SwimCommand::ProbeSoon(node) => self.handle(now, Input::ProbeSoon(node)),
         }
     }
 
@@ -148,6 +151,12 @@ impl SwimCluster {
     /// Tells slot `index` to leave gracefully.
     pub fn leave(&mut self, index: usize) -> Result<(), String> {
         self.world.command(index, SwimCommand::Leave)
+    }
+
+    /// Tells slot `index` that `about` may be gone (a probe out of turn, as the runtime does
+    /// when a worker's connection to that node closes).
+    pub fn hint(&mut self, index: usize, about: NodeId) -> Result<(), String> {
+        self.world.command(index, SwimCommand::ProbeSoon(about))
     }
 
     /// The running instance's identity in slot `index`.
@@ -363,6 +372,13 @@ impl SwimSim {
         self.removal
             .on_departure(now, id, Departure::Leave, observers, self.removal_bound);
         Ok(id)
+    }
+
+    /// Tells slot `index` that `about` may be gone: a probe out of turn, never a verdict.
+    pub fn hint(&mut self, index: usize, about: NodeId) -> Result<(), Violation> {
+        self.cluster
+            .hint(index, about)
+            .map_err(|e| self.violation("hint", e))
     }
 
     /// Live nodes whose view holds `id`.

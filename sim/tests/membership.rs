@@ -245,6 +245,71 @@ fn crash_30_of_100() {
     report(s.test_name, &results);
 }
 
+/// 3 of 10 crash at once; each is hinted to a different survivor (as a worker's closed lease
+/// connection hints the leader), and two more survivors get wrong hints about live members at
+/// the same moment. Each hinted survivor must suspect its victim within two probe periods
+/// (one if its own probe was answered; its current probe is never cut short), whatever its
+/// round-robin order; the wrong hints must suspect nobody, and removal and quiescence hold as
+/// in `crash_3_of_10`.
+fn hinted_crash(seed: u64) -> Result<Outcome, Violation> {
+    let (n, k) = (10, 3);
+    let mut sim = cluster(seed, n, FaultOptions::lan())?;
+    sim.run_for(ms(2000))?;
+    // Victims first, then the hinted observers, then the wrongly hinted ones and their
+    // subjects, all distinct.
+    let order = victims(&mut sim, n);
+    let (crashed, rest) = order.split_at(k);
+    let (observers, rest) = rest.split_at(k);
+    let ids = |sim: &SwimSim, slots: &[usize]| -> Vec<NodeId> {
+        slots.iter().filter_map(|&i| sim.cluster().id(i)).collect()
+    };
+    let crashed_ids = ids(&sim, crashed);
+    let live_subjects = ids(&sim, &rest[2..4]);
+    sim.crash(crashed)?;
+    let hinted_at = sim.now();
+    for (&observer, &victim) in observers.iter().zip(&crashed_ids) {
+        sim.hint(observer, victim)?;
+    }
+    for (&observer, &subject) in rest[..2].iter().zip(&live_subjects) {
+        sim.hint(observer, subject)?;
+    }
+    let period = sim.cluster().config().probe_interval;
+    sim.run_until(hinted_at + period * 2 + ms(50))?;
+    for (&observer, &victim) in observers.iter().zip(&crashed_ids) {
+        let state = sim
+            .cluster()
+            .node(observer)
+            .and_then(|m| m.state_of(victim));
+        if !matches!(state, Some(MemberState::Suspect | MemberState::Dead)) {
+            return Err(fail(
+                &sim,
+                format!(
+                    "slot {observer} was hinted about {victim} but holds it {state:?} ({:?})",
+                    sim.cluster().node(observer).map(|m| m.metrics())
+                ),
+            ));
+        }
+    }
+    let deadline = sim.now() + sim.removal_bound();
+    sim.run_until_removed(deadline)?;
+    sim.false_positives().check_none(sim.now())?;
+    sim.heal_network();
+    let deadline = sim.now() + sim.removal_bound();
+    sim.run_until_settled(deadline)?;
+    sim.check_quiescent()?;
+    if sim.cluster().live_ids().len() != n - k {
+        return Err(fail(&sim, "a live node was lost".into()));
+    }
+    Ok(outcome(&sim))
+}
+
+#[test]
+fn crash_3_of_10_with_probe_hints() {
+    let s = scenario!("crash_3_of_10_with_probe_hints", 100);
+    let results = s.run(hinted_crash);
+    report(s.test_name, &results);
+}
+
 /// Loss and a little duplication while 3 of 10 crash; false positives counted, not asserted.
 fn lossy(loss_percent: f64) -> FaultOptions {
     FaultOptions {

@@ -275,6 +275,9 @@ enum Step {
     Leave { node: u8 },
     /// Crash and restart with the next generation, then join through the other machines.
     Restart { node: u8 },
+    /// Tell machine `node` that the member at pool address `about` (generation `generation`
+    /// modulo 4) may be gone: a probe out of turn, never a verdict.
+    Hint { node: u8, about: u8, generation: u8 },
 }
 
 #[derive(Debug)]
@@ -472,6 +475,15 @@ impl World {
                     self.machines[index].left || self.machines[index].membership.is_leaving(),
                     "a leave command starts leaving"
                 );
+            }
+            Step::Hint {
+                node,
+                about,
+                generation,
+            } => {
+                let index = self.pick(node);
+                let about = NodeId::new(pool_addr(about), u64::from(generation % 4));
+                self.command(index, Input::ProbeSoon(about));
             }
             Step::Restart { node } => {
                 let index = self.pick(node);

@@ -1,8 +1,10 @@
 //! Six real `idunno-node` processes on 127.0.0.70-75: three Raft voters and three non-voting
 //! members, every one running a worker with the no-op model. Two jobs are submitted (one too
-//! large for a single request, so it goes in chunks); a worker and the Raft leader are
-//! SIGKILLed while the jobs run. Every input of both jobs must end with exactly one result (its
-//! own name, from the no-op model), and the statistics commands (c1, c2, c5, jobs) answer.
+//! large for a single request, so it goes in chunks); a worker and then the Raft leader are
+//! SIGKILLed while the jobs run (the leader must first take the worker's closed lease
+//! connection as a hint to probe it). Every input of both jobs must end with exactly one
+//! result (its own name, from the no-op model), and the statistics commands (c1, c2, c5,
+//! jobs) answer.
 //!
 //! Every wait is an `eventually` with a generous deadline: the test asserts what the cluster
 //! ends up doing, never how fast (throughput is measured by `sched-throughput`).
@@ -85,11 +87,28 @@ fn two_jobs_finish_exactly_once_through_killing_a_worker_and_the_leader() {
     eprintln!("at the kills: {progress}");
     let worker = all[5];
     cluster.node_mut(index_of[5]).kill();
-    let leader_index = all
+    // The killed worker's lease connections to the leader closed with it: the leader probes
+    // it out of turn (a hint, not a verdict) instead of waiting for its round-robin turn.
+    let leader_at = all
         .iter()
         .position(|&a| a == leader_addr)
         .expect("leader is a node");
-    cluster.node_mut(index_of[leader_index]).kill();
+    eventually(
+        "the leader takes the worker's closed lease connection as a probe hint",
+        CONVERGE_TIMEOUT,
+        || {
+            let log = cluster.node(index_of[leader_at]).log_tail(4000);
+            let hinted = log.lines().any(|line| {
+                line.contains("probing a member out of turn") && line.contains(&worker.to_string())
+            });
+            if hinted {
+                Ok(())
+            } else {
+                Err("no probe hint about the killed worker logged yet".to_owned())
+            }
+        },
+    );
+    cluster.node_mut(index_of[leader_at]).kill();
     let survivors: Vec<SocketAddr> = all
         .iter()
         .copied()

@@ -44,6 +44,9 @@ pub const RELAYS_MAX: usize = 256;
 pub const ACCUSERS_MAX: usize = 16;
 /// Most seed addresses kept from a join command.
 pub const SEEDS_MAX: usize = 64;
+/// Most members waiting to be probed out of turn ([`Input::ProbeSoon`]); more are dropped and
+/// counted (they are still probed in their round-robin turn).
+pub const PROBE_SOON_MAX: usize = 16;
 
 /// Identifies one armed timer; a timer whose token is no longer current is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,6 +99,13 @@ pub enum Input<'a> {
     },
     /// Leave the cluster gracefully; [`Event::SelfLeft`] follows after the linger time.
     Leave,
+    /// A sign from outside the protocol that this member may be gone (a connection it held
+    /// to this node closed): probe it next, out of its round-robin turn, and at once unless
+    /// another probe still waits for its answer (that one is never cut short). A hint is only
+    /// ever a reason to probe: the member is suspected only if the probe goes unanswered, so a
+    /// wrong hint costs one ping. At most one probe period is started early per
+    /// `probe_interval`, so hints cannot more than double this node's probe rate.
+    ProbeSoon(NodeId),
 }
 
 /// A change in this node's view, for the machines built on membership.
@@ -207,6 +217,13 @@ pub struct Metrics {
     pub probe_extensions: u64,
     /// Probes whose target answered during an extension (each a suspicion avoided).
     pub probe_extensions_answered: u64,
+    /// [`Input::ProbeSoon`] hints taken (the member queued for an early probe).
+    pub probe_hints: u64,
+    /// Hints ignored: not a live member, already queued or being probed, the queue full, or
+    /// this node leaving.
+    pub probe_hints_ignored: u64,
+    /// Probe periods started early for a hinted member.
+    pub early_probes: u64,
     /// Deaths heard from others and not adopted, because the member itself had sent us a
     /// datagram too recently for the verdict to be about a crash (the accuser is cut off from
     /// it, not dead); the verdict was forwarded to the member, which refutes it.
@@ -278,6 +295,10 @@ pub struct Membership {
     probe_order: Vec<NodeId>,
     probe_cursor: usize,
     probe: Option<Probe>,
+    /// Hinted members, probed before the round-robin order (oldest hint first).
+    probe_soon: VecDeque<NodeId>,
+    /// When a probe period was last started early for a hint.
+    early_probe_at: Option<Instant>,
     next_seq: u64,
     relays: BTreeMap<u64, Relay>,
     broadcasts: BroadcastQueue,
@@ -321,6 +342,8 @@ impl Membership {
             probe_order: Vec::new(),
             probe_cursor: 0,
             probe: None,
+            probe_soon: VecDeque::new(),
+            early_probe_at: None,
             next_seq: 0,
             relays: BTreeMap::new(),
             broadcasts: BroadcastQueue::default(),
@@ -462,6 +485,10 @@ impl Membership {
             }
             Input::Leave => {
                 self.handle_leave_command(now);
+                Ok(())
+            }
+            Input::ProbeSoon(node) => {
+                self.handle_probe_hint(now, node);
                 Ok(())
             }
         };
@@ -702,6 +729,7 @@ impl Membership {
         }
         self.leaving = true;
         self.probe = None;
+        self.probe_soon.clear();
         let update = Update::Left {
             node: self.me,
             incarnation: self.incarnation,
@@ -752,6 +780,40 @@ impl Membership {
     }
 
     // ----- probing -----
+
+    /// Queues `node` for the next probe and starts that probe now when no other probe waits
+    /// for its answer and no early start happened within the last `probe_interval`.
+    fn handle_probe_hint(&mut self, now: Instant, node: NodeId) {
+        let alive = self
+            .members
+            .get(&node)
+            .is_some_and(|e| e.state == MemberState::Alive);
+        // A probe of it that still waits for its answer will judge it; one already answered
+        // was before the sign, so it is probed again.
+        let probing = self.probe.is_some_and(|p| p.target == node && !p.acked);
+        if self.leaving
+            || !alive
+            || probing
+            || self.probe_soon.contains(&node)
+            || self.probe_soon.len() >= PROBE_SOON_MAX
+        {
+            self.metrics.probe_hints_ignored += 1;
+            return;
+        }
+        self.metrics.probe_hints += 1;
+        self.probe_soon.push_back(node);
+        let waiting = self.probe.is_some_and(|p| !p.acked);
+        let recent = self
+            .early_probe_at
+            .is_some_and(|at| now < at + self.config.probe_interval);
+        if !waiting && !recent {
+            // The current probe (if any) was answered, so judging it now raises no suspicion;
+            // the next period starts here, with the hinted member.
+            self.early_probe_at = Some(now);
+            self.metrics.early_probes += 1;
+            self.on_probe_tick(now);
+        }
+    }
 
     fn on_probe_tick(&mut self, now: Instant) {
         let period_end = now + self.config.probe_interval;
@@ -892,6 +954,15 @@ impl Membership {
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
+        while let Some(hinted) = self.probe_soon.pop_front() {
+            if self
+                .members
+                .get(&hinted)
+                .is_some_and(|e| e.state == MemberState::Alive)
+            {
+                return Some(hinted);
+            }
+        }
         for _ in 0..=self.probe_order.len() {
             if self.probe_cursor >= self.probe_order.len() {
                 self.probe_order = self.live.clone();
@@ -1553,6 +1624,7 @@ impl Membership {
         debug_assert!(self.relays.len() <= RELAYS_MAX);
         debug_assert!(self.broadcasts.len() <= QUEUE_ITEMS_MAX);
         debug_assert!(self.seeds.len() <= SEEDS_MAX);
+        debug_assert!(self.probe_soon.len() <= PROBE_SOON_MAX);
         debug_assert!(
             self.accusers.is_empty(),
             "accusers are answered within the input"

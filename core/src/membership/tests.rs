@@ -745,3 +745,126 @@ fn a_death_verdict_about_a_member_that_just_spoke_to_us_is_refused_and_forwarded
     solo.feed_with(accuser, Message::Gossip, vec![verdict]);
     assert_eq!(solo.machine.state_of(victim), Some(MemberState::Dead));
 }
+
+/// The pings `from` has queued for `to` (sent, not yet delivered).
+fn pings_in_flight(net: &Net, from: usize, to: usize) -> usize {
+    net.queue
+        .iter()
+        .filter(|Reverse((_, _, pending))| match pending {
+            Pending::Deliver {
+                to: dest,
+                from: src,
+                bytes,
+            } => {
+                *dest == addr(to)
+                    && *src == addr(from)
+                    && matches!(
+                        wire::decode_datagram(bytes),
+                        Ok(Datagram::Membership(Packet {
+                            message: Message::Ping { .. },
+                            ..
+                        }))
+                    )
+            }
+            Pending::Fire { .. } => false,
+        })
+        .count()
+}
+
+#[test]
+fn a_hinted_member_is_probed_at_once_and_suspected_within_one_period_of_its_crash() {
+    let mut net = Net::new(10);
+    net.join_all();
+    net.run_for(Duration::from_secs(5));
+    net.assert_converged();
+    let victim = net.node(3).me();
+    net.crash(3);
+    let hinted_at = net.now;
+    net.input(0, Input::ProbeSoon(victim)).expect("hint");
+    assert_eq!(net.node(0).metrics().probe_hints, 1);
+    assert_eq!(net.node(0).metrics().early_probes, 1, "probed at once");
+    assert_eq!(
+        pings_in_flight(&net, 0, 3),
+        1,
+        "the hint's ping leaves in the same input"
+    );
+    // One probe period (and the gossip of the suspicion) later, node 0 suspects the victim
+    // through its own probe, whatever its round-robin order held.
+    let period = Config::lan().probe_interval;
+    net.run_for(period + Duration::from_millis(20));
+    assert!(net.node(0).metrics().suspicions_raised >= 1);
+    assert_eq!(net.node(0).state_of(victim), Some(MemberState::Suspect));
+    let suspected_at = net
+        .events
+        .iter()
+        .position(|e| *e == (0, Event::Suspect(victim)));
+    assert!(suspected_at.is_some(), "node 0 reported the suspicion");
+    assert!(net.now <= hinted_at + period + Duration::from_millis(20));
+}
+
+#[test]
+fn hints_about_live_members_cost_a_ping_and_never_a_suspicion() {
+    let mut net = Net::new(6);
+    net.join_all();
+    net.run_for(Duration::from_secs(5));
+    let events_before = net.events.len();
+    let ids: Vec<NodeId> = (1..6).map(|i| net.node(i).me()).collect();
+    // Five hints at once: the first starts a probe now, the rest wait for later periods (at
+    // most one early start per probe interval), all of them answered.
+    for id in &ids {
+        net.input(0, Input::ProbeSoon(*id)).expect("hint");
+    }
+    let m = net.node(0).metrics().clone();
+    assert_eq!(m.probe_hints, 5);
+    assert_eq!(m.early_probes, 1, "one early start per probe interval");
+    net.run_for(Duration::from_secs(5));
+    assert!(net.node(0).metrics().early_probes <= 1 + 10, "bounded by the interval");
+    assert!(
+        net.events[events_before..]
+            .iter()
+            .all(|(_, e)| !matches!(e, Event::Suspect(_) | Event::Failed(_))),
+        "a wrong hint never suspects anyone: {:?}",
+        &net.events[events_before..]
+    );
+    net.assert_converged();
+}
+
+#[test]
+fn hints_about_self_unknown_suspected_or_queued_members_are_ignored() {
+    let mut net = Net::new(4);
+    net.join_all();
+    net.run_for(Duration::from_secs(5));
+    let me = net.node(0).me();
+    let stranger = NodeId::new(addr(9), 1);
+    let member = net.node(2).me();
+    net.input(0, Input::ProbeSoon(me)).expect("hint");
+    net.input(0, Input::ProbeSoon(stranger)).expect("hint");
+    assert_eq!(net.node(0).metrics().probe_hints, 0);
+    assert_eq!(net.node(0).metrics().probe_hints_ignored, 2);
+    net.input(0, Input::ProbeSoon(member)).expect("hint");
+    // Being probed (or queued) already: a second hint adds nothing.
+    net.input(0, Input::ProbeSoon(member)).expect("hint");
+    assert_eq!(net.node(0).metrics().probe_hints, 1);
+    assert_eq!(net.node(0).metrics().probe_hints_ignored, 3);
+}
+
+#[test]
+fn the_hint_queue_is_capped() {
+    let n = PROBE_SOON_MAX + 4;
+    let mut net = Net::new(n);
+    net.join_all();
+    net.run_for(Duration::from_secs(8));
+    net.assert_converged();
+    let others: Vec<NodeId> = (1..n).map(|i| net.node(i).me()).collect();
+    for id in &others {
+        net.input(0, Input::ProbeSoon(*id)).expect("hint");
+    }
+    // The first hint's probe starts at once (it leaves the queue); the queue then fills up.
+    let m = net.node(0).metrics().clone();
+    assert_eq!(m.probe_hints, 1 + PROBE_SOON_MAX as u64);
+    assert_eq!(m.probe_hints_ignored, (others.len() - 1 - PROBE_SOON_MAX) as u64);
+    assert_eq!(net.node(0).probe_soon.len(), PROBE_SOON_MAX);
+    net.run_for(Duration::from_secs(10));
+    assert!(net.node(0).probe_soon.is_empty(), "one hinted member per period");
+    net.assert_converged();
+}

@@ -391,7 +391,7 @@ mod tests {
         });
         let guard = Arc::new(TcpGuard::new(key));
         let stats = guard.stats();
-        tokio::spawn(control::serve_guarded(listener, tx, None, None, guard));
+        tokio::spawn(control::serve_guarded(listener, tx, None, None, guard, None));
         (addr, stats, asked)
     }
 

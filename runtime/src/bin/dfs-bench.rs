@@ -158,6 +158,7 @@ async fn start_servers(
             None,
             Some(Arc::new(service)),
             Arc::new(TcpGuard::new(key)),
+            None,
         )));
         servers.tasks.push(tokio::spawn(async move {
             while let Some(hash) = corrupt.recv().await {

@@ -80,6 +80,11 @@ struct Args {
     /// Threads of each worker's rayon pool (`RAYON_NUM_THREADS`; 0: every core).
     #[arg(long, default_value_t = 1)]
     worker_threads: u16,
+    /// Threads of the predict process's rayon pool (`RAYON_NUM_THREADS`; 0: every core it may
+    /// run on). On a machine with more cores than workers, set it to workers x worker threads
+    /// so both sides compute on the same number of cores.
+    #[arg(long, default_value_t = 0)]
+    predict_threads: u16,
     /// Batch size of the jobs (predict always runs batches of 8).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     batch: u32,
@@ -136,15 +141,21 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 
 /// Runs `exe predict MODEL files.. --json` to completion; its wall time. Fails unless it
 /// printed one result per file and no error.
-fn time_predict(exe: &Path, files: &[PathBuf], out_file: &Path) -> Result<Duration, BenchError> {
+fn time_predict(
+    exe: &Path,
+    files: &[PathBuf],
+    out_file: &Path,
+    threads: u16,
+) -> Result<Duration, BenchError> {
     let out = std::fs::File::create(out_file)?;
     let t0 = Instant::now();
-    let mut child = Command::new(exe)
-        .arg("predict")
-        .arg(MODEL)
-        .args(files)
-        .arg("--json")
-        .env_remove("RAYON_NUM_THREADS")
+    let mut command = Command::new(exe);
+    command.arg("predict").arg(MODEL).args(files).arg("--json");
+    match threads {
+        0 => command.env_remove("RAYON_NUM_THREADS"),
+        n => command.env("RAYON_NUM_THREADS", n.to_string()),
+    };
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(Stdio::piped())
@@ -184,16 +195,17 @@ fn predict_side(
     files: &[PathBuf],
     root: &Path,
     reps: usize,
+    threads: u16,
 ) -> Result<(Vec<f64>, f64, f64), BenchError> {
     let out_file = root.join("predict.jsonl");
     let one = files.first().cloned().map(|f| vec![f]).unwrap_or_default();
     // Warm the page cache and the executable.
-    time_predict(exe, &one, &out_file)?;
-    let single = time_predict(exe, &one, &out_file)?.as_secs_f64();
+    time_predict(exe, &one, &out_file, threads)?;
+    let single = time_predict(exe, &one, &out_file, threads)?.as_secs_f64();
     let mut full = Vec::new();
     let cpu_before = children_cpu();
     for rep in 0..reps {
-        let took = time_predict(exe, files, &out_file)?.as_secs_f64();
+        let took = time_predict(exe, files, &out_file, threads)?.as_secs_f64();
         progress(&format!(
             "predict run {}: {} photos in {took:.2} s ({:.1} images/s; load {})",
             rep + 1,
@@ -428,7 +440,7 @@ fn run(args: &Args, root: &Path) -> Result<Measured, BenchError> {
         "{images} photos; predict first ({} cores; load {load_before})",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    let (predict_full, predict_single, predict_cpu) = predict_side(&exe, &files, root, args.reps)?;
+    let (predict_full, predict_single, predict_cpu) = predict_side(&exe, &files, root, args.reps, args.predict_threads)?;
     let (warm_up, jobs, cluster_cpu) = block_on(cluster_side(args, root, &photos_dir, images))??;
     Ok(Measured {
         images,
@@ -467,13 +479,18 @@ fn report(args: &Args, m: &Measured) -> String {
     let base_steady = median(&predict_steady);
     let mut out = format!(
         "{} photos of efficientnet-lite0; cluster: 1 voter + {} workers x {} lane(s), {} rayon \
-         thread(s) per worker, batch {}; predict: one process, every core, batches of 8; \
-         load average {} before, {} after\n\n",
+         thread(s) per worker, batch {}; predict: one process, {}, batches of 8; \
+         {} cores online, load average {} before, {} after\n\n",
         m.images,
         args.workers,
         args.lanes,
         args.worker_threads,
         args.batch,
+        match args.predict_threads {
+            0 => "every core".to_owned(),
+            n => format!("{n} rayon thread(s)"),
+        },
+        std::thread::available_parallelism().map_or(0, usize::from),
         m.load_before,
         m.load_after
     );

@@ -72,6 +72,7 @@ async fn control_server(guard: TcpGuard) -> BenchResult<SocketAddr> {
         None,
         None,
         Arc::new(guard),
+        None,
     ));
     Ok(addr)
 }
