@@ -243,6 +243,14 @@ pub enum DfsError {
         /// The bound.
         max: usize,
     },
+    /// A request named no file, or more than it may.
+    #[error("a request may name 1..={max} files, got {count}")]
+    BadNameCount {
+        /// How many it named.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use crate::membership::NodeId;
 
 /// Most versions one [`DfsRequest::Versions`] may ask for.
 pub const VERSIONS_ASKED_MAX: usize = super::VERSIONS_KEPT_MAX;
+/// Most names one [`DfsRequest::Newest`] may ask about (32 names of the longest allowed fit in
+/// half a request frame); a worker asks for a larger batch in chunks.
+pub const NEWEST_NAMES_MAX: usize = 32;
 /// Most nodes one [`DfsRequest::Place`] may exclude (the leader ignores the rest).
 pub const PLACE_EXCLUDE_MAX: usize = 16;
 /// Most names one [`DfsAnswer::Names`] page carries (a client pages through longer listings).
@@ -39,6 +42,12 @@ pub enum DfsRequest {
         name: String,
         /// How many (1..=[`VERSIONS_ASKED_MAX`]).
         count: usize,
+    },
+    /// Leader, linearizable read: the newest version of each name (1..=[`NEWEST_NAMES_MAX`]
+    /// of them), so a worker looks up a whole batch's inputs in one read.
+    Newest {
+        /// The file names, answered in this order.
+        names: Vec<String>,
     },
     /// Leader, linearizable read: one page of the names starting with `prefix`, in order,
     /// after `start_after` (the last name of the previous page; `None` from the first).
@@ -112,6 +121,10 @@ pub enum DfsAnswer {
     Applied(Result<DfsResult, DfsError>),
     /// Answer to [`DfsRequest::Versions`].
     Versions(Result<Vec<VersionInfo>, DfsError>),
+    /// Answer to [`DfsRequest::Newest`]: per name, in the order asked, its newest version or
+    /// why there is none (`NotFound`, `InvalidName`); the whole request is refused
+    /// (`InvalidRequest`) when it names none or more than [`NEWEST_NAMES_MAX`].
+    Newest(Result<Vec<Result<VersionInfo, DfsError>>, DfsError>),
     /// Answer to [`DfsRequest::List`]: one page of names, in order.
     Names {
         /// The names (at most [`LIST_PAGE_NAMES`]).

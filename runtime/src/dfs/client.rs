@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idunno_core::dfs::namespace::FILES_MAX;
-use idunno_core::dfs::request::PLACE_EXCLUDE_MAX;
+use idunno_core::dfs::request::{NEWEST_NAMES_MAX, PLACE_EXCLUDE_MAX};
 use idunno_core::dfs::{
     ContentHash, DfsAnswer, DfsCommand, DfsError, DfsRequest, DfsResult, NameError, RequestId,
     VersionInfo, validate_name,
@@ -318,6 +318,30 @@ impl DfsClient {
             DfsAnswer::Versions(Err(e)) => Err(DfsClientError::Refused(e)),
             other => Err(unexpected(at, &other)),
         }
+    }
+
+    /// The newest version of each of `names`, in order: one linearizable read per
+    /// [`NEWEST_NAMES_MAX`] names (a batch's inputs in one round trip instead of one each).
+    /// A name with no version, or an invalid one, gets its own `Err`; `Err` for the whole
+    /// call when the leader does not answer.
+    pub async fn newest(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Result<VersionInfo, DfsError>>, DfsClientError> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(NEWEST_NAMES_MAX) {
+            let (at, answer) = self
+                .ask(DfsRequest::Newest {
+                    names: chunk.to_vec(),
+                })
+                .await?;
+            match answer {
+                DfsAnswer::Newest(Ok(each)) if each.len() == chunk.len() => out.extend(each),
+                DfsAnswer::Newest(Err(e)) => return Err(DfsClientError::Refused(e)),
+                other => return Err(unexpected(at, &other)),
+            }
+        }
+        Ok(out)
     }
 
     /// Fetches `version`'s bytes into `dest` (verified), reporting bad replicas.

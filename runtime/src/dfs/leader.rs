@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use idunno_core::cluster::{ClusterOp, ClusterResult, ClusterState};
 use idunno_core::dfs::placement::{self, Candidate};
 use idunno_core::dfs::repair::{self, Repair};
-use idunno_core::dfs::request::{LIST_PAGE_NAMES, PLACE_EXCLUDE_MAX, VERSIONS_ASKED_MAX};
+use idunno_core::dfs::request::{
+    LIST_PAGE_NAMES, NEWEST_NAMES_MAX, PLACE_EXCLUDE_MAX, VERSIONS_ASKED_MAX,
+};
 use idunno_core::dfs::{DfsAnswer, DfsCommand, DfsError, DfsRequest, VersionInfo};
 use idunno_core::membership::NodeId;
 use idunno_core::wire::ControlResponse;
@@ -75,6 +77,26 @@ pub fn action(request: DfsRequest, alive: BTreeSet<NodeId>, starting: BTreeSet<N
             let count = count.clamp(1, VERSIONS_ASKED_MAX);
             Action::Read(Box::new(move |state: &ClusterState| {
                 dfs(DfsAnswer::Versions(versions(state, &name, count)))
+            }))
+        }
+        DfsRequest::Newest { names } => {
+            if names.is_empty() || names.len() > NEWEST_NAMES_MAX {
+                return Action::Answer(dfs(DfsAnswer::Newest(Err(DfsError::BadNameCount {
+                    count: names.len(),
+                    max: NEWEST_NAMES_MAX,
+                }))));
+            }
+            Action::Read(Box::new(move |state: &ClusterState| {
+                let newest = names
+                    .iter()
+                    .map(|name| {
+                        versions(state, name, 1)?
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| DfsError::NotFound { name: name.clone() })
+                    })
+                    .collect();
+                dfs(DfsAnswer::Newest(Ok(newest)))
             }))
         }
         DfsRequest::List {
@@ -432,6 +454,43 @@ mod tests {
             ),
             DfsAnswer::Versions(Err(DfsError::InvalidName(_)))
         ));
+    }
+
+    #[test]
+    fn newest_answers_each_name_in_order_and_bounds_the_count() {
+        let state = committed(&[1, 2, 3, 4]);
+        let ask = |names: &[&str]| DfsRequest::Newest {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+        };
+        let DfsAnswer::Newest(Ok(each)) = read(
+            action(ask(&["b", "a", "../x"]), BTreeSet::new(), BTreeSet::new()),
+            &state,
+        ) else {
+            panic!("no answer");
+        };
+        assert_eq!(each.len(), 3);
+        assert!(matches!(&each[0], Err(DfsError::NotFound { name }) if name == "b"));
+        let Ok(a) = &each[1] else {
+            panic!("a is committed: {:?}", each[1]);
+        };
+        assert_eq!((a.name.as_str(), a.replicas.len()), ("a", 4));
+        assert!(matches!(&each[2], Err(DfsError::InvalidName(_))));
+        for count in [0, NEWEST_NAMES_MAX + 1] {
+            let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+            let request = DfsRequest::Newest { names };
+            let Action::Answer(ControlResponse::Dfs(DfsAnswer::Newest(Err(e)))) =
+                action(request, BTreeSet::new(), BTreeSet::new())
+            else {
+                panic!("{count} names must be refused at once");
+            };
+            assert_eq!(
+                e,
+                DfsError::BadNameCount {
+                    count,
+                    max: NEWEST_NAMES_MAX
+                }
+            );
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! Owns: [`ModelExecutor`]. Per batch: the model's weights come from the file-system file
 //! `models/<MODEL>` (written by `train`), cached per (model, version, hash) so a worker loads a
 //! model once and picks up a retrained one; the inputs come from the file system by name,
-//! [`FETCH_PARALLEL`] at a time, while the weights' newest version is looked up; the model runs on the calling (blocking) thread through
+//! [`FETCH_PARALLEL`] at a time; the model runs on the calling (blocking) thread through
 //! `idunno_models::predict_batch`; the results go to ONE file per batch,
 //! `results/job-J/lease-L.jsonl` (format in [`super::results`]), and each input's outcome is
-//! `Result(<that file's name>)` or `Failed(<short error>)`. The fetch (inputs and weights) is
+//! `Result(<that file's name>)` or `Failed(<short error>)`. One read looks up the weights and
+//! every input's newest version (`DfsRequest::Newest`). The fetch (inputs and weights) is
 //! the [`Executor::prepare`] step, the model's run the [`Prepared::run`] step, the result file
 //! the [`Ran::store`] step: the worker times each and logs them.
 //! Failure policy: a bad input (missing, too large, undecodable) fails that input only; a model
@@ -61,6 +62,10 @@ pub fn weights_file_name(model: &str) -> String {
 pub fn not_trained(model: &str) -> String {
     format!("model {model} is not trained yet: run `train {model}` first")
 }
+
+/// A fetched batch: the weights' newest version (or why the model cannot run) and each
+/// input's bytes (or its own error); `Err` when the cluster did not answer.
+type FetchedBatch = Result<(Result<VersionInfo, String>, Vec<Result<Vec<u8>, String>>), ExecError>;
 
 /// A loaded model and which weights file it came from.
 struct Loaded {
@@ -174,23 +179,7 @@ impl ModelExecutor {
             .cloned()
     }
 
-    /// The newest version of `name`'s weights file: `Ok(Err(reason))` when there is none.
-    async fn newest_weights(
-        dfs: DfsClient,
-        name: String,
-    ) -> Result<Result<VersionInfo, String>, ExecError> {
-        let file = weights_file_name(&name);
-        match dfs.versions(&file, 1).await {
-            Ok(versions) => Ok(versions
-                .into_iter()
-                .next()
-                .ok_or_else(|| not_trained(&name))),
-            Err(DfsClientError::Refused(DfsError::NotFound { .. })) => Ok(Err(not_trained(&name))),
-            Err(e) => Err(ExecError(format!("looking up {file}: {e}"))),
-        }
-    }
-
-    /// The model loaded with the weights of `version` (from [`Self::newest_weights`]), from
+    /// The model loaded with the weights of `version` (from [`Self::fetch_batch`]), from
     /// the cache or fetched: `Ok(Err(reason))` fails the batch's inputs, `Err` makes the batch
     /// run again later.
     fn model(
@@ -248,29 +237,50 @@ impl ModelExecutor {
         Ok(Ok(loaded))
     }
 
-    /// Fetches every input's bytes (or its own error), [`FETCH_PARALLEL`] at a time; `Err`
-    /// when the cluster did not answer for some input.
-    fn fetch_inputs(
-        &self,
-        inputs: &[(u32, String)],
-    ) -> impl Future<Output = Result<Vec<Result<Vec<u8>, String>>, ExecError>> + Send + 'static
-    {
+    /// Looks up the batch's weights file and every input in one read (a chunk of
+    /// [`idunno_core::dfs::request::NEWEST_NAMES_MAX`] names per round trip), then fetches
+    /// every input's bytes (or its own error), [`FETCH_PARALLEL`] at a time. The weights'
+    /// newest version, or why the batch's model cannot run; `Err` when the cluster did not
+    /// answer (the batch runs again later).
+    fn fetch_batch(&self, grant: &Grant) -> impl Future<Output = FetchedBatch> + Send + 'static {
         let dfs = Arc::new(self.io.dfs());
         let gate = Arc::new(Semaphore::new(FETCH_PARALLEL));
-        let count = inputs.len();
-        let jobs: Vec<(usize, String, PathBuf)> = inputs
+        let model = grant.model.clone();
+        let mut names = Vec::with_capacity(grant.inputs.len() + 1);
+        names.push(weights_file_name(&model));
+        names.extend(grant.inputs.iter().map(|(_, name)| name.clone()));
+        let paths: Vec<PathBuf> = grant
+            .inputs
             .iter()
-            .enumerate()
-            .map(|(slot, (_, name))| (slot, name.clone(), self.io.scratch_file()))
+            .map(|_| self.io.scratch_file())
             .collect();
         async move {
+            let newest = dfs
+                .newest(&names)
+                .await
+                .map_err(|e| ExecError(format!("looking up the batch's files: {e}")))?;
+            if newest.len() != names.len() {
+                return Err(ExecError("the lookup answered the wrong count".into()));
+            }
+            let mut newest = newest.into_iter();
+            let weights = match newest.next() {
+                Some(Ok(version)) => Ok(version),
+                Some(Err(DfsError::NotFound { .. })) | None => Err(not_trained(&model)),
+                Some(Err(e)) => Err(format!("looking up {}: {e}", weights_file_name(&model))),
+            };
+            let count = paths.len();
             let mut set = JoinSet::new();
-            for (slot, name, path) in jobs {
+            for (slot, (version, path)) in newest.zip(paths).enumerate() {
                 let dfs = Arc::clone(&dfs);
                 let gate = Arc::clone(&gate);
                 set.spawn(async move {
+                    let version = match version {
+                        Ok(version) => version,
+                        Err(e) => return (slot, Err(Ok(DfsClientError::Refused(e).to_string()))),
+                    };
+                    let name = version.name.clone();
                     let _permit = gate.acquire_owned().await;
-                    let got = dfs.get_at_most(&name, &path, INPUT_BYTES_MAX).await;
+                    let got = dfs.get_version(version, &path, INPUT_BYTES_MAX).await;
                     let bytes = match got {
                         Ok(_) => tokio::fs::read(&path).await.map_err(|e| {
                             Ok::<String, ExecError>(format!("reading fetched {name}: {e}"))
@@ -300,26 +310,22 @@ impl ModelExecutor {
                     Err(Err(transient)) => return Err(transient),
                 };
             }
-            Ok(out)
+            Ok((weights, out))
         }
     }
 
     /// Fetches a batch of a registry model (its inputs and weights): what is left to run it,
-    /// or the completions when the model cannot run. The weights' lookup and the inputs' fetch
-    /// overlap.
+    /// or the completions when the model cannot run.
     fn prepare_model(&self, grant: &Grant) -> Result<Prepared, ExecError> {
         let mut times = BatchTimes::default();
         let started = Instant::now();
-        let newest = Self::newest_weights(self.io.dfs(), grant.model.clone());
-        let inputs = self.fetch_inputs(&grant.inputs);
-        let (version, fetched) = self
-            .io
-            .on_runtime(async move { tokio::join!(newest, inputs) })?;
+        let fetch = self.fetch_batch(grant);
+        let (version, fetched) = self.io.on_runtime(fetch)??;
         times.fetch_ms = ms(started);
         let step = Instant::now();
         // A weights file that cannot load fails the batch's inputs; trouble fetching it (a
         // transient `ExecError`) makes the batch run again later.
-        let loaded = match version? {
+        let loaded = match version {
             Ok(v) => self.model(&grant.model, v)?,
             Err(reason) => Err(reason),
         };
@@ -331,7 +337,6 @@ impl ModelExecutor {
             }
         };
         times.load_ms = ms(step);
-        let fetched = fetched?;
         debug!(
             lease = %grant.lease, fetch_ms = times.fetch_ms, load_ms = times.load_ms,
             "batch fetched"
