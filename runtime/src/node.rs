@@ -476,7 +476,7 @@ impl BoundNode {
                 tcp_guard,
                 Some(hints),
             )
-                .instrument(span.clone()),
+            .instrument(span.clone()),
         );
         let raft_task = raft.map(|parts| {
             tokio::spawn(

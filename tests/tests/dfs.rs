@@ -183,8 +183,9 @@ fn files_survive_three_kills_and_a_corrupt_replica() {
         );
     }
 
-    // 5. Corrupt the copy that a get tries first; get still returns the right bytes, reports
-    //    the copy, and the copy is replaced.
+    // 5. Corrupt a replica's copy and get through that node (a reader tries its own node's
+    //    copy first); get still returns the right bytes, reports the copy, and the copy is
+    //    replaced.
     let (name, content, _) = &files[0];
     let (_, hash, replicas) = dfs_ls(survivors[0], name).expect("ls");
     let bad_node = addr_of(&replicas[0]);
@@ -195,7 +196,7 @@ fn files_survive_three_kills_and_a_corrupt_replica() {
     std::fs::write(&path, &corrupt).expect("corrupt a replica");
     let dest = cluster.scratch().join("got-after-corruption");
     let (_, reported) = eventually("get despite a corrupt replica", CONVERGE_TIMEOUT, || {
-        dfs_get(survivors[1], name, &dest)
+        dfs_get(bad_node, name, &dest)
     });
     assert!(read(&dest) == *content, "the corrupt copy was served");
     assert!(

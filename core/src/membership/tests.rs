@@ -818,7 +818,10 @@ fn hints_about_live_members_cost_a_ping_and_never_a_suspicion() {
     assert_eq!(m.probe_hints, 5);
     assert_eq!(m.early_probes, 1, "one early start per probe interval");
     net.run_for(Duration::from_secs(5));
-    assert!(net.node(0).metrics().early_probes <= 1 + 10, "bounded by the interval");
+    assert!(
+        net.node(0).metrics().early_probes <= 1 + 10,
+        "bounded by the interval"
+    );
     assert!(
         net.events[events_before..]
             .iter()
@@ -862,9 +865,15 @@ fn the_hint_queue_is_capped() {
     // The first hint's probe starts at once (it leaves the queue); the queue then fills up.
     let m = net.node(0).metrics().clone();
     assert_eq!(m.probe_hints, 1 + PROBE_SOON_MAX as u64);
-    assert_eq!(m.probe_hints_ignored, (others.len() - 1 - PROBE_SOON_MAX) as u64);
+    assert_eq!(
+        m.probe_hints_ignored,
+        (others.len() - 1 - PROBE_SOON_MAX) as u64
+    );
     assert_eq!(net.node(0).probe_soon.len(), PROBE_SOON_MAX);
     net.run_for(Duration::from_secs(10));
-    assert!(net.node(0).probe_soon.is_empty(), "one hinted member per period");
+    assert!(
+        net.node(0).probe_soon.is_empty(),
+        "one hinted member per period"
+    );
     net.assert_converged();
 }

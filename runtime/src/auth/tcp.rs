@@ -391,7 +391,9 @@ mod tests {
         });
         let guard = Arc::new(TcpGuard::new(key));
         let stats = guard.stats();
-        tokio::spawn(control::serve_guarded(listener, tx, None, None, guard, None));
+        tokio::spawn(control::serve_guarded(
+            listener, tx, None, None, guard, None,
+        ));
         (addr, stats, asked)
     }
 

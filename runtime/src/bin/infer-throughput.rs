@@ -440,7 +440,8 @@ fn run(args: &Args, root: &Path) -> Result<Measured, BenchError> {
         "{images} photos; predict first ({} cores; load {load_before})",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    let (predict_full, predict_single, predict_cpu) = predict_side(&exe, &files, root, args.reps, args.predict_threads)?;
+    let (predict_full, predict_single, predict_cpu) =
+        predict_side(&exe, &files, root, args.reps, args.predict_threads)?;
     let (warm_up, jobs, cluster_cpu) = block_on(cluster_side(args, root, &photos_dir, images))??;
     Ok(Measured {
         images,

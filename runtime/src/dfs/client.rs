@@ -5,7 +5,9 @@
 //! put or delete keeps its [`RequestId`] and is applied once), the put sequence (hash the
 //! local file, ask the leader where it goes, stream it to the replicas with the blob client,
 //! then propose `Commit`), the get sequence (a linearizable read of the metadata, the bytes
-//! from any replica with fallback, bad replicas reported as `ReplicaLost`), the output
+//! from any replica with fallback, in [`read_order`]: the entry node's own copy first, then a
+//! per-blob order that spreads reads over the holders; bad replicas reported as
+//! `ReplicaLost`), the output
 //! rendering (tables, or `--json`), and [`main`] for `idunno-node client`.
 //! Must never: hold a whole file in memory, commit before every replica acknowledged the
 //! bytes durable (a failed put leaves no version), or leave unverified bytes at a destination.
@@ -131,6 +133,29 @@ pub struct GetDone {
     pub served_by: SocketAddr,
     /// Replicas reported as holding a bad copy.
     pub reported: Vec<SocketAddr>,
+}
+
+/// The order in which a reader asks `replicas` for the blob `hash`: the reader's own node
+/// first when it holds a copy (no network, and its own CPU does the serving), then the rest by
+/// rendezvous hashing of (blob, replica), highest first. Every reader of one blob agrees on the
+/// order (a retry sees the same), while different blobs start at different replicas, so a
+/// batch of reads spreads over the holders instead of all landing on the lowest-addressed
+/// one (the namespace lists replicas in address order).
+pub fn read_order(replicas: &[NodeId], local: SocketAddr, hash: &ContentHash) -> Vec<SocketAddr> {
+    let score = |addr: &SocketAddr| {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&hash.0);
+        hasher.update(addr.to_string().as_bytes());
+        *hasher.finalize().as_bytes()
+    };
+    let mut order: Vec<(bool, [u8; 32], SocketAddr)> = replicas
+        .iter()
+        .map(|n| (n.addr != local, score(&n.addr), n.addr))
+        .collect();
+    // Local first (`false` sorts first), then the highest score.
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    order.dedup_by_key(|entry| entry.2);
+    order.into_iter().map(|(_, _, addr)| addr).collect()
 }
 
 /// A file-system client bound to one entry node.
@@ -350,7 +375,7 @@ impl DfsClient {
         version: &VersionInfo,
         dest: &Path,
     ) -> Result<(SocketAddr, Vec<SocketAddr>), DfsClientError> {
-        let addrs: Vec<SocketAddr> = version.replicas.iter().map(|n| n.addr).collect();
+        let addrs = read_order(&version.replicas, self.node, &version.hash);
         let outcome = get_blob(&addrs, blob_hash(&version.hash), dest).await;
         let bad = match &outcome {
             Ok(report) => report.bad.clone(),
@@ -929,4 +954,56 @@ fn render_store(listing: &StoreListing, json: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn node(last: u8) -> NodeId {
+        NodeId::new(SocketAddr::from(([127, 0, 0, last], 7000)), 1)
+    }
+
+    fn hash(i: u32) -> ContentHash {
+        ContentHash(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    #[test]
+    fn the_readers_own_copy_comes_first_and_every_replica_once() {
+        let replicas = [node(1), node(2), node(3), node(4)];
+        for i in 0..32 {
+            let order = read_order(&replicas, node(3).addr, &hash(i));
+            assert_eq!(order.first(), Some(&node(3).addr));
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, replicas.map(|n| n.addr).to_vec());
+            // Another reader of the same blob agrees on the order of the others.
+            let elsewhere = read_order(&replicas, node(9).addr, &hash(i));
+            let others: Vec<SocketAddr> = elsewhere
+                .iter()
+                .copied()
+                .filter(|a| *a != node(3).addr)
+                .collect();
+            assert_eq!(&order[1..], others.as_slice());
+        }
+    }
+
+    #[test]
+    fn reads_of_different_blobs_spread_over_the_replicas() {
+        let replicas = [node(1), node(2), node(3), node(4)];
+        let mut first = BTreeMap::new();
+        for i in 0..400 {
+            let order = read_order(&replicas, node(9).addr, &hash(i));
+            *first.entry(order[0]).or_insert(0) += 1;
+        }
+        // Each of the four is asked first for roughly a quarter of the blobs (not always the
+        // lowest address, as the namespace's order would have it).
+        assert_eq!(first.len(), 4, "{first:?}");
+        assert!(
+            first.values().all(|&n| (50..=150).contains(&n)),
+            "{first:?}"
+        );
+    }
 }
