@@ -2,19 +2,22 @@
 //! machine in the deterministic simulator, swept over cluster size and message loss.
 //!
 //! Owns: the benchmark protocol (boot a converged cluster losslessly, turn loss on, measure a
-//! quiet window for traffic, then crash one random node at a time, time its removal from the
-//! first and from every live view, restart it as a new generation, let it settle, repeat) and
-//! the markdown table it prints.
+//! quiet window for traffic, then crash one random node at a time, time until one observer
+//! (the next live slot) suspects it and its removal from the first and from every live view,
+//! restart it as a new generation, let it settle, repeat) and the markdown table it prints.
+//! With `--hint` the observer is told at the crash that the node may be gone
+//! (`Input::ProbeSoon`, as a node's runtime does when a worker's lease connection to it
+//! closes), so the observer column compares hinted and unhinted suspicion.
 //! Must never: use wall-clock time or unseeded randomness in what it measures (wall time is
 //! only reported as the benchmark's own run time).
 //!
 //! Run: `cargo run --release -p idunno-sim --bin swim-bench` (full sweep), or with
-//! `-- --sizes 10,100 --loss 0,10 --seed 7 --quick`.
+//! `-- --sizes 10,100 --loss 0,10 --seed 7 --quick [--hint]`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use idunno_core::membership::{Config, Count, Traffic};
+use idunno_core::membership::{Config, Count, MemberState, Traffic};
 use idunno_core::time::Instant;
 use idunno_sim::checker::Violation;
 use idunno_sim::{FaultOptions, SwimSim};
@@ -31,6 +34,8 @@ struct Point {
 /// Everything measured at one point.
 #[derive(Debug, Clone, Default)]
 struct Measured {
+    /// Crash -> the observer holds the node suspect (or dead).
+    observer: Vec<Duration>,
     first: Vec<Duration>,
     all: Vec<Duration>,
     undetected: usize,
@@ -60,6 +65,8 @@ struct Options {
     quick: bool,
     /// Overrides the quiet window (seconds), for steady-state traffic studies.
     quiet_s: Option<u64>,
+    /// Hint the observer about each crash (a probe out of turn).
+    hint: bool,
 }
 
 fn parse_list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, String> {
@@ -80,6 +87,7 @@ fn parse_args() -> Result<Options, String> {
         seed: 1,
         quick: false,
         quiet_s: None,
+        hint: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -91,13 +99,14 @@ fn parse_args() -> Result<Options, String> {
                 options.seed = value()?.parse().map_err(|_| "bad --seed".to_owned())?;
             }
             "--quick" => options.quick = true,
+            "--hint" => options.hint = true,
             "--quiet-s" => {
                 options.quiet_s = Some(value()?.parse().map_err(|_| "bad --quiet-s".to_owned())?);
             }
             "-h" | "--help" => {
                 return Err(
                     "usage: swim-bench [--sizes 10,100,1000] [--loss 0,3,10,30] \
-                            [--seed N] [--quick] [--quiet-s S]"
+                            [--seed N] [--quick] [--quiet-s S] [--hint]"
                         .to_owned(),
                 );
             }
@@ -209,7 +218,11 @@ fn run_counting(
     Ok(())
 }
 
-fn measure(seed: u64, p: Point) -> Result<Measured, Violation> {
+/// Step of the wait for the observer's suspicion (virtual time; the simulation itself does
+/// not depend on how it is stepped).
+const OBSERVER_STEP: Duration = Duration::from_millis(10);
+
+fn measure(seed: u64, p: Point, hint: bool) -> Result<Measured, Violation> {
     let started = std::time::Instant::now();
     let setup = |e: String| Violation {
         checker: "setup",
@@ -280,8 +293,35 @@ fn measure(seed: u64, p: Point) -> Result<Measured, Violation> {
             .world_mut()
             .random_below(live.len() as u64) as usize;
         let index = live[pick];
+        // The observer is the next live slot (no random draw, so runs without `--hint` crash
+        // the same nodes at the same times as before the observer was timed).
+        let observer = live[(pick + 1) % live.len()];
         let crashed = sim.crash(&[index])?[0];
         let crash_at = sim.now();
+        if hint {
+            sim.hint(observer, crashed)?;
+        }
+        let suspects = |sim: &SwimSim| {
+            sim.cluster()
+                .node(observer)
+                .and_then(|m| m.state_of(crashed))
+                .is_none_or(|state| state != MemberState::Alive)
+        };
+        while !suspects(&sim) && sim.now() - crash_at < TRIAL_WAIT_MAX {
+            run_counting(&mut sim, OBSERVER_STEP, &mut m.node_seconds)?;
+        }
+        m.observer.push(sim.now() - crash_at);
+        // Back onto the removal loop's 100 ms grid from the crash, so the restart (and every
+        // later trial) happens when it did before the observer was timed.
+        let grid = Duration::from_millis(100);
+        let steps = (sim.now() - crash_at)
+            .as_micros()
+            .div_ceil(grid.as_micros());
+        let on_grid = crash_at + grid * u32::try_from(steps).unwrap_or(u32::MAX);
+        let now = sim.now();
+        if on_grid > now {
+            run_counting(&mut sim, on_grid - now, &mut m.node_seconds)?;
+        }
         while sim
             .removal()
             .removal(crashed)
@@ -346,11 +386,19 @@ fn main() -> ExitCode {
         config.push_pull_interval,
     );
     println!(
+        "Observer: the next live slot after the crashed one{}.\n",
+        if options.hint {
+            ", hinted at the crash (`--hint`: probe it out of turn)"
+        } else {
+            ", not hinted"
+        }
+    );
+    println!(
         "| n | loss | trials | first: median | first: p99 | all: median | all: p99 | undetected \
          | FP events / node-h | forced out / node-h | bytes / node / s | datagrams / node / s \
-         | virtual s | wall s |"
+         | virtual s | wall s | observer suspects: median | p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut breakdown: Vec<(usize, f64, Measured, Point)> = Vec::new();
     for &nodes in &options.sizes {
         for &loss in &options.losses {
@@ -358,13 +406,14 @@ fn main() -> ExitCode {
             if let Some(quiet_s) = options.quiet_s {
                 p.quiet = Duration::from_secs(quiet_s);
             }
-            let m = match measure(options.seed, p) {
+            let m = match measure(options.seed, p, options.hint) {
                 Ok(m) => m,
                 Err(v) => {
                     eprintln!(
                         "n = {nodes}, loss = {loss}%: {v}\nreplay: cargo run --release -p \
-                         idunno-sim --bin swim-bench -- --sizes {nodes} --loss {loss} --seed {}",
-                        options.seed
+                         idunno-sim --bin swim-bench -- --sizes {nodes} --loss {loss} --seed {}{}",
+                        options.seed,
+                        if options.hint { " --hint" } else { "" }
                     );
                     return ExitCode::FAILURE;
                 }
@@ -372,7 +421,7 @@ fn main() -> ExitCode {
             let hours = m.node_seconds / 3600.0;
             let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
             println!(
-                "| {nodes} | {loss}% | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.0} | {:.1} |",
+                "| {nodes} | {loss}% | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.0} | {:.1} | {} | {} |",
                 p.trials,
                 s(percentile(&m.first, 50.0)),
                 s(percentile(&m.first, 99.0)),
@@ -385,6 +434,8 @@ fn main() -> ExitCode {
                 m.datagrams_per_node_second,
                 m.virtual_seconds,
                 m.wall_seconds,
+                s(percentile(&m.observer, 50.0)),
+                s(percentile(&m.observer, 99.0)),
             );
             breakdown.push((nodes, loss, m, p));
         }
