@@ -777,6 +777,74 @@ mod tests {
         }
     }
 
+    /// Serves one connection on which the client sends `request`, reads the answer, then
+    /// closes (or, with `close` false, stays silent until the server's read timeout); returns
+    /// the hints sent.
+    async fn hints_after(request: ControlRequest, role: Role, close: bool) -> Vec<NodeId> {
+        let (hints, mut hinted) = ProbeHints::channel();
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let requests = fake_driver();
+        let ends = ConnectionEnd {
+            hints: Some(&hints),
+            role,
+        };
+        let serving = serve_requests(&mut server, &requests, None, false, ends);
+        let talking = async move {
+            write_frame(&mut client, &request).await.expect("write");
+            let answer: Option<ControlResponse> = read_frame(&mut client, wire::FRAME_BYTES_MAX)
+                .await
+                .expect("read");
+            assert!(answer.is_some(), "answered");
+            if !close {
+                // Outlive the server's read timeout with the connection open.
+                tokio::time::sleep(SERVER_TIMEOUT * 2).await;
+            }
+            drop(client);
+        };
+        let (handoff, ()) = tokio::join!(serving, talking);
+        assert!(handoff.is_none());
+        let mut out = Vec::new();
+        while let Ok(node) = hinted.try_recv() {
+            out.push(node);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_closes_its_lease_connection_is_hinted_and_nothing_else_is() {
+        use idunno_core::scheduler::SchedCommand;
+        use idunno_core::scheduler::api::SchedRequest;
+        let worker = NodeId::new(addr(9), 2);
+        let lease = |forwarded| ControlRequest::Sched {
+            request: SchedRequest::Command(SchedCommand::Lease { worker, request: 1 }),
+            forwarded,
+        };
+        assert_eq!(
+            hints_after(lease(false), Role::Peer, true).await,
+            vec![worker]
+        );
+        // This server's own timeout is not the worker going away.
+        assert!(
+            hints_after(lease(false), Role::Peer, false)
+                .await
+                .is_empty()
+        );
+        // A forwarded lease's connection belongs to the forwarding node.
+        assert!(hints_after(lease(true), Role::Peer, true).await.is_empty());
+        // A client token may not speak for a worker (refused before it counts).
+        assert!(
+            hints_after(lease(false), Role::Client, true)
+                .await
+                .is_empty()
+        );
+        // A connection that never asked for a lease.
+        assert!(
+            hints_after(ControlRequest::ListSelf, Role::Peer, true)
+                .await
+                .is_empty()
+        );
+    }
+
     #[tokio::test]
     async fn a_request_round_trips_and_several_fit_one_connection() {
         let (client, server) = tokio::io::duplex(1024);
